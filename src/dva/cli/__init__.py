@@ -1,0 +1,46 @@
+"""The ``dva`` command line: a thin layer over the Python API.
+
+Each sub-command lives in its own module and only parses options, calls the API and prints.
+Errors a user can fix (:class:`dva.errors.DvaError`) are printed on one line and exit with 2.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from dva.errors import DvaError
+
+app = typer.Typer(
+    name="dva",
+    help="Fine-grained image retrieval with a frozen ViT adapted by Dual-Vision Adaptation.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _register() -> None:
+    from dva.cli import data, evaluate, params, train
+
+    app.command("train")(train.train)
+    app.command("eval")(evaluate.evaluate)
+    app.command("params")(params.params)
+    app.add_typer(data.app, name="data")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> None:
+    from dva.train import TrainingInterrupted
+
+    try:
+        app(args=argv, standalone_mode=True)
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e}", file=sys.stderr)
+        sys.exit(130)
+    except DvaError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)

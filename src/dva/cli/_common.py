@@ -1,0 +1,47 @@
+"""Options and output helpers shared by several commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import typer
+
+DatasetOpt = typer.Option(None, "--dataset", help="Dataset layout: cub, cub100, folder, ... (`dva data list`).")
+DataRootOpt = typer.Option(None, "--data", help="Root folder of the dataset, in its publisher's layout.")
+SplitOpt = typer.Option(None, "--split", help="Protocol: open (unseen test classes), closed (official split) or all.")
+DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu, cuda, cuda:1, ...")
+PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.")
+WorkersOpt = typer.Option(2, "--workers", help="DataLoader worker processes.")
+JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) -> None:
+    """A small markdown table (readable in a terminal, pasteable into a README)."""
+    if not rows:
+        return
+    columns = columns or list(rows[0])
+    cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for row in cells:
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def split_csv(text: str | None) -> tuple[str, ...] | None:
+    if text is None:
+        return None
+    return tuple(t.strip() for t in text.split(",") if t.strip())

@@ -1,0 +1,36 @@
+"""``dva params``: the trainable-parameter report of a method (PEFT's print_trainable_parameters)."""
+
+from __future__ import annotations
+
+import typer
+
+from dva.cli._common import JsonOpt, print_json, split_csv
+
+
+def params(
+    backbone: str = typer.Option("vit_base_patch16_224", "--backbone", help="timm ViT name or offline backbone."),
+    method: str = typer.Option("ica", "--method", help="Training method."),
+    targets: str = typer.Option("q,v", "--targets", help="ICA targets (subset of q,k,v)."),
+    rank: int = typer.Option(16, "--rank", help="ICA rank."),
+    img_size: int = typer.Option(224, "--img-size", help="Input size (does not change the counts)."),
+    pretrained: bool = typer.Option(
+        False, "--pretrained/--no-pretrained", help="Ignored: counts never depend on weights, so nothing is downloaded."
+    ),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Count trainable and total parameters (proxies, which depend on the dataset, are not counted).
+
+    ViT-B/16 with rank 16: one ICA target 294,912, two 589,824, three 884,736 (paper Table 9).
+    """
+    from dva.models import count_parameters, create_model
+
+    model = create_model(
+        backbone=backbone, pretrained=False, method=method, targets=split_csv(targets), rank=rank,
+        img_size=img_size,
+    )
+    report = count_parameters(model)
+    if json_out:
+        print_json({"trainable": report.trainable, "total": report.total})
+    else:
+        print(f"{backbone} / {method}: {report}")
+

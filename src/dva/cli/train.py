@@ -1,0 +1,105 @@
+"""``dva train``: train a run (adapters + proxies) and write it to ``--out``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from dva.cli._common import DataRootOpt, DatasetOpt, JsonOpt, SplitOpt, print_json, split_csv
+from dva.config import RunConfig, from_dict, load_overrides
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help="Run directory to write (or to continue with --resume)."),
+    dataset: str | None = DatasetOpt,
+    data: str | None = DataRootOpt,
+    split: str | None = SplitOpt,
+    val_classes: int | None = typer.Option(
+        None, "--val-classes", help="Hold out the last N training classes for validation (never the test split)."
+    ),
+    backbone: str | None = typer.Option(None, "--backbone", help="timm ViT name or offline backbone (dinov2_vits14.imgfocus)."),
+    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Random weights with --no-pretrained."),
+    method: str | None = typer.Option(None, "--method", help="Training method (see `dva params --help`)."),
+    targets: str | None = typer.Option(None, "--targets", help="ICA targets, a subset of q,k,v. Paper: q,v."),
+    rank: int | None = typer.Option(None, "--rank", help="ICA bottleneck rank. Paper: 16."),
+    img_size: int | None = typer.Option(None, "--img-size", help="Crop size (resize is img-size * 256/224). Paper: 224."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Paper: 10."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size. Paper: 32."),
+    lr: float | None = typer.Option(None, "--lr", help="Learning rate of the adapters / trained weights."),
+    proxy_lr: float | None = typer.Option(None, "--proxy-lr", help="Learning rate of the proxies."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Paper: 1e-4."),
+    optimizer: str | None = typer.Option(None, "--optimizer", help="adam (paper), adamw or sgd."),
+    lambda_dist: float | None = typer.Option(None, "--lambda", help="Weight of the DPT distillation loss. Paper: 3."),
+    warmup_epochs: float | None = typer.Option(None, "--warmup-epochs", help="Linear warm-up before the cosine schedule."),
+    precision: str | None = typer.Option(None, "--precision", help="auto (bf16 on CUDA), bf16, fp16, fp32."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ..."),
+    seed: int | None = typer.Option(None, "--seed"),
+    workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes."),
+    checkpoint_every: int | None = typer.Option(
+        None, "--checkpoint-every", help="Also write the resume checkpoint every N steps (0: at epoch ends only)."
+    ),
+    config_file: Path | None = typer.Option(None, "--config", help="YAML/JSON file with model/data/train/opa sections."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Train adapters and proxies on a frozen ViT (the paper's recipe by default).
+
+    Writes config.json, per-epoch weights (safetensors), a resume checkpoint and
+    metrics.jsonl into --out. Ctrl-C stops cleanly after the current step; --resume continues.
+    """
+    from dva.train import Trainer
+
+    overrides = {
+        "model": {
+            "backbone": backbone,
+            "pretrained": pretrained,
+            "method": method,
+            "targets": split_csv(targets),
+            "rank": rank,
+            "img_size": img_size,
+        },
+        "data": {"dataset": dataset, "root": data, "split": split, "val_classes": val_classes, "num_workers": workers},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "proxy_lr": proxy_lr,
+            "weight_decay": weight_decay,
+            "optimizer": optimizer,
+            "lambda_dist": lambda_dist,
+            "warmup_epochs": warmup_epochs,
+            "precision": precision,
+            "device": device,
+            "seed": seed,
+            "checkpoint_every": checkpoint_every,
+        },
+    }
+    config = build_config(out, overrides, config_file, resume)
+    summary = Trainer(config, out, progress=not quiet).fit(resume=resume)
+    if json_out:
+        print_json(summary)
+    else:
+        print(f"run written to {out} ({summary['epochs']} epochs, {summary['train_seconds']:.0f} s)")
+
+
+def build_config(out: Path, overrides: dict[str, dict[str, Any]], config_file: Path | None, resume: bool) -> RunConfig:
+    """Defaults < ``--config`` file < explicit options; on resume the saved config replaces the defaults."""
+    if resume and (out / "config.json").is_file():
+        base = RunConfig.load(out / "config.json").to_dict()
+    else:
+        base = RunConfig().to_dict()
+        if config_file is not None:
+            _merge(base, load_overrides(config_file))
+    _merge(base, {section: {k: v for k, v in values.items() if v is not None} for section, values in overrides.items()})
+    return from_dict(RunConfig, base, where=str(config_file or "options"))
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> None:
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key != "method_options":
+            _merge(base[key], value)
+        else:
+            base[key] = value

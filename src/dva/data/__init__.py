@@ -1,0 +1,25 @@
+"""Datasets: publishers' layouts, evaluation protocols, robust decoding, loaders."""
+
+from dva.data.images import ImageDecodeError, load_image
+from dva.data.records import Box, Catalog, DataSplit, ImageRecord, SplitSide
+from dva.data.registry import DatasetInfo, get_dataset, list_datasets, load_catalog, read_catalog, register_dataset
+from dva.data.splits import PROTOCOLS, carve_validation, make_split
+
+__all__ = [
+    "PROTOCOLS",
+    "Box",
+    "Catalog",
+    "DataSplit",
+    "DatasetInfo",
+    "ImageDecodeError",
+    "ImageRecord",
+    "SplitSide",
+    "carve_validation",
+    "get_dataset",
+    "list_datasets",
+    "load_catalog",
+    "load_image",
+    "make_split",
+    "read_catalog",
+    "register_dataset",
+]

@@ -1,0 +1,88 @@
+"""Datasets registered by name, each with the counts its publisher's split should give.
+
+Adding a dataset is one reader function decorated with :func:`register_dataset`; the
+readers for the paper's datasets live in this package, one module per publisher layout.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dva.data.records import Catalog
+from dva.errors import DataError
+
+Reader = Callable[[Path], Catalog]
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    reader: Reader
+    description: str
+    #: Meta-category, the default detector prompt for OPA ("bird", "car", ...).
+    meta_category: str = "object"
+    #: ``{protocol: (train images, test images)}`` for a complete copy (``dva data check``).
+    expected_counts: dict[str, tuple[int, int]] = field(default_factory=dict)
+    homepage: str = ""
+
+
+_DATASETS: dict[str, DatasetInfo] = {}
+
+
+def register_dataset(
+    name: str,
+    *,
+    description: str,
+    meta_category: str = "object",
+    expected_counts: dict[str, tuple[int, int]] | None = None,
+    homepage: str = "",
+) -> Callable[[Reader], Reader]:
+    def decorator(reader: Reader) -> Reader:
+        if name in _DATASETS:
+            raise ValueError(f"dataset {name!r} registered twice")
+        _DATASETS[name] = DatasetInfo(name, reader, description, meta_category, expected_counts or {}, homepage)
+        return reader
+
+    return decorator
+
+
+def get_dataset(name: str) -> DatasetInfo:
+    _load_builtin_readers()
+    try:
+        return _DATASETS[name]
+    except KeyError:
+        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(list_datasets())}") from None
+
+
+def list_datasets() -> list[str]:
+    _load_builtin_readers()
+    return list(_DATASETS)
+
+
+def read_catalog(name: str, root: str | Path) -> Catalog:
+    """Read a dataset, collecting (not raising) per-record problems; see :func:`load_catalog`."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset root is not a directory")
+    return get_dataset(name).reader(root)
+
+
+def load_catalog(name: str, root: str | Path) -> Catalog:
+    """Read a dataset and refuse it if anything is wrong, listing up to ten problems."""
+    catalog = read_catalog(name, root)
+    if catalog.problems:
+        shown = "\n  ".join(catalog.problems[:10])
+        more = f"\n  ... and {len(catalog.problems) - 10} more" if len(catalog.problems) > 10 else ""
+        raise DataError(
+            f"{catalog.root}: {len(catalog.problems)} problem(s) in the {name} layout "
+            f"(`dva data check` lists them all):\n  {shown}{more}"
+        )
+    return catalog
+
+
+def _load_builtin_readers() -> None:
+    # Imported for their registration side effect; kept here so `import dva.data` stays cheap.
+    import dva.data.cub  # noqa: F401
+    import dva.data.folder  # noqa: F401

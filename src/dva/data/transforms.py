@@ -1,0 +1,51 @@
+"""The paper's image pipeline (Sec. 4.1.3): resize to 256x256, crop 224x224.
+
+Training takes a random crop and a horizontal flip; evaluation a center crop. Other
+resolutions keep the 256/224 ratio unless ``resize_size`` is given. Normalisation uses the
+backbone's own pre-training statistics (0.5/0.5 for ViT-B/16 ``orig_in21k``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+Transform = Callable[[Image.Image], torch.Tensor]
+
+
+def default_resize(img_size: int) -> int:
+    return round(img_size * 256 / 224)
+
+
+def train_transform(
+    img_size: int, mean: Sequence[float], std: Sequence[float], resize_size: int | None = None
+) -> Transform:
+    resize = resize_size or default_resize(img_size)
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize((resize, resize), antialias=True),
+            v2.RandomCrop(img_size),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )
+
+
+def eval_transform(
+    img_size: int, mean: Sequence[float], std: Sequence[float], resize_size: int | None = None
+) -> Transform:
+    resize = resize_size or default_resize(img_size)
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize((resize, resize), antialias=True),
+            v2.CenterCrop(img_size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(mean), list(std)),
+        ]
+    )

@@ -1,0 +1,87 @@
+"""Batched embedding extraction: inference mode, DataLoader workers, unreadable files skipped."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from dva.data.loaders import ImageDataset, collate_images
+from dva.data.records import ImageRecord
+from dva.data.transforms import eval_transform
+from dva.models.retrieval import RetrievalModel
+from dva.runtime import autocast, resolve_device
+
+
+@dataclass
+class Embeddings:
+    #: ``(N, D)`` float32, L2-normalised, one row per image that decoded.
+    vectors: np.ndarray
+    labels: np.ndarray
+    #: Positions, in the input list, of the rows of ``vectors``.
+    indices: np.ndarray
+    #: ``(position, message)`` of the images that could not be decoded.
+    failures: list[tuple[int, str]] = field(default_factory=list)
+
+
+def embedding_transform(model: RetrievalModel, img_size: int, resize_size: int | None = None):
+    mean, std = model.normalization
+    return eval_transform(img_size, mean, std, resize_size)
+
+
+@torch.inference_mode()
+def embed_dataset(
+    model: RetrievalModel,
+    dataset: ImageDataset,
+    *,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str | torch.device = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+    desc: str = "embedding",
+) -> Embeddings:
+    device = resolve_device(device) if isinstance(device, str) else device
+    model = model.to(device).eval()
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        collate_fn=collate_images,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+    vectors, labels, indices, failures = [], [], [], []
+    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            failures.extend(batch.failures)
+            if len(batch.indices):
+                with autocast(device, precision):
+                    out = model(batch.images.to(device, non_blocking=True))
+                vectors.append(out.float().cpu())
+                labels.append(batch.labels)
+                indices.append(batch.indices)
+            bar.update(len(batch.indices) + len(batch.failures))
+    dim = model.embed_dim
+    return Embeddings(
+        vectors=torch.cat(vectors).numpy() if vectors else np.zeros((0, dim), np.float32),
+        labels=torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
+        indices=torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
+        failures=failures,
+    )
+
+
+def embed_records(
+    model: RetrievalModel,
+    records: Sequence[ImageRecord],
+    *,
+    img_size: int,
+    resize_size: int | None = None,
+    **kwargs,
+) -> Embeddings:
+    dataset = ImageDataset.from_records(records, embedding_transform(model, img_size, resize_size))
+    return embed_dataset(model, dataset, **kwargs)

@@ -1,0 +1,33 @@
+"""Evaluate a model on a split's test side with the paper's protocol (METHOD.md section 6)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from dva.data.records import SplitSide
+from dva.evaluate.embed import embed_records
+from dva.metrics import retrieval_metrics
+from dva.models.retrieval import RetrievalModel
+
+DEFAULT_KS = (1, 2, 4, 8)
+
+
+def evaluate_side(
+    model: RetrievalModel,
+    side: SplitSide,
+    *,
+    img_size: int,
+    resize_size: int | None = None,
+    ks: Sequence[int] = DEFAULT_KS,
+    **embed_kwargs,
+) -> dict[str, float]:
+    """Recall@K and MAP@R of ``model`` on every image of ``side`` querying all the others.
+
+    Images that fail to decode are left out and counted in ``"skipped"`` (a warning names them).
+    """
+    embeddings = embed_records(model, side.records, img_size=img_size, resize_size=resize_size, **embed_kwargs)
+    for _, message in embeddings.failures[:5]:
+        print(f"warning: skipped {message}", file=sys.stderr)
+    metrics = retrieval_metrics(embeddings.vectors, embeddings.labels, ks)
+    return {**metrics, "images": int(len(embeddings.labels)), "skipped": len(embeddings.failures)}

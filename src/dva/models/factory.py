@@ -1,0 +1,49 @@
+"""One entry point that builds a model from its config, like ``timm.create_model``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from dva.config import ModelConfig
+from dva.models.backbone import create_backbone
+from dva.models.methods import get_method
+from dva.models.retrieval import RetrievalModel
+
+
+def create_model(config: ModelConfig | None = None, **overrides) -> RetrievalModel:
+    """Build the frozen backbone and apply the training method (adapters, unfreezing).
+
+    ``create_model(backbone="vit_small_patch16_224", pretrained=False, rank=8)`` works too:
+    keyword overrides replace fields of ``config`` (the paper's defaults when omitted).
+    """
+    config = ModelConfig(**{**(vars(config) if config else {}), **overrides})
+    backbone = create_backbone(
+        config.backbone, pretrained=config.pretrained, img_size=config.img_size, init_seed=config.init_seed
+    )
+    model = RetrievalModel(backbone)
+    get_method(config.method).apply(model, config)
+    return model
+
+
+@dataclass(frozen=True)
+class ParameterReport:
+    trainable: int
+    total: int
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        return f"trainable params: {self.trainable:,} || all params: {self.total:,} || trainable%: {self.percent:.4f}"
+
+
+def count_parameters(model: nn.Module) -> ParameterReport:
+    """PEFT's ``print_trainable_parameters`` as data (proxies are not part of the model)."""
+    params = list(model.parameters())
+    return ParameterReport(
+        trainable=sum(p.numel() for p in params if p.requires_grad),
+        total=sum(p.numel() for p in params),
+    )

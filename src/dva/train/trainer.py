@@ -1,0 +1,354 @@
+"""The training loop shared by every method (METHOD.md section 5).
+
+One step: the batch's original images and object views go through the model in one forward
+pass, the DPT loss (or plain Proxy-Anchor without views) is computed, and only the trainable
+parameters (adapters or unfrozen weights) and the proxies are updated, each with its own
+learning rate. After every epoch the trained weights and an exact resume point are written
+atomically to the run directory; a validation side (classes carved from training, never the
+test split) is evaluated and logged when configured.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from dva import __version__
+from dva._io import append_jsonl, atomic_write_json
+from dva.checkpoint import save_tensors
+from dva.config import RunConfig
+from dva.data import DataSplit, load_catalog, make_split
+from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
+from dva.data.transforms import train_transform
+from dva.errors import ConfigError, DataError, DvaError
+from dva.evaluate.evaluate import evaluate_side
+from dva.losses import DPTLoss
+from dva.models import RetrievalModel, count_parameters, create_model, get_method
+from dva.runs import MODEL_PREFIX, Run, weights_metadata
+from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everything
+from dva.train.interrupt import GracefulInterrupt
+from dva.train.schedule import lr_factor
+from dva.train.state import Position, load_training_state, save_training_state
+
+LOSS_PREFIX = "loss."
+LOG_EVERY = 10
+
+#: Config fields that may change between an interrupted run and its resumption: they do
+#: not change what is computed, only where and how fast.
+RESUMABLE_CHANGES = frozenset(
+    {"data.root", "data.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints"}
+)
+
+
+class TrainingInterrupted(DvaError):
+    """Training stopped on request after writing a resume checkpoint."""
+
+
+class Trainer:
+    """Train one run. ``Trainer(config, "runs/x").fit()``; ``fit(resume=True)`` continues it.
+
+    ``split`` and ``views`` may be given directly (notebooks, tests); by default the split is
+    read from ``config.data`` and the views follow from the method.
+    """
+
+    def __init__(
+        self,
+        config: RunConfig,
+        run_dir: str | Path,
+        *,
+        split: DataSplit | None = None,
+        views: ViewMaker | None = None,
+        progress: bool = True,
+    ) -> None:
+        self.config = config
+        self.run = Run(run_dir)
+        self.split = split
+        self.views = views
+        self.progress = progress
+        self.method = get_method(config.model.method)
+
+    # ------------------------------------------------------------------ set-up
+    def fit(self, *, resume: bool = False) -> dict[str, Any]:
+        """Train to the configured number of epochs and return the run summary."""
+        self._check_run_dir(resume)
+        if self.split is None:
+            catalog = load_catalog(self.config.data.dataset, self.config.data.root)
+            self.split = make_split(catalog, self.config.data.split, val_classes=self.config.data.val_classes)
+        self._record_classes()
+        if resume and self.run.config_path.is_file():
+            self._check_resume_config()
+        self.config.save(self.run.config_path)
+        if self.run.finished:
+            return self.run.summary()
+        if not self.method.trains:
+            return self._finish(RetrievalModel(torch.nn.Identity()), train_seconds=0.0, epoch_metrics={})
+        self._build()
+        position = self._load_resume_point() if resume else Position()
+        return self._train(position)
+
+    def _check_run_dir(self, resume: bool) -> None:
+        if not resume and self.run.config_path.exists():
+            raise ConfigError(
+                f"{self.run.path} already holds a run; pass --resume to continue it, or choose another --out"
+            )
+
+    def _record_classes(self) -> None:
+        train = self.split.train
+        if train.num_classes < 2:
+            raise DataError(f"training needs at least two classes, the {self.split.protocol} split has {train.num_classes}")
+        self.config.class_names = list(train.class_names)
+        self.config.num_classes = train.num_classes
+        self.config.dva_version = __version__
+
+    def _check_resume_config(self) -> None:
+        saved = _flatten(RunConfig.load(self.run.config_path).to_dict())
+        asked = _flatten(self.config.to_dict())
+        changed = [k for k in sorted(saved) if k not in RESUMABLE_CHANGES and saved.get(k) != asked.get(k) and k != "dva_version"]
+        if changed:
+            details = "; ".join(f"{k}: run has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in changed[:5])
+            raise ConfigError(f"{self.run.config_path}: cannot resume with different settings ({details})")
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.device = resolve_device(cfg.train.device)
+        seed_everything(cfg.train.seed)
+        self.model = create_model(cfg.model).to(self.device)
+        self.loss_fn = DPTLoss(
+            cfg.num_classes,
+            self.model.embed_dim,
+            background=self.method.uses_opa,
+            lambda_dist=cfg.train.lambda_dist,
+            alpha=cfg.train.alpha,
+            margin=cfg.train.margin,
+        ).to(self.device)
+        self.optimizer = build_optimizer(self.model, self.loss_fn, cfg)
+        self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
+        dtype = autocast_dtype(self.device, cfg.train.precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
+
+        mean, std = self.model.normalization
+        transform = train_transform(cfg.model.img_size, mean, std, cfg.data.resize_size)
+        views = self.views or self._default_views()
+        self.dataset = TrainDataset(self.split.train.records, transform, views, self.loss_fn.background_label)
+        try:
+            self.sampler = TrainBatchSampler(len(self.dataset), cfg.train.batch_size, seed=cfg.train.seed)
+        except ValueError as e:
+            raise ConfigError(f"train.batch_size: {e}") from None
+        self.loader = DataLoader(
+            self.dataset,
+            batch_sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate_train,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.total_steps = cfg.train.epochs * self.sampler.batches_per_epoch
+        self.warmup_steps = round(cfg.train.warmup_epochs * self.sampler.batches_per_epoch)
+        self.max_failures = int(cfg.data.max_decode_errors * len(self.dataset))
+
+    def _default_views(self) -> ViewMaker:
+        if not self.method.uses_opa:
+            return original_only
+        from dva.opa.training import object_view_maker  # OPA is only imported when used
+
+        return object_view_maker(self.config, self.split.train)
+
+    # ------------------------------------------------------------------ loop
+    def _train(self, position: Position) -> dict[str, Any]:
+        cfg = self.config.train
+        start = time.perf_counter()
+        epoch_metrics: dict[str, Any] = {}
+        with GracefulInterrupt() as interrupt:
+            while position.epoch < cfg.epochs:
+                epoch_start = time.perf_counter()
+                self._train_epoch(position, interrupt)
+                epoch_metrics = self._end_epoch(position, time.perf_counter() - epoch_start)
+                position = Position(
+                    epoch=position.epoch + 1,
+                    global_step=position.global_step,
+                    decode_failures=position.decode_failures,
+                    events=position.events,
+                )
+                self._save_resume(position)
+        return self._finish(self.model, time.perf_counter() - start, epoch_metrics)
+
+    def _train_epoch(self, position: Position, interrupt: GracefulInterrupt) -> None:
+        self.model.train()
+        self.sampler.set_epoch(position.epoch, start_batch=position.batch)
+        desc = f"epoch {position.epoch + 1}/{self.config.train.epochs}"
+        bar = tqdm(self.loader, desc=desc, unit="batch", disable=not self.progress, leave=False, initial=position.batch,
+                   total=self.sampler.batches_per_epoch)
+        for batch in bar:
+            self._count_problems(batch, position)
+            if batch.num_images:
+                parts = self._step(batch, position.global_step)
+                position.epoch_loss_sum += parts["loss"]
+                position.epoch_steps += 1
+                if position.global_step % LOG_EVERY == 0:
+                    self._log({"type": "step", "epoch": position.epoch + 1, "step": position.global_step, **parts})
+                bar.set_postfix(loss=f"{parts['loss']:.3f}")
+            position.batch += 1
+            position.global_step += 1
+            every = self.config.train.checkpoint_every
+            if (every and position.global_step % every == 0) or interrupt.requested:
+                self._save_resume(position)
+            if interrupt.requested:
+                bar.close()
+                raise TrainingInterrupted(
+                    f"stopped at epoch {position.epoch + 1}, batch {position.batch}; "
+                    f"continue with: dva train --resume {self.run.path}"
+                )
+
+    def _step(self, batch: TrainBatch, step: int) -> dict[str, float]:
+        factor = lr_factor(step, self.total_steps, self.warmup_steps)
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base_lr * factor
+        kinds = list(batch.views)
+        images = torch.cat([batch.views[k][0] for k in kinds]).to(self.device, non_blocking=True)
+        with autocast(self.device, self.config.train.precision):
+            embeddings = self.model(images)
+        chunks = embeddings.split([len(batch.views[k][1]) for k in kinds])
+        views = {k: (e, batch.views[k][1].to(self.device)) for k, e in zip(kinds, chunks)}
+        out = self.loss_fn(views)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(out.total).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return {"loss": out.total.item(), **{k: v.item() for k, v in out.parts.items()}, "lr": self.base_lrs[0] * factor}
+
+    def _count_problems(self, batch: TrainBatch, position: Position) -> None:
+        for kind, n in batch.events.items():
+            position.events[kind] = position.events.get(kind, 0) + n
+        if not batch.failures:
+            return
+        position.decode_failures += len(batch.failures)
+        for message in batch.failures:
+            print(f"warning: skipped {message}", file=sys.stderr)
+        if position.decode_failures > self.max_failures:
+            raise DataError(
+                f"{position.decode_failures} training images failed to decode, more than "
+                f"data.max_decode_errors={self.config.data.max_decode_errors} of {len(self.dataset)} allows "
+                f"(last: {batch.failures[-1]})"
+            )
+
+    # ------------------------------------------------------------------ saving
+    def _trainable_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {MODEL_PREFIX + k: v for k, v in self.model.trainable_state_dict().items()}
+        tensors.update({LOSS_PREFIX + k: v.detach() for k, v in self.loss_fn.named_parameters()})
+        return tensors
+
+    def _save_resume(self, position: Position) -> None:
+        save_training_state(
+            self.run.resume_path,
+            self._trainable_tensors(),
+            self.optimizer,
+            position,
+            weights_metadata(self.config),
+        )
+
+    def _load_resume_point(self) -> Position:
+        if not self.run.resume_path.is_file():
+            return Position()
+        trainable, optimizer_state, position, _ = load_training_state(self.run.resume_path)
+        expected = self._trainable_tensors()
+        if set(trainable) != set(expected):
+            raise ConfigError(f"{self.run.resume_path}: holds other parameters than this run's model")
+        with torch.no_grad():
+            params = {MODEL_PREFIX + k: p for k, p in self.model.named_parameters() if p.requires_grad}
+            params.update({LOSS_PREFIX + k: p for k, p in self.loss_fn.named_parameters()})
+            for name, tensor in trainable.items():
+                params[name].copy_(tensor)
+        self.optimizer.load_state_dict(optimizer_state)
+        return position
+
+    def _end_epoch(self, position: Position, seconds: float) -> dict[str, Any]:
+        epoch = position.epoch + 1
+        record: dict[str, Any] = {
+            "type": "epoch",
+            "epoch": epoch,
+            "loss": position.epoch_loss_sum / max(position.epoch_steps, 1),
+            "seconds": round(seconds, 2),
+            "decode_failures": position.decode_failures,
+            **({"events": dict(position.events)} if position.events else {}),
+        }
+        if self.split.val is not None:
+            val = evaluate_side(
+                self.model,
+                self.split.val,
+                img_size=self.config.model.img_size,
+                resize_size=self.config.data.resize_size,
+                device=self.device,
+                precision=self.config.train.precision,
+                num_workers=self.config.data.num_workers,
+                progress=self.progress,
+            )
+            record["val"] = val
+        tensors = self._trainable_tensors()
+        metadata = weights_metadata(self.config, epoch=epoch)
+        save_tensors(self.run.epoch_path(epoch), tensors, metadata)
+        save_tensors(self.run.weights_path, tensors, metadata)
+        self._prune_checkpoints(epoch)
+        self._log(record)
+        return record
+
+    def _prune_checkpoints(self, epoch: int) -> None:
+        keep = self.config.train.keep_checkpoints
+        if keep:
+            for old in range(1, epoch - keep + 1):
+                self.run.epoch_path(old).unlink(missing_ok=True)
+
+    def _finish(self, model: RetrievalModel, train_seconds: float, epoch_metrics: dict[str, Any]) -> dict[str, Any]:
+        params = count_parameters(model) if self.method.trains else None
+        summary = {
+            "method": self.config.model.method,
+            "epochs": self.config.train.epochs if self.method.trains else 0,
+            "train_seconds": round(train_seconds, 2),
+            "seconds_per_epoch": round(train_seconds / max(self.config.train.epochs, 1), 2),
+            "trainable_params": params.trainable if params else 0,
+            "last_epoch": epoch_metrics,
+        }
+        atomic_write_json(self.run.summary_path, summary)
+        return summary
+
+    def _log(self, record: dict[str, Any]) -> None:
+        append_jsonl(self.run.metrics_path, {"time": round(time.time(), 3), **record})
+
+
+def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
+    """Two parameter groups: what the method trains (``lr``) and the proxies (``proxy_lr``)."""
+    cfg = config.train
+    groups = [
+        {"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr, "name": "model"},
+        {"params": list(loss_fn.parameters()), "lr": cfg.proxy_lr, "name": "proxies"},
+    ]
+    groups = [g for g in groups if g["params"]]
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
+    raise ConfigError(f"train.optimizer: choose from adam, adamw, sgd, got {cfg.optimizer!r}")
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k != "method_options":
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+    return out
+
+
+def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, **kwargs: Any) -> dict[str, Any]:
+    """Functional form of :class:`Trainer` for notebooks: ``dva.train(config, "runs/x")``."""
+    return Trainer(config, run_dir, **kwargs).fit(resume=resume)
+
+
+__all__ = ["Trainer", "TrainingInterrupted", "build_optimizer", "train"]

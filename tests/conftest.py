@@ -1,0 +1,96 @@
+"""Shared fixtures: tiny generated datasets in the publishers' layouts and a tiny timm ViT.
+
+Tests never download anything. ``test_vit`` is timm's own registered test model (6 blocks,
+width 64, 0.3M parameters): a real timm ViT with a fused ``attn.qkv``, small enough that a
+training step takes milliseconds at 32x32 pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dva.config import DataConfig, ModelConfig, RunConfig, TrainConfig
+
+TINY_BACKBONE = "test_vit"
+TINY_IMG = 32
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+CUB100 = SHARED / "data" / "cub100"
+
+
+def class_image(label: int, index: int, size: int = 40, rng: np.random.Generator | None = None) -> Image.Image:
+    """An image whose class is visible (a colour and a stripe direction) under a little noise."""
+    rng = rng or np.random.default_rng(label * 1000 + index)
+    hue = np.array([(label * 67) % 256, (label * 131 + 40) % 256, (label * 29 + 90) % 256], dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size]
+    stripes = ((xx if label % 2 else yy) // 4 % 2)[..., None] * 60.0
+    pixels = hue + stripes + rng.normal(0, 20, (size, size, 3))
+    return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+@dataclass
+class FakeDataset:
+    root: Path
+    class_names: list[str]
+    paths: list[Path]
+    labels: list[int]
+
+
+def write_cub(
+    root: Path, *, num_classes: int = 6, per_class: int = 8, size: int = 40, official: bool = True
+) -> FakeDataset:
+    """A CUB-200-2011 layout (official: 1-based, space separated) or the cub100 one (0-based, ", ").
+
+    Half of each class is flagged for training (flag "1" in the official layout, "0" in cub100's,
+    whose flag is inverted, see ``dva.data.cub``), and each image gets a box.
+    """
+    sep, base = (" ", 1) if official else (", ", 0)
+    train_flag, test_flag = ("1", "0") if official else ("0", "1")
+    root.mkdir(parents=True, exist_ok=True)
+    images, labels_lines, split_lines, boxes, paths, labels = [], [], [], [], [], []
+    class_names = [f"{c + base:03d}.Species_{c}" if official else f"Species_{c}" for c in range(num_classes)]
+    image_id = base
+    for c, name in enumerate(class_names):
+        folder = root / "images" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            rel = f"{name}/{i:04d}.jpg"
+            class_image(c, i, size).save(root / "images" / rel, quality=95)
+            images.append(f"{image_id}{sep}{rel}")
+            labels_lines.append(f"{image_id}{sep}{c + base}")
+            split_lines.append(f"{image_id}{sep}{train_flag if i % 2 == 0 else test_flag}")
+            boxes.append(f"{image_id}{sep}4.0{sep}6.0{sep}20.0{sep}24.0")
+            paths.append(root / "images" / rel)
+            labels.append(c)
+            image_id += 1
+    (root / "images.txt").write_text("\n".join(images) + "\n")
+    (root / "image_class_labels.txt").write_text("\n".join(labels_lines) + "\n")
+    (root / "train_test_split.txt").write_text("\n".join(split_lines) + "\n")
+    (root / "classes.txt").write_text("\n".join(f"{c + base}{sep}{n}" for c, n in enumerate(class_names)) + "\n")
+    if official:
+        (root / "bounding_boxes.txt").write_text("\n".join(boxes) + "\n")
+    return FakeDataset(root, class_names, paths, labels)
+
+
+@pytest.fixture
+def cub_root(tmp_path: Path) -> FakeDataset:
+    return write_cub(tmp_path / "CUB_200_2011")
+
+
+@pytest.fixture
+def cub100_like(tmp_path: Path) -> FakeDataset:
+    return write_cub(tmp_path / "cub100", official=False)
+
+
+def tiny_run_config(root: Path, *, dataset: str = "cub", **train_overrides) -> RunConfig:
+    """A run on the tiny ViT that trains in seconds on a FakeDataset."""
+    train = {"epochs": 2, "batch_size": 8, "lr": 1e-3, "proxy_lr": 1e-1, "device": "cpu", **train_overrides}
+    return RunConfig(
+        model=ModelConfig(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica", rank=4),
+        data=DataConfig(dataset=dataset, root=str(root), split="open", num_workers=0),
+        train=TrainConfig(**train),
+    )

@@ -1,0 +1,83 @@
+"""Proxy-Anchor against pytorch-metric-learning, and the DPT objective's composition."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from pytorch_metric_learning.losses import ProxyAnchorLoss as PMLProxyAnchor
+
+from dva.losses import BACKGROUND, DISCRIMINATIVE, ORIGINAL, DPTLoss, ProxyAnchorLoss
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_proxy_anchor_matches_pytorch_metric_learning(seed):
+    torch.manual_seed(seed)
+    ours = ProxyAnchorLoss(12, 16, alpha=32, margin=0.1)
+    reference = PMLProxyAnchor(12, 16, margin=0.1, alpha=32)
+    with torch.no_grad():
+        reference.proxies.copy_(ours.proxies)
+    x = torch.randn(40, 16, requires_grad=True)
+    y = torch.randint(0, 12, (40,))
+    loss, ref = ours(x, y), reference(x, y)
+    assert torch.allclose(loss, ref, rtol=1e-5)
+    grad = torch.autograd.grad(loss, x)[0]
+    ref_grad = torch.autograd.grad(ref, x)[0]
+    assert torch.allclose(grad, ref_grad, atol=1e-6)
+
+
+def test_proxy_anchor_is_stable_in_bfloat16_inputs():
+    loss = ProxyAnchorLoss(5, 8)
+    x = torch.randn(16, 8).bfloat16()
+    assert torch.isfinite(loss(x, torch.randint(0, 5, (16,))))
+
+
+def test_proxy_anchor_rejects_labels_outside_the_proxies():
+    with pytest.raises(ValueError, match="labels"):
+        ProxyAnchorLoss(3, 4)(torch.randn(2, 4), torch.tensor([0, 3]))
+
+
+def test_loss_is_lower_when_embeddings_sit_on_their_proxies():
+    loss = ProxyAnchorLoss(4, 8)
+    labels = torch.arange(4).repeat(2)
+    on_proxies = loss.proxies.detach()[labels]
+    assert loss(on_proxies, labels) < loss(torch.randn(8, 8), labels)
+
+
+def _views(n: int = 6, dim: int = 8, classes: int = 3, background: int = 3):
+    torch.manual_seed(0)
+    y = torch.randint(0, classes, (n,))
+    return {
+        ORIGINAL: (torch.randn(n, dim), y),
+        DISCRIMINATIVE: (torch.randn(n, dim), y),
+        BACKGROUND: (torch.randn(2, dim), torch.full((2,), background)),
+    }
+
+
+def test_dpt_is_proxy_loss_on_object_views_plus_lambda_times_distillation():
+    dpt = DPTLoss(3, 8, background=True, lambda_dist=3.0)
+    views = _views()
+    out = dpt(views)
+    pa = dpt.proxy_anchor
+    obj_x = torch.cat([views[DISCRIMINATIVE][0], views[BACKGROUND][0]])
+    obj_y = torch.cat([views[DISCRIMINATIVE][1], views[BACKGROUND][1]])
+    expected_proxy = pa(obj_x, obj_y)
+    expected_dist = pa(*views[ORIGINAL])
+    assert torch.allclose(out.total, expected_proxy + 3.0 * expected_dist)
+    assert set(out.parts) == {"proxy", "dist"}
+    assert pa.num_classes == 4 and dpt.background_label == 3
+
+
+def test_dpt_lambda_zero_ignores_the_original_images():
+    dpt = DPTLoss(3, 8, lambda_dist=0.0)
+    views = _views()
+    views[ORIGINAL][0].requires_grad_(True)
+    dpt(views).total.backward()
+    assert views[ORIGINAL][0].grad is None or torch.all(views[ORIGINAL][0].grad == 0)
+
+
+def test_dpt_without_object_views_is_plain_proxy_anchor():
+    dpt = DPTLoss(3, 8, background=False)
+    x, y = torch.randn(6, 8), torch.randint(0, 3, (6,))
+    out = dpt({ORIGINAL: (x, y)})
+    assert torch.allclose(out.total, dpt.proxy_anchor(x, y))
+    assert dpt.background_label is None and dpt.proxy_anchor.num_classes == 3
