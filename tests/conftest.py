@@ -22,13 +22,18 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CUB100 = SHARED / "data" / "cub100"
 
 
-def class_image(label: int, index: int, size: int = 40, rng: np.random.Generator | None = None) -> Image.Image:
-    """An image whose class is visible (a colour and a stripe direction) under a little noise."""
-    rng = rng or np.random.default_rng(label * 1000 + index)
-    hue = np.array([(label * 67) % 256, (label * 131 + 40) % 256, (label * 29 + 90) % 256], dtype=np.float32)
+def class_image(label: int, index: int, size: int = 40, noise: float = 40.0) -> Image.Image:
+    """An image whose class shows in its mean colour and stripe direction, under heavy jitter.
+
+    The per-image colour jitter is as large as the distance between class colours, so a
+    random network confuses classes often and training has something to learn.
+    """
+    rng = np.random.default_rng(label * 1000 + index)
+    base = np.array([(label * 67) % 200 + 28, (label * 131 + 40) % 200 + 28, (label * 29 + 90) % 200 + 28])
+    colour = base + rng.uniform(-70, 70, 3)
     yy, xx = np.mgrid[0:size, 0:size]
-    stripes = ((xx if label % 2 else yy) // 4 % 2)[..., None] * 60.0
-    pixels = hue + stripes + rng.normal(0, 20, (size, size, 3))
+    stripes = ((xx if label % 2 else yy) // 3 % 2)[..., None] * 40.0 - 20.0
+    pixels = colour + stripes + rng.normal(0, noise, (size, size, 3))
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
 
 

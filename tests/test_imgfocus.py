@@ -13,6 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 
 from dva.models import imgfocus
+from dva.errors import CheckpointError
 from dva.models.imgfocus import (
     IMGFOCUS_TIMM_MODEL,
     convert_imgfocus_onnx,
@@ -49,7 +50,7 @@ def _save_fake_onnx(path: Path, initializers: dict[str, np.ndarray], node: tuple
 
 def test_converter_names_the_missing_tensor(tmp_path: Path) -> None:
     fake = _save_fake_onnx(tmp_path / "fake.onnx", {"decoder.final_conv.weight": np.zeros((1, 4, 1, 1), np.float32)})
-    with pytest.raises(ValueError, match=r"'backbone\.embeddings\.cls_token' not found"):
+    with pytest.raises(CheckpointError, match=r"'backbone\.embeddings\.cls_token' not found"):
         convert_imgfocus_onnx(fake)
 
 
@@ -59,7 +60,7 @@ def test_converter_rejects_unknown_anonymous_backbone_weights(tmp_path: Path) ->
         {"onnx::Add_7": np.zeros((4,), np.float32)},
         node=("Add", "/backbone/encoder/layer.0/adapter/Add", "onnx::Add_7"),
     )
-    with pytest.raises(ValueError, match="unrecognised backbone initialiser.*layer.0/adapter/Add"):
+    with pytest.raises(CheckpointError, match="unrecognised backbone initialiser.*layer.0/adapter/Add"):
         convert_imgfocus_onnx(fake)
 
 

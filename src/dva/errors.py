@@ -22,3 +22,7 @@ class ConfigError(DvaError):
 
 class CheckpointError(DvaError):
     """A checkpoint or run directory cannot be used for what was asked."""
+
+
+class MissingDependency(DvaError, ImportError):
+    """An optional dependency (an extra such as ``dva[offline]``) is not installed."""

