@@ -63,6 +63,8 @@ def list_datasets() -> list[str]:
 
 def read_catalog(name: str, root: str | Path) -> Catalog:
     """Read a dataset, collecting (not raising) per-record problems; see :func:`load_catalog`."""
+    if not str(root):
+        raise DataError(f"no root folder given for dataset {name!r} (--data ROOT)")
     root = Path(root).expanduser()
     if not root.is_dir():
         raise DataError(f"{root}: dataset root is not a directory")
