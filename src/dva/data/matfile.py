@@ -27,7 +27,7 @@ def read_mat(path: Path, variables: Sequence[str]) -> dict[str, Any]:
         data = scipy.io.loadmat(path, simplify_cells=True)
     except NotImplementedError:  # scipy's answer to v7.3 files
         raise DataError(f"{path}: a MATLAB v7.3 (HDF5) file; the publisher ships v5 files, re-download it") from None
-    except (ValueError, TypeError, OSError, EOFError) as e:
+    except (scipy.io.matlab.MatReadError, ValueError, TypeError, IndexError, OSError, EOFError) as e:
         raise DataError(f"{path}: cannot read the MATLAB file ({type(e).__name__}: {e}); truncated download?") from None
     found = sorted(k for k in data if not k.startswith("__"))
     missing = [v for v in variables if v not in data]
