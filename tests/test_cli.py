@@ -53,13 +53,18 @@ def test_train_then_eval_json(cub_root, tmp_path):
 
 
 def test_data_check_reports_counts_and_every_problem(cub_root):
-    out = json.loads(dva("data", "check", "--dataset", "cub", "--data", str(cub_root.root), "--json").stdout)
-    assert out["train"] == {"images": 24, "classes": 3} and out["problems"] == []
+    args = ("data", "check", "--dataset", "cub", "--data", str(cub_root.root))
+    fine = dva(*args, "--split", "open", "--json", check=False)
+    out = json.loads(fine.stdout)
+    assert out["splits"]["open"]["train"] == {"images": 24, "classes": 3} and out["problems"] == []
+    assert out["splits"]["open"]["expected"] == {"train": 5864, "test": 5924}
+    assert out["matches_expected"] is False and fine.returncode == 1  # 48 images: not the complete CUB
     cub_root.paths[0].unlink()
     cub_root.paths[1].unlink()
-    broken = dva("data", "check", "--dataset", "cub", "--data", str(cub_root.root), "--json", check=False)
+    broken = dva(*args, check=False)
     assert broken.returncode == 1
-    assert len(json.loads(broken.stdout)["problems"]) == 2
+    assert sum(line.startswith("problem: ") for line in broken.stdout.splitlines()) == 2
+    assert "| closed | train | 23" in broken.stdout and "DOES NOT match" in broken.stdout
 
 
 def test_user_errors_are_one_line_naming_the_culprit(tmp_path):

@@ -73,7 +73,7 @@ def test_folder_layout_with_train_and_test(tmp_path):
 
 def test_missing_annotation_file_names_the_file(cub_root):
     (cub_root.root / "image_class_labels.txt").unlink()
-    with pytest.raises(DataError, match="image_class_labels.txt: missing"):
+    with pytest.raises(DataError, match="not a complete cub copy, missing image_class_labels.txt"):
         load_catalog("cub", cub_root.root)
 
 
@@ -122,7 +122,7 @@ def test_class_on_one_side_only_of_closed_split(tmp_path):
 def test_wrong_root_is_clear(tmp_path):
     with pytest.raises(DataError, match="not a directory"):
         load_catalog("cub", tmp_path / "nope")
-    with pytest.raises(DataError, match="images.txt: missing"):
+    with pytest.raises(DataError, match="not a complete cub copy, missing images.txt, image_class_labels.txt"):
         load_catalog("cub", tmp_path)
 
 

@@ -2,7 +2,9 @@
 
 Both share one layout (images.txt, image_class_labels.txt, train_test_split.txt,
 classes.txt, optional bounding_boxes.txt; image paths relative to ``images/``); the official
-files are 1-based and space separated, cub100's are 0-based and comma separated.
+files are 1-based and space separated, cub100's are 0-based and comma separated. Boxes are
+``<image id> <x> <y> <width> <height>`` in pixels (:func:`dva.data.boxes.xywh_box`); CUB ships
+no image sizes, so ``dva data check`` checks boxes against the image headers.
 """
 
 from __future__ import annotations
@@ -10,29 +12,29 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dva.data.records import Box, Catalog, ImageRecord
+from dva.data.boxes import fit_box, xywh_box
+from dva.data.records import Box, Catalog, ImageRecord, empty_classes
 from dva.data.registry import register_dataset
-from dva.data.tables import parse_float, parse_int, read_mapping, read_rows
+from dva.data.tables import find_root, parse_float, parse_int, read_mapping, read_table, require_files
+from dva.errors import DataError
 
 
 @register_dataset(
     "cub",
     description="CUB-200-2011: 11,788 photos of 200 bird species (official layout)",
     meta_category="bird",
-    expected_counts={"closed": (5994, 5794), "open": (5864, 5924)},
+    expected_counts={"closed": (5994, 5794), "open": (5864, 5924), "all": (0, 11788)},
     homepage="https://www.vision.caltech.edu/datasets/cub_200_2011/",
 )
 def read_cub(root: Path) -> Catalog:
-    if (root / "CUB_200_2011" / "images.txt").is_file():  # the archive's top folder
-        root = root / "CUB_200_2011"
-    return read_cub_layout("cub", root, sep=None)
+    return read_cub_layout("cub", find_root(root, "images.txt", ("CUB_200_2011",)), sep=None)
 
 
 @register_dataset(
     "cub100",
     description="100-species subset of CUB-200-2011 shipped in shared/data/cub100",
     meta_category="bird",
-    expected_counts={"closed": (2999, 2903), "open": (2949, 2953)},
+    expected_counts={"closed": (2999, 2903), "open": (2949, 2953), "all": (0, 5902)},
 )
 def read_cub100(root: Path) -> Catalog:
     # cub100's train_test_split.txt marks 2,903 images "1" and 2,999 images "0", while both of
@@ -42,18 +44,17 @@ def read_cub100(root: Path) -> Catalog:
 
 
 def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1") -> Catalog:
-    images = read_mapping(root / "images.txt", sep)
-    labels = read_mapping(root / "image_class_labels.txt", sep)
-    flags = read_mapping(root / "train_test_split.txt", sep)
-    classes = read_mapping(root / "classes.txt", sep)
-    boxes = _read_boxes(root / "bounding_boxes.txt", sep)
+    require_files(root, ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt"), name)
     problems: list[str] = []
+    images = read_mapping(root / "images.txt", sep, problems)
+    labels = read_mapping(root / "image_class_labels.txt", sep, problems)
+    flags = read_mapping(root / "train_test_split.txt", sep, problems)
+    classes = read_mapping(root / "classes.txt", sep, problems)
+    boxes = _read_boxes(root / "bounding_boxes.txt", sep, problems)
 
     class_ids = sorted(classes, key=lambda k: parse_int(k, root / "classes.txt", classes[k][0], "class id"))
     label_of = {cid: i for i, cid in enumerate(class_ids)}
-    class_names = [_clean_class_name(classes[cid][1]) for cid in class_ids]
-
-    records: list[ImageRecord] = []
+    catalog = Catalog(name, root, [_clean_class_name(classes[cid][1]) for cid in class_ids], [], problems)
     for image_id, (line, rel_path) in images.items():
         where = f"{root / 'images.txt'}:{line}"
         if image_id not in labels:
@@ -71,26 +72,31 @@ def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1
         if not path.is_file():
             problems.append(f"{where}: {path} does not exist")
             continue
-        records.append(ImageRecord(path, label_of[class_id], image_id, is_train=flag[1] == train_flag, box=boxes.get(image_id)))
+        box = None
+        if image_id in boxes:
+            box_line, raw = boxes[image_id]
+            box, warning = fit_box(raw, None, f"{root / 'bounding_boxes.txt'}:{box_line}")
+            if warning:
+                catalog.warnings.append(warning)
+        catalog.records.append(ImageRecord(path, label_of[class_id], image_id, is_train=flag[1] == train_flag, box=box))
 
     for image_id, (line, _) in labels.items():
         if image_id not in images:
             problems.append(f"{root / 'image_class_labels.txt'}:{line}: image {image_id} is not in images.txt")
-    used = {r.label for r in records}
-    for cid in class_ids:
-        if label_of[cid] not in used:
-            problems.append(f"{root / 'classes.txt'}:{classes[cid][0]}: class {classes[cid][1]!r} has no images")
-    return Catalog(name, root, class_names, records, problems)
+    problems += empty_classes(catalog)
+    return catalog
 
 
-def _read_boxes(path: Path, sep: str | None) -> dict[str, Box]:
-    """``bounding_boxes.txt``: ``<image id> <x> <y> <width> <height>`` -> ``(x0, y0, x1, y1)``."""
+def _read_boxes(path: Path, sep: str | None, problems: list[str]) -> dict[str, tuple[int, Box]]:
+    """``bounding_boxes.txt``: ``<image id> <x> <y> <width> <height>`` -> ``id: (line, (x0, y0, x1, y1))``."""
     if not path.is_file():
         return {}
-    boxes: dict[str, Box] = {}
-    for line, fields in read_rows(path, 5, sep):
-        x, y, w, h = (parse_float(v, path, line, "box coordinate") for v in fields[1:])
-        boxes[fields[0]] = (x, y, x + w, y + h)
+    boxes: dict[str, tuple[int, Box]] = {}
+    for image_id, (line, values) in read_table(path, 5, sep, problems).items():
+        try:
+            boxes[image_id] = (line, xywh_box(*(parse_float(v, path, line, "box coordinate") for v in values)))
+        except DataError as e:
+            problems.append(str(e))
     return boxes
 
 

@@ -22,7 +22,9 @@ class ImageRecord:
     image_id: str
     #: The publisher's train/test flag (None when the dataset defines no official split).
     is_train: bool | None = None
-    #: Ground-truth object box, when the dataset ships one.
+    #: Ground-truth object box (``dva.data.boxes`` conventions), when the dataset ships one.
+    #: Clipped to the image where the publisher ships image sizes (NABirds, Stanford Dogs);
+    #: elsewhere as annotated, which ``dva data check`` verifies against the image headers.
     box: Box | None = None
 
 
@@ -37,6 +39,9 @@ class Catalog:
     #: Everything wrong that the reader found (missing files, bad lines, ...), each naming the
     #: file and line. ``load_catalog`` raises on them; ``dva data check`` lists them all.
     problems: list[str] = field(default_factory=list)
+    #: Usable but suspicious annotations (boxes clipped or dropped, ...): listed by
+    #: ``dva data check``, never fatal.
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def num_classes(self) -> int:
@@ -69,3 +74,21 @@ class DataSplit:
     test: SplitSide
     #: Classes carved out of the training side for hyper-parameter choice (may be empty).
     val: SplitSide | None = None
+
+
+def duplicate_ids(catalog: Catalog) -> list[str]:
+    """Problems for image ids listed more than once (a merged or re-extracted copy)."""
+    counts: dict[str, int] = {}
+    for record in catalog.records:
+        counts[record.image_id] = counts.get(record.image_id, 0) + 1
+    return [f"{catalog.root}: image {i} is listed {n} times" for i, n in counts.items() if n > 1]
+
+
+def empty_classes(catalog: Catalog) -> list[str]:
+    """Problems for classes without any readable image (a partial download)."""
+    used = {r.label for r in catalog.records}
+    return [
+        f"{catalog.root}: class {name!r} (index {i}) has no images"
+        for i, name in enumerate(catalog.class_names)
+        if i not in used
+    ]

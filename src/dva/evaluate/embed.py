@@ -19,7 +19,8 @@ from dva.runtime import autocast, resolve_device
 
 @dataclass
 class Embeddings:
-    #: ``(N, D)`` float32, L2-normalised, one row per image that decoded.
+    #: ``(N, D)`` float32, L2-normalised, one row per image that decoded (4 * N * D bytes:
+    #: 149 MB for NABirds' 48,562 images at D = 768).
     vectors: np.ndarray
     labels: np.ndarray
     #: Positions, in the input list, of the rows of ``vectors``.
@@ -55,24 +56,28 @@ def embed_dataset(
         pin_memory=device.type == "cuda",
         persistent_workers=False,
     )
-    vectors, labels, indices, failures = [], [], [], []
+    # One float32 (N, D) array filled in place: peak memory is the gallery itself (no list of
+    # batches to concatenate). Rows of undecodable images are skipped, so the result is a
+    # prefix of it, returned as a view.
+    dim = model.embed_dim
+    vectors = np.empty((len(dataset), dim), np.float32)
+    labels = np.empty(len(dataset), np.int64)
+    indices = np.empty(len(dataset), np.int64)
+    failures: list[tuple[int, str]] = []
+    filled = 0
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False) as bar:
         for batch in loader:
             failures.extend(batch.failures)
-            if len(batch.indices):
+            n = len(batch.indices)
+            if n:
                 with autocast(device, precision):
                     out = model(batch.images.to(device, non_blocking=True))
-                vectors.append(out.float().cpu())
-                labels.append(batch.labels)
-                indices.append(batch.indices)
-            bar.update(len(batch.indices) + len(batch.failures))
-    dim = model.embed_dim
-    return Embeddings(
-        vectors=torch.cat(vectors).numpy() if vectors else np.zeros((0, dim), np.float32),
-        labels=torch.cat(labels).numpy() if labels else np.zeros(0, np.int64),
-        indices=torch.cat(indices).numpy() if indices else np.zeros(0, np.int64),
-        failures=failures,
-    )
+                vectors[filled : filled + n] = out.float().cpu().numpy()
+                labels[filled : filled + n] = batch.labels.numpy()
+                indices[filled : filled + n] = batch.indices.numpy()
+                filled += n
+            bar.update(n + len(batch.failures))
+    return Embeddings(vectors[:filled], labels[:filled], indices[:filled], failures)
 
 
 def embed_records(
