@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_BACKBONE, TINY_IMG, class_image, write_gallery
 
 import dva
 import dva.index.build as build_module
 import dva.index.store as store_module
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, write_gallery
 from dva.data import load_image
 from dva.errors import ConfigError, DataError
 from dva.index import (

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -17,12 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 import uvicorn
+from conftest import class_image
 from PIL import Image
 
-from conftest import class_image
 from dva.index import Searcher
 from dva.serve import ServeSettings, create_app
 

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from PIL import Image
-
 from conftest import TINY_IMG, class_image
+from PIL import Image
+from test_index import cli
+
 from dva.errors import ConfigError
 from dva.index import IndexModel, Searcher
 from dva.models import RetrievalModel
@@ -21,7 +22,6 @@ from dva.visualize import (
     vit_reshape_transform,
 )
 from dva.visualize.grid import CORRECT_COLOUR, QUERY_COLOUR, WRONG_COLOUR
-from test_index import cli
 
 
 def test_reshape_transform_drops_prefix_tokens_and_finds_the_grid():

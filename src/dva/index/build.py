@@ -107,9 +107,12 @@ def _create(
             "settings": {"index_type": index_type, "approx_threshold": threshold},
         }
         manifest = _write(partial, manifest, embeddings.vectors, rows, None)
-        if out.exists():
-            out.rmdir()  # empty, checked above
-        os.rename(partial, out)
+        try:
+            if out.exists():
+                out.rmdir()  # empty, checked above
+            os.rename(partial, out)
+        except OSError as e:
+            raise ConfigError(f"{out}: could not move the new index into place ({e}); was it created meanwhile?") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return IndexReport(

@@ -17,8 +17,8 @@ from pathlib import Path
 import torch
 
 from dva import __version__
-from dva.config import ModelConfig, RunConfig
 from dva.checkpoint import load_tensors
+from dva.config import ModelConfig, RunConfig
 from dva.errors import CheckpointError, ConfigError
 from dva.models import RetrievalModel, create_model, get_method
 from dva.runs import Run, load_trained_weights

@@ -25,10 +25,10 @@ from torch import nn
 from torchvision.transforms import v2
 
 from dva.data.transforms import default_resize
-from dva.evaluate.embed import embedding_transform
-from dva.models import RetrievalModel, create_model
-from dva.index.model import IndexModel
 from dva.errors import ConfigError
+from dva.evaluate.embed import embedding_transform
+from dva.index.model import IndexModel
+from dva.models import RetrievalModel, create_model
 
 
 def vit_reshape_transform(num_prefix_tokens: int = 1, grid_size: tuple[int, int] | None = None) -> Callable:

@@ -64,7 +64,7 @@ function resultCard(match) {
   card.dataset.score = match.score;
   const img = document.createElement("img");
   img.alt = match.label ?? match.name;
-  img.title = match.name;
+  img.title = `${match.name} (id ${match.id})`;
   api(match.image_url)
     .then((r) => r.blob())
     .then((blob) => {
@@ -87,7 +87,7 @@ function resultCard(match) {
   bar.min = 0;
   bar.max = 1;
   bar.value = Math.max(0, match.score);
-  caption.append(rank, label, score, bar);
+  caption.append(label, rank, score, bar);
   card.append(img, caption);
   return card;
 }
@@ -119,6 +119,7 @@ function setQuery(file) {
   preview.src = URL.createObjectURL(file);
   preview.hidden = false;
   $("drop-text").hidden = true;
+  $("query-name").textContent = file.name;
   search();
 }
 
