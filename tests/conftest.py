@@ -99,3 +99,39 @@ def tiny_run_config(root: Path, *, dataset: str = "cub", **train_overrides) -> R
         data=DataConfig(dataset=dataset, root=str(root), split="open", num_workers=0),
         train=TrainConfig(**train),
     )
+
+
+def write_gallery(root: Path, *, num_classes: int = 4, per_class: int = 6, size: int = 40) -> FakeDataset:
+    """A user's photo folder: ``root/<class>/<nn>.jpg`` (what ``dva index --images`` reads)."""
+    class_names = [f"class_{c}" for c in range(num_classes)]
+    paths, labels = [], []
+    for c, name in enumerate(class_names):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            path = root / name / f"{i:02d}.jpg"
+            class_image(c, i, size).save(path, quality=95)
+            paths.append(path)
+            labels.append(c)
+    return FakeDataset(root, class_names, paths, labels)
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """A tiny ICA run trained for one epoch (read-only: copy it before changing it)."""
+    from dva.train import Trainer
+
+    root = tmp_path_factory.mktemp("trained")
+    Trainer(tiny_run_config(write_cub(root / "cub").root, epochs=1), root / "run", progress=False).fit()
+    return root / "run"
+
+
+@pytest.fixture(scope="session")
+def gallery_index(tmp_path_factory) -> tuple[FakeDataset, Path]:
+    """A gallery and its index under the frozen tiny ViT (read-only: copy it before changing it)."""
+    from dva.index import IndexModel, index_gallery, read_gallery
+
+    root = tmp_path_factory.mktemp("gallery")
+    gallery = write_gallery(root / "photos")
+    model = IndexModel.frozen(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG)
+    index_gallery(root / "index", read_gallery(gallery.root), model=model, num_workers=0, progress=False)
+    return gallery, root / "index"

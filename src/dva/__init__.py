@@ -6,6 +6,7 @@ The Python API mirrors the CLI::
     model = dva.create_model(backbone="dinov2_vits14.imgfocus", method="ica")
     dva.metrics.recall_at_k(embeddings, labels)          # {1: 0.87, 2: ..., 4: ..., 8: ...}
     run = dva.Run("runs/cub100"); model = run.load_model()
+    searcher = dva.Searcher("gallery_index"); searcher.search("query.jpg", k=10)   # after `dva index`
 """
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 from dva import metrics  # noqa: E402
 from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig  # noqa: E402
 from dva.errors import CheckpointError, ConfigError, DataError, DvaError  # noqa: E402
+from dva.index import Searcher  # noqa: E402
 from dva.models import count_parameters, create_model  # noqa: E402
 from dva.runs import Run  # noqa: E402
 
@@ -26,6 +28,7 @@ __all__ = [
     "OPAConfig",
     "Run",
     "RunConfig",
+    "Searcher",
     "TrainConfig",
     "__version__",
     "count_parameters",

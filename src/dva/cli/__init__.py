@@ -22,12 +22,16 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from dva.cli import data, evaluate, params, train
+    from dva.cli import data, evaluate, index, params, serve, train, visualize
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
     app.command("params")(params.params)
     app.add_typer(data.app, name="data")
+    app.command("index")(index.index)
+    app.command("search")(index.search)
+    app.command("serve")(serve.serve)
+    app.add_typer(visualize.app, name="visualize")
 
 
 _register()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -24,22 +25,35 @@ class ImageDecodeError(DataError):
     """An image file that cannot be decoded."""
 
 
-def load_image(path: str | Path, *, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Open, fully decode, orient (EXIF) and convert to RGB; raise :class:`ImageDecodeError`."""
+class ImageTooLargeError(ImageDecodeError):
+    """An image with more pixels than allowed (a decompression bomb, or just too big)."""
+
+
+def load_image(
+    path: str | Path | BinaryIO, *, max_pixels: int = MAX_IMAGE_PIXELS, name: str | None = None
+) -> Image.Image:
+    """Open, fully decode, orient (EXIF) and convert to RGB; raise :class:`ImageDecodeError`.
+
+    ``path`` may also be a binary file object (an upload); ``name`` then names it in errors.
+    """
+    if name is None:
+        name = str(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 if image.width * image.height > max_pixels:
-                    raise ImageDecodeError(
-                        f"{path}: {image.width}x{image.height} exceeds the {max_pixels:,} pixel limit"
+                    raise ImageTooLargeError(
+                        f"{name}: {image.width}x{image.height} exceeds the {max_pixels:,} pixel limit"
                     )
                 image.load()  # decode now: truncated files fail here, not later in a worker
                 return to_rgb(ImageOps.exif_transpose(image))
     except ImageDecodeError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise ImageDecodeError(f"{path}: cannot decode image ({type(e).__name__}: {e})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ImageTooLargeError(f"{name}: {e}") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise ImageDecodeError(f"{name}: cannot decode image ({type(e).__name__}: {e})") from None
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

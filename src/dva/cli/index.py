@@ -1,0 +1,111 @@
+"""``dva index`` and ``dva search``: build an index of a gallery, query it from the shell."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from dva.cli._common import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt, print_json, print_table
+from dva.errors import ConfigError
+
+#: Unreadable images listed in the human-readable report (``--json`` lists them all).
+SHOWN_FAILURES = 10
+
+
+def index(
+    images: Path | None = typer.Option(
+        None, "--images", help="Gallery: a folder tree of images, or a .csv/.tsv/.jsonl list (path[, label, ...])."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Index directory to create, or to add new images to."),
+    run: Path | None = typer.Option(None, "--run", help="Embed with this run's model (adapters merged)."),
+    weights: Path | None = typer.Option(None, "--weights", help="With --run: an epoch file instead of model.safetensors."),
+    frozen: bool = typer.Option(False, "--frozen", help="Embed with a frozen backbone, no run needed."),
+    backbone: str | None = typer.Option(None, "--backbone", help="With --frozen: timm ViT or dinov2_vits14.imgfocus."),
+    pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="With --frozen: random weights."),
+    img_size: int = typer.Option(224, "--img-size", help="With --frozen: crop size (a run uses its own)."),
+    folder_labels: bool = typer.Option(
+        True, "--folder-labels/--no-folder-labels", help="Label each image of a folder tree by its folder's name."
+    ),
+    index_type: str | None = typer.Option(
+        None, "--index-type", help="auto (exact below --approx-threshold, else HNSW, IVF when 10x larger), flat, hnsw, ivf."
+    ),
+    approx_threshold: int | None = typer.Option(
+        None, "--approx-threshold", help="Gallery size from which auto turns approximate (default 100000)."
+    ),
+    check: Path | None = typer.Option(
+        None, "--check", help="Check INDEX_DIR instead: file integrity and recall@10 against exact search."
+    ),
+    batch_size: int = typer.Option(64, "--batch-size"),
+    workers: int = WorkersOpt,
+    device: str = DeviceOpt,
+    precision: str = PrecisionOpt,
+    quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """Embed a gallery and write a searchable index; run again to add new images only.
+
+    Images whose path is already indexed are not embedded again; unreadable ones are skipped
+    and listed. The index records the model, so `dva search` and `dva serve` need only the index.
+    """
+    from dva.index import IndexModel, check_index, index_gallery, read_gallery
+
+    if check is not None:
+        report = check_index(check)
+        if json_out:
+            print_json(report)
+        else:
+            print_table([{"images": report["count"], "index": report["index"]["factory"],
+                          "recall@10": report["recall@10"], "missing files": report["missing_files"]}])
+        return
+    if images is None or out is None:
+        raise ConfigError("pass --images DIR_OR_LIST and --out INDEX_DIR (or --check INDEX_DIR)")
+    if frozen and run is not None:
+        raise ConfigError("pass either --run RUN_DIR or --frozen --backbone NAME, not both")
+    model = None
+    if frozen:
+        if not backbone:
+            raise ConfigError("--frozen needs --backbone NAME")
+        model = IndexModel.frozen(backbone, pretrained=pretrained, img_size=img_size)
+    elif run is not None:
+        model = IndexModel.from_run(run, weights)
+    report = index_gallery(
+        out, read_gallery(images, folder_labels=folder_labels), model=model, index_type=index_type,
+        approx_threshold=approx_threshold, batch_size=batch_size, num_workers=workers, device=device,
+        precision=precision, progress=not quiet,
+    )
+    if json_out:
+        print_json(report.to_dict())
+        return
+    for _, reason in report.unreadable[:SHOWN_FAILURES]:
+        print(f"warning: skipped {reason}", file=sys.stderr)
+    if len(report.unreadable) > SHOWN_FAILURES:
+        print(f"warning: ... and {len(report.unreadable) - SHOWN_FAILURES} more (--json lists all)", file=sys.stderr)
+    print_table([{
+        "index": report.path, "version": report.version, "images": report.count, "added": report.added,
+        "already indexed": report.already_indexed, "unreadable": len(report.unreadable),
+        "type": report.index["factory"], "recall@10": report.index["recall@10"],
+        "img/s": report.added / report.embed_seconds if report.embed_seconds else 0.0,
+    }])
+
+
+def search(
+    images: list[Path] = typer.Argument(..., help="Query images."),
+    index_dir: Path = typer.Option(..., "--index", help="Index directory written by `dva index`."),
+    k: int = typer.Option(10, "-k", "--k", help="Number of matches per query."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto, ..."),
+    json_out: bool = JsonOpt,
+) -> None:
+    """The top-k gallery images of each query by cosine similarity (path, label, score)."""
+    from dva.index import Searcher
+
+    searcher = Searcher(index_dir, device=device)
+    results = searcher.search_batch(images, k)
+    if json_out:
+        print_json([{"query": str(q), "results": [m.to_dict() for m in ms]} for q, ms in zip(images, results)])
+        return
+    for query, matches in zip(images, results):
+        print(f"\n{query}")
+        print_table([{"rank": r, "score": m.score, "label": m.label or "", "path": m.path}
+                     for r, m in enumerate(matches, start=1)])

@@ -1,0 +1,38 @@
+"""``dva serve``: the search engine over HTTP, with a web page at ``/``."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(
+    index_dir: Path = typer.Option(..., "--index", help="Index directory written by `dva index`."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0: every interface)."),
+    port: int = typer.Option(8000, "--port"),
+    api_key: str | None = typer.Option(
+        None, "--api-key", envvar="DVA_API_KEY", help="Require this key (X-API-Key header) on every API call."
+    ),
+    max_upload_mb: float = typer.Option(10.0, "--max-upload-mb", help="Largest accepted upload."),
+    max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest accepted image (width x height)."),
+    max_k: int = typer.Option(100, "--max-k", help="Most matches one request may ask for."),
+    device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto, ..."),
+) -> None:
+    """Serve POST /search, POST /search/embedding, GET /images/{id}, GET /healthz, docs at /docs, page at /."""
+    import uvicorn
+
+    from dva.index import Searcher
+    from dva.serve import ServeSettings, create_app
+
+    if host not in LOOPBACK and not api_key:
+        print(f"warning: serving {index_dir} on {host} without --api-key: anyone who can reach it can search "
+              "and view the gallery", file=sys.stderr)
+    settings = ServeSettings(
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_image_pixels=max_pixels, max_k=max_k, api_key=api_key
+    )
+    app = create_app(Searcher(index_dir, device=device), settings)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -1,0 +1,192 @@
+"""``dva index``: embed a gallery and write (or grow) an index directory.
+
+Building is incremental: images whose path is already in the index are not embedded
+again, new ones are appended (ids of old images never change), and the FAISS index is
+extended, or rebuilt from the stored embeddings when the gallery has grown into another
+index type. Unreadable images are skipped and reported, never fatal, unless nothing at all
+could be read.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dva import __version__
+from dva.data.loaders import ImageDataset
+from dva.errors import ConfigError, DataError
+from dva.evaluate.embed import Embeddings, embed_dataset, embedding_transform
+from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, build_index, plan_index, recall_vs_exact
+from dva.index.gallery import GalleryItem
+from dva.index.model import IndexModel
+from dva.index.store import GalleryIndex, is_index_dir, update_lock, write_version
+
+#: Recall of approximate indexes is measured at build time for the manifest, like ``--check``.
+RECALL_K = 10
+
+
+@dataclass
+class IndexReport:
+    """What one ``dva index`` did."""
+
+    path: str
+    version: int
+    count: int
+    added: int
+    already_indexed: int
+    #: ``(path, reason)`` of every image that could not be read; they are not in the index.
+    unreadable: list[tuple[str, str]] = field(default_factory=list)
+    index: dict[str, Any] = field(default_factory=dict)
+    embed_seconds: float = 0.0
+    total_seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def index_gallery(
+    out: str | Path,
+    items: Sequence[GalleryItem],
+    *,
+    model: IndexModel | None = None,
+    index_type: str | None = None,
+    approx_threshold: int | None = None,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    device: str = "auto",
+    precision: str = "auto",
+    progress: bool = True,
+) -> IndexReport:
+    """Create the index ``out`` from ``items``, or add the new ones to the index already there.
+
+    ``model`` is required for a new index; for an existing one the index's own model is used,
+    and a different ``model`` is refused (its embeddings would not be comparable).
+    ``index_type`` (auto, flat, hnsw, ivf) and ``approx_threshold`` default to the index's
+    recorded settings, else to auto and :data:`DEFAULT_APPROX_THRESHOLD`.
+    """
+    out = Path(out)
+    embed = dict(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision, progress=progress)
+    if is_index_dir(out):
+        with update_lock(out):
+            return _update(out, items, model, index_type, approx_threshold, embed)
+    if model is None:
+        raise ConfigError(f"{out} is not an index yet: say which model embeds it (--run RUN_DIR or --frozen --backbone NAME)")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out}: exists and is not a dva index (no manifest.json); choose a new or empty folder")
+    return _create(out, items, model, index_type or "auto", approx_threshold or DEFAULT_APPROX_THRESHOLD, embed)
+
+
+def _create(
+    out: Path, items: Sequence[GalleryItem], model: IndexModel, index_type: str, threshold: int, embed: dict
+) -> IndexReport:
+    start = time.perf_counter()
+    plan_index(0, index_type=index_type, approx_threshold=threshold)  # validate options before embedding
+    # Built beside the target and renamed into place: a crash leaves no half-written index.
+    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
+    partial.mkdir(parents=True)
+    try:
+        model.save(partial)
+        embeddings, seconds = _embed(model, items, embed)
+        if not len(embeddings.vectors):
+            first = embeddings.failures[0][1] if embeddings.failures else "the gallery is empty"
+            raise DataError(f"no image of the gallery could be read (first: {first})")
+        rows = [_row(items[i]) for i in embeddings.indices]
+        manifest = {
+            "version": 1,
+            "dva_version": __version__,
+            "embed_dim": int(embeddings.vectors.shape[1]),
+            "model": {**model.describe(), "fingerprint": model.fingerprint()},
+            "settings": {"index_type": index_type, "approx_threshold": threshold},
+        }
+        manifest = _write(partial, manifest, embeddings.vectors, rows, None)
+        try:
+            if out.exists():
+                out.rmdir()  # empty, checked above
+            os.rename(partial, out)
+        except OSError as e:
+            raise ConfigError(f"{out}: could not move the new index into place ({e}); was it created meanwhile?") from None
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    return IndexReport(
+        str(out), 1, len(rows), len(rows), 0, _unreadable(items, embeddings), manifest["index"],
+        seconds, time.perf_counter() - start,
+    )
+
+
+def _update(
+    out: Path,
+    items: Sequence[GalleryItem],
+    model: IndexModel | None,
+    index_type: str | None,
+    threshold: int | None,
+    embed: dict,
+) -> IndexReport:
+    start = time.perf_counter()
+    index = GalleryIndex.load(out)
+    own = IndexModel.from_index(out)
+    if model is not None and model.fingerprint() != index.manifest["model"]["fingerprint"]:
+        raise ConfigError(
+            f"{out} was built with {index.manifest['model']['source']}; {model.source} gives other embeddings. "
+            "Add images without --run/--frozen (the index's own model is used) or build a new index"
+        )
+    settings = {
+        "index_type": index_type or index.manifest["settings"]["index_type"],
+        "approx_threshold": threshold or index.manifest["settings"]["approx_threshold"],
+    }
+    new = [item for item in items if str(item.path) not in index.ids_by_path]
+    embeddings, seconds = _embed(own, new, embed)
+    vectors = np.concatenate([np.asarray(index.embeddings), embeddings.vectors.reshape(-1, index.embed_dim)])
+    rows = index.rows + [_row(new[i]) for i in embeddings.indices]
+    unchanged = not len(embeddings.vectors) and settings == index.manifest["settings"]
+    manifest = index.manifest
+    if not unchanged:
+        manifest = {**index.manifest, "version": index.version + 1, "settings": settings}
+        manifest = _write(out, manifest, vectors, rows, index)
+    return IndexReport(
+        str(out), manifest["version"], len(rows), len(embeddings.vectors), len(items) - len(new),
+        _unreadable(new, embeddings), manifest["index"], seconds, time.perf_counter() - start,
+    )
+
+
+def _write(
+    path: Path, manifest: dict, vectors: np.ndarray, rows: list[dict], previous: GalleryIndex | None
+) -> dict[str, Any]:
+    """Choose the FAISS index for the new size, extend or rebuild it, measure recall, commit."""
+    settings = manifest["settings"]
+    spec = plan_index(len(vectors), index_type=settings["index_type"], approx_threshold=settings["approx_threshold"])
+    if previous is not None and previous.spec == spec:
+        faiss_index = previous.faiss_index
+        faiss_index.add(np.ascontiguousarray(vectors[len(previous) :]))
+    else:
+        faiss_index = build_index(spec, vectors)
+    recall = 1.0 if spec.exact else recall_vs_exact(faiss_index, vectors, k=RECALL_K)
+    manifest = {**manifest, "index": {**spec.to_dict(), f"recall@{RECALL_K}": recall}}
+    return write_version(path, manifest, vectors, rows, faiss_index)
+
+
+def _embed(model: IndexModel, items: Sequence[GalleryItem], embed: dict) -> tuple[Embeddings, float]:
+    start = time.perf_counter()
+    if not items:  # nothing new: do not pay for building the model
+        return Embeddings(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)), 0.0
+    net = model.load_model()
+    dataset = ImageDataset(
+        [item.path for item in items], embedding_transform(net, model.img_size, model.resize_size)
+    )
+    embeddings = embed_dataset(net, dataset, desc="indexing", **embed)
+    return embeddings, time.perf_counter() - start
+
+
+def _row(item: GalleryItem) -> dict[str, Any]:
+    return {"path": str(item.path), "label": item.label, **item.metadata}
+
+
+def _unreadable(items: Sequence[GalleryItem], embeddings: Embeddings) -> list[tuple[str, str]]:
+    return [(str(items[i].path), message) for i, message in embeddings.failures]

@@ -1,0 +1,134 @@
+"""FAISS indexes over L2-normalised embeddings, where inner product is cosine similarity.
+
+Exact search (``IndexFlatIP``) costs one matrix product per query and is the default: at
+100k images of 768 floats a query takes milliseconds. Past a size threshold the index
+becomes approximate, chosen by size as FAISS's own guidelines suggest: HNSW (no training,
+incremental adds) up to ten times the threshold, IVF (a k-means coarse quantizer with
+``nlist`` of about ``4 * sqrt(N)`` cells, of which ``nprobe`` are visited) beyond. Every
+parameter is recorded in the index manifest, and :func:`recall_vs_exact` measures what
+the approximation costs against exact search on the stored embeddings.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import faiss
+import numpy as np
+
+from dva.errors import ConfigError
+
+#: Galleries with at least this many images get an approximate index (``--approx-threshold``).
+DEFAULT_APPROX_THRESHOLD = 100_000
+#: From ``threshold * IVF_FACTOR`` images on, IVF replaces HNSW (HNSW's build time grows too much).
+IVF_FACTOR = 10
+INDEX_TYPES = ("auto", "flat", "hnsw", "ivf")
+HNSW_M = 32
+HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 128
+#: k-means wants about 39 training points per cell; more than 256 per cell adds nothing.
+IVF_MIN_POINTS_PER_CELL = 39
+IVF_MAX_POINTS_PER_CELL = 256
+
+
+@dataclass(frozen=True)
+class IndexSpec:
+    """Which FAISS index, with the parameters that decide its speed and recall."""
+
+    type: str
+    params: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def exact(self) -> bool:
+        return self.type == "flat"
+
+    @property
+    def factory_string(self) -> str:
+        """The ``faiss.index_factory`` description of this index."""
+        if self.type == "flat":
+            return "Flat"
+        if self.type == "hnsw":
+            return f"HNSW{self.params['M']},Flat"
+        return f"IVF{self.params['nlist']},Flat"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": self.type, "factory": self.factory_string, "params": dict(self.params)}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> IndexSpec:
+        return cls(raw["type"], dict(raw.get("params", {})))
+
+
+def plan_index(num_vectors: int, *, index_type: str = "auto", approx_threshold: int = DEFAULT_APPROX_THRESHOLD) -> IndexSpec:
+    """Choose the index for a gallery of ``num_vectors`` images (``index_type`` forces one)."""
+    if index_type not in INDEX_TYPES:
+        raise ConfigError(f"index type: choose from {', '.join(INDEX_TYPES)}, got {index_type!r}")
+    if approx_threshold < 1:
+        raise ConfigError(f"approx threshold must be at least 1, got {approx_threshold}")
+    if index_type == "auto":
+        if num_vectors < approx_threshold:
+            index_type = "flat"
+        else:
+            index_type = "hnsw" if num_vectors < approx_threshold * IVF_FACTOR else "ivf"
+    if index_type == "flat":
+        return IndexSpec("flat")
+    if index_type == "hnsw":
+        return IndexSpec("hnsw", {"M": HNSW_M, "ef_construction": HNSW_EF_CONSTRUCTION, "ef_search": HNSW_EF_SEARCH})
+    # A power of two near 4*sqrt(N) keeps the plan stable as a gallery grows, so incremental
+    # adds reuse the trained quantizer until the size changes enough to retrain.
+    nlist = 2 ** round(math.log2(max(4 * math.sqrt(num_vectors), 1)))
+    while nlist > 1 and nlist * IVF_MIN_POINTS_PER_CELL > num_vectors:
+        nlist //= 2
+    return IndexSpec("ivf", {"nlist": nlist, "nprobe": min(nlist, max(8, nlist // 32))})
+
+
+def build_index(spec: IndexSpec, vectors: np.ndarray, *, seed: int = 0) -> faiss.Index:
+    """A FAISS index of ``spec`` holding ``vectors`` with ids ``0..N-1`` (their row numbers)."""
+    vectors = _as_matrix(vectors)
+    index = faiss.index_factory(vectors.shape[1], spec.factory_string, faiss.METRIC_INNER_PRODUCT)
+    if spec.type == "hnsw":
+        faiss.downcast_index(index).hnsw.efConstruction = spec.params["ef_construction"]
+    if spec.type == "ivf":
+        nlist = spec.params["nlist"]
+        if len(vectors) < nlist:
+            raise ConfigError(f"an IVF index with {nlist} cells needs at least {nlist} images, got {len(vectors)}")
+        sample = len(vectors)
+        if sample > nlist * IVF_MAX_POINTS_PER_CELL:
+            sample = nlist * IVF_MAX_POINTS_PER_CELL
+        rows = np.random.default_rng(seed).choice(len(vectors), sample, replace=False)
+        index.train(vectors[np.sort(rows)])
+    index.add(vectors)
+    apply_search_params(index, spec)
+    return index
+
+
+def apply_search_params(index: faiss.Index, spec: IndexSpec) -> None:
+    """Set the query-time knobs (``efSearch``, ``nprobe``) recorded in ``spec``."""
+    if spec.type == "hnsw":
+        faiss.downcast_index(index).hnsw.efSearch = spec.params["ef_search"]
+    elif spec.type == "ivf":
+        faiss.extract_index_ivf(index).nprobe = spec.params["nprobe"]
+
+
+def recall_vs_exact(
+    index: faiss.Index, vectors: np.ndarray, *, k: int = 10, num_queries: int = 1000, seed: int = 0
+) -> float:
+    """Mean fraction of the exact top-``k`` that ``index`` also returns, over stored vectors as queries."""
+    vectors = _as_matrix(vectors)
+    if len(vectors) == 0:
+        return 1.0
+    k = min(k, len(vectors))
+    rng = np.random.default_rng(seed)
+    queries = vectors[rng.choice(len(vectors), min(num_queries, len(vectors)), replace=False)]
+    exact = faiss.IndexFlatIP(vectors.shape[1])
+    exact.add(vectors)
+    _, truth = exact.search(queries, k)
+    _, found = index.search(queries, k)
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
+    return hits / (len(queries) * k)
+
+
+def _as_matrix(vectors: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1)

@@ -1,0 +1,145 @@
+"""Search an index by image or by embedding: the one object behind ``dva search`` and ``dva serve``.
+
+::
+
+    searcher = dva.Searcher("gallery_index")
+    for match in searcher.search("query.jpg", k=5):
+        print(match.score, match.label, match.path)
+
+The model is rebuilt from the config recorded in the index (adapters merged), images go
+through the same evaluation transform as the gallery did, and scores are cosine
+similarities (inner products of L2-normalised embeddings).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from dva.data.images import load_image, to_rgb
+from dva.errors import DataError
+from dva.evaluate.embed import embedding_transform
+from dva.index.model import IndexModel
+from dva.index.store import GalleryIndex
+from dva.runtime import autocast, resolve_device
+
+ImageLike = Union[str, os.PathLike, Image.Image]
+
+
+@dataclass(frozen=True)
+class Match:
+    """One gallery image returned for a query."""
+
+    id: int
+    path: str
+    label: str | None
+    #: Cosine similarity to the query, in [-1, 1].
+    score: float
+    #: The extra fields the gallery list gave this image.
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "path": self.path, "label": self.label, "score": self.score, "metadata": self.metadata}
+
+
+class Searcher:
+    """Top-k cosine search over an index directory written by ``dva index``.
+
+    Safe to share between threads (the web server does): inference runs under a lock, one
+    batch at a time, and FAISS searches are read-only.
+    """
+
+    def __init__(
+        self, index_dir: str | Path, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 32
+    ) -> None:
+        self.index = GalleryIndex.load(index_dir)
+        self.model_info = IndexModel.from_index(index_dir)
+        self.device = resolve_device(device)
+        self.precision = precision
+        self.batch_size = batch_size
+        self.model = self.model_info.load_model(self.device)
+        if self.model.embed_dim != self.index.embed_dim:
+            raise DataError(
+                f"{index_dir}: the recorded model gives {self.model.embed_dim}-d embeddings, "
+                f"the index holds {self.index.embed_dim}-d ones"
+            )
+        self.transform = embedding_transform(self.model, self.model_info.img_size, self.model_info.resize_size)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def embed_dim(self) -> int:
+        return self.index.embed_dim
+
+    def embed(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """``(len(images), D)`` L2-normalised embeddings; paths that cannot be read raise ``DataError``."""
+        tensors = [self.transform(_as_image(image)) for image in images]
+        out = []
+        with self._lock, torch.inference_mode():
+            for start in range(0, len(tensors), self.batch_size):
+                batch = torch.stack(tensors[start : start + self.batch_size]).to(self.device)
+                with autocast(self.device, self.precision):
+                    out.append(self.model(batch).float().cpu())
+        return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
+
+    def search(self, image: ImageLike, k: int = 10) -> list[Match]:
+        """The ``k`` gallery images most similar to ``image`` (a path or a PIL image), best first."""
+        return self.search_batch([image], k)[0]
+
+    def search_batch(self, images: Sequence[ImageLike], k: int = 10) -> list[list[Match]]:
+        return self.search_embeddings(self.embed(images), k)
+
+    def search_embedding(self, embedding: Sequence[float] | np.ndarray, k: int = 10) -> list[Match]:
+        """Search with a ``D``-vector (normalised here, so any positive scaling gives the same result)."""
+        vector = np.asarray(embedding, dtype=np.float32)
+        if vector.ndim != 1:
+            raise DataError(f"an embedding is a vector of {self.embed_dim} numbers, got shape {vector.shape}")
+        return self.search_embeddings(vector[None], k)[0]
+
+    def search_embeddings(self, embeddings: np.ndarray, k: int = 10) -> list[list[Match]]:
+        vectors = np.asarray(embeddings, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[1] != self.embed_dim:
+            raise DataError(f"embeddings must have shape (n, {self.embed_dim}), got {vectors.shape}")
+        if not np.isfinite(vectors).all():
+            raise DataError("embeddings contain NaN or infinite values")
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        if (norms == 0).any():
+            raise DataError("an embedding of all zeros has no direction to search")
+        if k < 1:
+            raise DataError(f"k must be at least 1, got {k}")
+        scores, ids = self.index.faiss_index.search(np.ascontiguousarray(vectors / norms), min(k, len(self)))
+        return [
+            [self.match(int(i), float(s)) for i, s in zip(row_ids, row_scores) if i >= 0]
+            for row_ids, row_scores in zip(ids, scores)
+        ]
+
+    def match(self, image_id: int, score: float = float("nan")) -> Match:
+        row = self.index.rows[image_id]
+        metadata = {key: value for key, value in row.items() if key not in ("path", "label")}
+        return Match(image_id, row["path"], row["label"], score, metadata)
+
+    def describe(self) -> dict[str, Any]:
+        """What the index holds and how it searches (``GET /healthz``, ``dva search --json``)."""
+        return {
+            "images": len(self),
+            "embed_dim": self.embed_dim,
+            "version": self.index.version,
+            "model": {k: v for k, v in self.index.manifest["model"].items() if k != "fingerprint"},
+            "index": self.index.manifest["index"],
+        }
+
+
+def _as_image(image: ImageLike) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return to_rgb(image)
+    return load_image(image)

@@ -1,0 +1,192 @@
+"""The HTTP layer: a thin FastAPI app over :class:`dva.Searcher` (clip-retrieval's ``clip_back``).
+
+Endpoints (OpenAPI docs at ``/docs``, served offline):
+
+- ``POST /search``            multipart image upload ``file`` and form field ``k``
+- ``POST /search/embedding``  JSON ``{"embedding": [...], "k": 10}``
+- ``GET  /images/{id}``       a gallery image, by the id the index gave it (never by path)
+- ``GET  /healthz``           what the index holds
+- ``GET  /``                  the search page (static HTML/JS/CSS shipped in ``static/``)
+
+Untrusted input is bounded before it costs anything: request bodies above
+``max_upload_bytes`` are refused with 413 before they are parsed, images above
+``max_image_pixels`` with 413 from their header alone (decompression bombs), anything
+that does not decode as an image with 415. With an API key set, every API endpoint wants
+the ``X-API-Key`` header; the page, its static files and the OpenAPI docs stay open (they
+hold no data), and the page sends the key the user types into it with each API call.
+"""
+
+from __future__ import annotations
+
+import io
+import mimetypes
+import secrets
+import time
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Security, UploadFile
+from fastapi import Path as PathParam
+from fastapi.responses import FileResponse
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+from pydantic import BaseModel, Field
+
+from dva import __version__
+from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image
+from dva.errors import DataError
+from dva.index.searcher import Match, Searcher
+from dva.serve.limits import BodySizeLimit
+
+STATIC_DIR = Path(str(files("dva.serve") / "static"))
+API_KEY_HEADER = "X-API-Key"
+#: Room for the multipart envelope (boundaries, part headers, the ``k`` field) around the file.
+MULTIPART_OVERHEAD = 64 * 1024
+
+
+@dataclass
+class ServeSettings:
+    """Limits and access control of one server (``dva serve`` options)."""
+
+    #: Largest accepted upload, in bytes.
+    max_upload_bytes: int = 10 * 1024 * 1024
+    #: Largest accepted image, in pixels (width x height), checked before decoding.
+    max_image_pixels: int = 40_000_000
+    max_k: int = 100
+    default_k: int = 10
+    #: When set, every API endpoint requires it in the ``X-API-Key`` header.
+    api_key: str | None = None
+
+
+class MatchOut(BaseModel):
+    id: int = Field(description="Image id in the index; GET /images/{id} serves the image.")
+    rank: int
+    label: str | None
+    score: float = Field(description="Cosine similarity to the query, in [-1, 1].")
+    name: str = Field(description="File name of the gallery image (full paths are not exposed).")
+    image_url: str
+    metadata: dict[str, Any] = Field(description="Extra fields the gallery list gave this image.")
+
+
+class SearchResponse(BaseModel):
+    results: list[MatchOut]
+    k: int
+    gallery_size: int
+    took_ms: float
+
+
+class EmbeddingQuery(BaseModel):
+    embedding: list[float] = Field(min_length=1, description="A query embedding (normalised by the server).")
+    k: int = Field(10, ge=1)
+
+
+class Health(BaseModel):
+    status: str
+    images: int
+    embed_dim: int
+    backbone: str
+    method: str
+    img_size: int
+    index: str
+    version: int
+
+
+def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> FastAPI:
+    """The app serving ``searcher``; ``uvicorn.run(create_app(...))`` or ``dva serve`` runs it."""
+    settings = settings or ServeSettings()
+    app = FastAPIOffline(
+        title="dva gallery search",
+        version=__version__,
+        description="Find the gallery images most similar to a photo (fine-grained retrieval with dva).",
+    )
+    app.state.searcher = searcher
+    app.state.settings = settings
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    api = APIRouter(dependencies=[Depends(_api_key_check(settings.api_key))] if settings.api_key else [])
+
+    @api.get("/healthz", response_model=Health, summary="What the index holds")
+    def healthz() -> Health:
+        info = searcher.describe()
+        return Health(
+            status="ok", images=info["images"], embed_dim=info["embed_dim"], backbone=info["model"]["backbone"],
+            method=info["model"]["method"], img_size=info["model"]["img_size"], index=info["index"]["factory"],
+            version=info["version"],
+        )
+
+    @api.post("/search", response_model=SearchResponse, summary="Search with an uploaded image")
+    def search_image(
+        file: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, ...)."),
+        k: int = Form(settings.default_k, ge=1, description=f"Number of matches (at most {settings.max_k})."),
+    ) -> SearchResponse:
+        _check_k(k, settings)
+        data = file.file.read(settings.max_upload_bytes + 1)
+        if len(data) > settings.max_upload_bytes:
+            raise HTTPException(413, f"upload larger than {settings.max_upload_bytes:,} bytes")
+        name = file.filename or "upload"
+        try:
+            image = load_image(io.BytesIO(data), max_pixels=settings.max_image_pixels, name=name)
+        except ImageTooLargeError as e:
+            raise HTTPException(413, str(e)) from None
+        except ImageDecodeError as e:
+            raise HTTPException(415, f"{name}: not an image that can be decoded") from e
+        start = time.perf_counter()
+        matches = searcher.search(image, k)
+        return _response(matches, k, len(searcher), start)
+
+    @api.post("/search/embedding", response_model=SearchResponse, summary="Search with an embedding")
+    def search_embedding(query: EmbeddingQuery) -> SearchResponse:
+        _check_k(query.k, settings)
+        start = time.perf_counter()
+        try:
+            matches = searcher.search_embedding(query.embedding, query.k)
+        except DataError as e:
+            raise HTTPException(422, str(e)) from None
+        return _response(matches, query.k, len(searcher), start)
+
+    @api.get("/images/{image_id}", summary="A gallery image, by id", response_class=FileResponse)
+    def gallery_image(image_id: int = PathParam(..., ge=0)) -> FileResponse:
+        if image_id >= len(searcher):
+            raise HTTPException(404, f"no image {image_id} in the index")
+        path = Path(searcher.match(image_id).path)
+        if not path.is_file():
+            raise HTTPException(404, f"image {image_id} is indexed but its file is gone")
+        return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+
+    app.include_router(api)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _api_key_check(expected: str):
+    header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when the server has a key.")
+
+    def require_key(key: str | None = Security(header)) -> None:
+        # compare_digest: the time taken does not reveal how much of a guess was right.
+        if key is None or not secrets.compare_digest(key.encode(), expected.encode()):
+            raise HTTPException(401, f"missing or wrong API key ({API_KEY_HEADER} header)",
+                                headers={"WWW-Authenticate": API_KEY_HEADER})
+
+    return require_key
+
+
+def _check_k(k: int, settings: ServeSettings) -> None:
+    if k > settings.max_k:
+        raise HTTPException(422, f"k={k} is above this server's limit of {settings.max_k}")
+
+
+def _response(matches: list[Match], k: int, gallery_size: int, start: float) -> SearchResponse:
+    results = [
+        MatchOut(id=m.id, rank=rank, label=m.label, score=m.score, name=Path(m.path).name,
+                 image_url=f"/images/{m.id}", metadata=m.metadata)
+        for rank, m in enumerate(matches, start=1)
+    ]
+    return SearchResponse(results=results, k=k, gallery_size=gallery_size,
+                          took_ms=(time.perf_counter() - start) * 1000)
