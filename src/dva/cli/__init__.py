@@ -22,11 +22,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from dva.cli import data, evaluate, params, train
+    from dva.cli import data, evaluate, opa, params, train
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
     app.command("params")(params.params)
+    app.command("detect")(opa.detect)
+    app.command("views")(opa.views)
     app.add_typer(data.app, name="data")
 
 

@@ -1,0 +1,107 @@
+"""A contact sheet of OPA's views (``dva views``): check a detector at a glance before training.
+
+One row per image: the original with its box (green: trusted, orange: score below
+``min_score``, so training uses the original image), the discriminative view, and the
+background view (or why there is none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+from dva.data.images import ImageDecodeError, load_image
+from dva.opa.boxes import BoxEntry, BoxFile, image_size
+from dva.opa.views import area_fraction, background_view, discriminative_view
+
+COLUMNS = ("original + box", "discriminative view", "background view")
+TRUSTED, UNTRUSTED = (40, 200, 60), (255, 150, 0)
+CANVAS, EMPTY = (255, 255, 255), (225, 225, 225)
+
+
+@dataclass(frozen=True)
+class SheetOptions:
+    min_score: float = 0.5
+    enlarge: float = 1.1
+    aspect: tuple[int, int] = (3, 4)
+    max_area: float = 0.5
+    #: Side of each square tile, in pixels.
+    tile: int = 200
+
+
+def spread(entries: Sequence[BoxEntry], limit: int) -> list[BoxEntry]:
+    """``limit`` entries evenly spaced through ``entries`` (files are grouped by class: this shows many)."""
+    if limit >= len(entries):
+        return list(entries)
+    step = len(entries) / limit
+    return [entries[int(i * step)] for i in range(limit)]
+
+
+def contact_sheet(entries: Sequence[BoxEntry], options: SheetOptions = SheetOptions()) -> Image.Image:
+    font = ImageFont.load_default(size=max(10, options.tile // 16))
+    line = font.size + 4
+    header, caption = line + 6, line * 2 + 4
+    width, row_height = options.tile * len(COLUMNS), options.tile + caption
+    sheet = Image.new("RGB", (width, header + row_height * len(entries)), CANVAS)
+    draw = ImageDraw.Draw(sheet)
+    for c, title in enumerate(COLUMNS):
+        draw.text((c * options.tile + 6, 4), title, fill=(0, 0, 0), font=font)
+    for r, entry in enumerate(entries):
+        top = header + r * row_height
+        tiles, notes = _row(entry, options)
+        for c, (tile, note) in enumerate(zip(tiles, notes)):
+            sheet.paste(_fit(tile, options.tile), (c * options.tile, top))
+            position = (c * options.tile + 4, top + options.tile + 2)
+            draw.multiline_text(position, note, fill=(0, 0, 0), font=font, spacing=2)
+    return sheet
+
+
+def _row(entry: BoxEntry, options: SheetOptions) -> tuple[list[Image.Image | None], list[str]]:
+    name = "/".join(entry.path.parts[-2:])
+    try:
+        image = load_image(entry.path)
+    except ImageDecodeError as e:
+        return [None, None, None], [f"{name}\nunreadable: {e}"[:80], "", ""]
+    if entry.box is None:
+        return [image, None, None], [f"{name}\nno object found", "original used", "none"]
+    trusted = entry.score >= options.min_score
+    marked = image.copy()
+    colour = TRUSTED if trusted else UNTRUSTED
+    ImageDraw.Draw(marked).rectangle(entry.box, outline=colour, width=max(2, image.width // 100))
+    first = f"{name}\nscore {entry.score:.2f}" + ("" if trusted else f" < {options.min_score}")
+    if not trusted:
+        return [marked, image, None], [first, "original used (low score)", "none (low score)"]
+    crop = discriminative_view(image, entry.box, entry.score, min_score=options.min_score, enlarge=options.enlarge,
+                               aspect=options.aspect)
+    area = area_fraction(entry.box, image.width, image.height)
+    background = background_view(image, entry.box, max_area=options.max_area)
+    second = f"{crop.width}x{crop.height}"
+    third = f"box {area:.0%} of image" + ("" if background is not None else f"\nnone (>= {options.max_area:.0%})")
+    return [marked, crop, background], [first, second, third]
+
+
+def _fit(image: Image.Image | None, side: int) -> Image.Image:
+    """``image`` scaled to fit a ``side`` x ``side`` tile, centred (an empty tile for None)."""
+    tile = Image.new("RGB", (side, side), EMPTY)
+    if image is not None:
+        scale = side / max(image.size)
+        shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        tile.paste(shown, ((side - shown.width) // 2, (side - shown.height) // 2))
+    return tile
+
+
+def box_statistics(boxes: BoxFile, options: SheetOptions = SheetOptions()) -> dict[str, float | int]:
+    """What training will make of a box file: how many images get trusted boxes and background views."""
+    entries = list(boxes.entries.values())
+    found = [e for e in entries if e.box is not None]
+    trusted = [e for e in found if e.score >= options.min_score]
+    background = [e for e in trusted if area_fraction(e.box, *(e.size or image_size(e.path))) < options.max_area]
+    return {
+        "images": len(entries),
+        "with_box": len(found),
+        "trusted": len(trusted),
+        "background_views": len(background),
+        "mean_score": round(sum(e.score for e in found) / len(found), 4) if found else 0.0,
+    }
