@@ -123,10 +123,10 @@ def test_cli_detect_views_train_and_eval_with_opa(cub_root, tmp_path):
     assert report["images"] == 48 and report["with_box"] == 48
 
     sheet = json.loads(dva_cli("views", "--boxes", str(boxes), "--out", str(tmp_path / "sheet"), "--limit", "3",
-                               "--tile", "64", "--json").stdout)
+                               "--tile", "64", "--per-row", "2", "--json").stdout)
     assert sheet["shown"] == 3 and sheet["background_views"] == 48
     with Image.open(sheet["sheet"]) as png:
-        assert png.format == "PNG" and png.width == 3 * 64
+        assert png.format == "PNG" and png.width == 2 * 3 * 64 + 6  # two images per row, 6 px apart
 
     run = tmp_path / "run"
     summary = json.loads(dva_cli(

@@ -87,7 +87,7 @@ def detect(
 
 def views(
     boxes: Path = typer.Option(..., "--boxes", help="Box file (from `dva detect`, or your own)."),
-    out: Path = typer.Option(..., "--out", help="Folder to write contact_sheet.png into."),
+    out: Path = typer.Option(..., "--out", help="Folder to write the sheet into, as <box file name>_views.png."),
     limit: int = typer.Option(24, "--limit", help="Images on the sheet, spread evenly through the file."),
     data: str | None = DataRootOpt,
     min_score: float = typer.Option(
@@ -95,6 +95,7 @@ def views(
     ),
     max_area: float = typer.Option(0.5, "--max-area", help="No background view at this box/image area or more."),
     tile: int = typer.Option(200, "--tile", help="Tile size in pixels."),
+    per_row: int = typer.Option(2, "--per-row", help="Images side by side (three tiles each)."),
     json_out: bool = JsonOpt,
 ) -> None:
     """Write a contact sheet of originals with boxes, discriminative and background views, plus counts."""
@@ -105,10 +106,10 @@ def views(
     box_file = read_box_file(boxes, root=data)
     if not len(box_file):
         raise ConfigError(f"{boxes}: holds no boxes")
-    options = SheetOptions(min_score=min_score, max_area=max_area, tile=tile)
+    options = SheetOptions(min_score=min_score, max_area=max_area, tile=tile, per_row=per_row)
     shown = spread(list(box_file.entries.values()), limit)
     sheet = contact_sheet(shown, options)
-    path = atomic_write(out / "contact_sheet.png", lambda p: sheet.save(p, format="PNG"))
+    path = atomic_write(out / f"{boxes.stem}_views.png", lambda p: sheet.save(p, format="PNG"))
     report = {"sheet": str(path), "shown": len(shown), **box_statistics(box_file, options)}
     if json_out:
         print_json(report)

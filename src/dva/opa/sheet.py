@@ -1,8 +1,8 @@
 """A contact sheet of OPA's views (``dva views``): check a detector at a glance before training.
 
-One row per image: the original with its box (green: trusted, orange: score below
+Three tiles per image: the original with its box (green: trusted, orange: score below
 ``min_score``, so training uses the original image), the discriminative view, and the
-background view (or why there is none).
+background view (or why there is none); ``per_row`` images side by side.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ class SheetOptions:
     max_area: float = 0.5
     #: Side of each square tile, in pixels.
     tile: int = 200
+    #: Images (groups of three tiles) per row.
+    per_row: int = 2
 
 
 def spread(entries: Sequence[BoxEntry], limit: int) -> list[BoxEntry]:
@@ -42,19 +44,22 @@ def spread(entries: Sequence[BoxEntry], limit: int) -> list[BoxEntry]:
 def contact_sheet(entries: Sequence[BoxEntry], options: SheetOptions = SheetOptions()) -> Image.Image:
     font = ImageFont.load_default(size=max(10, options.tile // 16))
     line = font.size + 4
-    header, caption = line + 6, line * 2 + 4
-    width, row_height = options.tile * len(COLUMNS), options.tile + caption
-    sheet = Image.new("RGB", (width, header + row_height * len(entries)), CANVAS)
+    header, caption, gap = line + 6, line * 2 + 4, options.tile // 10
+    group = options.tile * len(COLUMNS) + gap
+    per_row = max(1, min(options.per_row, len(entries)))
+    rows = -(-len(entries) // per_row)
+    sheet = Image.new("RGB", (group * per_row - gap, header + (options.tile + caption) * rows), CANVAS)
     draw = ImageDraw.Draw(sheet)
-    for c, title in enumerate(COLUMNS):
-        draw.text((c * options.tile + 6, 4), title, fill=(0, 0, 0), font=font)
-    for r, entry in enumerate(entries):
-        top = header + r * row_height
+    for g in range(per_row):
+        for c, title in enumerate(COLUMNS):
+            draw.text((g * group + c * options.tile + 6, 4), title, fill=(0, 0, 0), font=font)
+    for i, entry in enumerate(entries):
+        left, top = (i % per_row) * group, header + (i // per_row) * (options.tile + caption)
         tiles, notes = _row(entry, options)
         for c, (tile, note) in enumerate(zip(tiles, notes)):
-            sheet.paste(_fit(tile, options.tile), (c * options.tile, top))
-            position = (c * options.tile + 4, top + options.tile + 2)
-            draw.multiline_text(position, note, fill=(0, 0, 0), font=font, spacing=2)
+            x = left + c * options.tile
+            sheet.paste(_fit(tile, options.tile), (x, top))
+            draw.multiline_text((x + 4, top + options.tile + 2), note, fill=(0, 0, 0), font=font, spacing=2)
     return sheet
 
 
