@@ -193,6 +193,14 @@ def test_saliency_box_is_the_main_region_scored_by_contrast():
     assert found.score > 0.5
 
 
+def test_saliency_region_follows_a_thin_diagonal_tail():
+    heat = np.zeros((60, 60))
+    heat[10:30, 10:30] = 1.0  # body
+    for i in range(20):  # a one-pixel tail, joined to the body and itself only at pixel corners
+        heat[30 + i, 30 + i] = 1.0
+    assert saliency_box(heat, 60, 60).box == pytest.approx((10.0, 10.0, 50.0, 50.0))
+
+
 def test_saliency_box_of_a_diffuse_or_flat_map():
     rng = np.random.default_rng(0)
     diffuse = np.clip(0.5 + rng.normal(0, 0.08, (56, 56)), 0, 1)  # nothing stands out
