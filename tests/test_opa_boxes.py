@@ -89,6 +89,16 @@ def test_a_line_cut_off_by_an_interruption_is_detected_again(cub_root, split, tm
     assert report["detected_now"] == 21 and len(lines(out)) == 25  # every line parses
 
 
+def test_a_hand_edited_last_line_without_newline_is_kept_apart(cub_root, split, tmp_path):
+    out = tmp_path / "boxes.jsonl"
+    detect_boxes(CountingDetector(), {"train": split.train}, out, dataset="cub", root=cub_root.root, limit=2,
+                 progress=False)
+    out.write_text(out.read_text().rstrip("\n"))
+    detect_boxes(CountingDetector(), {"train": split.train}, out, dataset="cub", root=cub_root.root, limit=1,
+                 progress=False)
+    assert len(lines(out)) == 4
+
+
 def test_class_name_prompts_for_training_but_never_for_test_images(cub_root, split, tmp_path):
     detector = CountingDetector()
     detect_boxes(detector, {"train": split.train}, tmp_path / "a.jsonl", dataset="cub", root=cub_root.root,

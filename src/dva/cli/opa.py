@@ -20,7 +20,7 @@ BoxFileOpt = typer.Option(None, "--box-file", help="boxes detector: your box fil
 DetectorDeviceOpt = typer.Option(None, "--detector-device", help="groundingdino/owlv2: auto, cpu, cuda, ...")
 
 
-def detector_options(
+def cli_detector_options(
     *,
     model: str | None = None,
     box_threshold: float | None = None,
@@ -72,7 +72,7 @@ def detect(
     sides = {"train": the_split.train, "test": the_split.test} if include_test else {"train": the_split.train}
     if not any(len(side) for side in sides.values()):
         raise ConfigError(f"the {split} split has no training images; add --include-test to detect its test images")
-    options = detector_options(model=model, box_threshold=box_threshold, text_threshold=text_threshold,
+    options = cli_detector_options(model=model, box_threshold=box_threshold, text_threshold=text_threshold,
                                box_file=box_file, device=device, data_root=data, detector=detector)
     report = detect_boxes(
         create_detector(detector, **options), sides, out, dataset=dataset, root=data, prompt=prompt, limit=limit,

@@ -14,7 +14,7 @@ from dva.cli.opa import (
     DetectorDeviceOpt,
     PromptOpt,
     TextThresholdOpt,
-    detector_options,
+    cli_detector_options,
 )
 from dva.config import RunConfig, from_dict, load_overrides
 from dva.errors import ConfigError
@@ -109,7 +109,7 @@ def train(
             "detector": detector,
             "prompt": prompt,
             "min_score": min_score,
-            "detector_options": detector_options(
+            "detector_options": cli_detector_options(
                 model=detector_model, box_threshold=box_threshold, text_threshold=text_threshold, box_file=box_file,
                 device=detector_device, data_root=data, detector=detector or "",
             ) or None,

@@ -105,11 +105,6 @@ class BoxFile:
     def __len__(self) -> int:
         return len(self.entries)
 
-    def describe(self) -> str:
-        if self.header is None:
-            return f"{self.path} (user box file, {len(self)} images)"
-        return f"{self.path} ({self.header['detector']}, {len(self)} images)"
-
 
 def read_box_file(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None) -> BoxFile:
     """Read a cache or a user box file. Relative image paths are resolved against ``root``,
@@ -150,7 +145,7 @@ def _complete_lines(data: bytes, path: Path) -> tuple[str, int, bool]:
 
 
 def _jsonl_rows(text: str, path: Path, result: BoxFile) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -306,9 +301,14 @@ class BoxCache:
                 f"{path}: made by another detector or settings ({details}); "
                 "write to another file, or repeat the settings it was made with"
             )
-        if existing.truncated:  # drop the line an interruption cut off; it is detected again
-            with open(path, "r+b") as f:
+        with open(path, "r+b") as f:
+            if existing.truncated:  # drop the line an interruption cut off; it is detected again
                 f.truncate(existing.valid_bytes)
+            size = f.seek(0, os.SEEK_END)
+            if size:
+                f.seek(size - 1)
+                if f.read(1) != b"\n":  # a complete last line without its newline (edited by hand)
+                    f.write(b"\n")
         return cls(path, {**existing.header, "root": header["root"]}, set(existing.entries))
 
     def __contains__(self, path: str | os.PathLike[str]) -> bool:
