@@ -201,6 +201,15 @@ def test_saliency_region_follows_a_thin_diagonal_tail():
     assert saliency_box(heat, 60, 60).box == pytest.approx((10.0, 10.0, 50.0, 50.0))
 
 
+@pytest.mark.parametrize("gap, joined", [(1, True), (2, True), (3, False)])
+def test_saliency_region_bridges_dips_of_two_pixels_at_most(gap, joined):
+    heat = np.zeros((60, 60))
+    heat[10:30, 10:30] = 1.0  # body
+    heat[30 + gap : 50, 20:24] = 0.9  # a tail (or a perch) below it, after a dip in the map
+    expected = (10.0, 10.0, 30.0, 50.0) if joined else (10.0, 10.0, 30.0, 30.0)
+    assert saliency_box(heat, 60, 60).box == pytest.approx(expected)
+
+
 def test_saliency_box_of_a_diffuse_or_flat_map():
     rng = np.random.default_rng(0)
     diffuse = np.clip(0.5 + rng.normal(0, 0.08, (56, 56)), 0, 1)  # nothing stands out

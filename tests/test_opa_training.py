@@ -118,9 +118,12 @@ def dva_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def test_cli_detect_views_train_and_eval_with_opa(cub_root, tmp_path):
     data = ["--dataset", "cub", "--data", str(cub_root.root)]
     boxes = tmp_path / "boxes.jsonl"
+    report = json.loads(dva_cli("detect", "--detector", "dataset", *data, "--test-only", "--out", str(boxes),
+                                "--quiet", "--json").stdout)
+    assert report["images"] == 24
     report = json.loads(dva_cli("detect", "--detector", "dataset", *data, "--include-test", "--out", str(boxes),
                                 "--quiet", "--json").stdout)
-    assert report["images"] == 48 and report["with_box"] == 48
+    assert report["images"] == 48 and report["already_cached"] == 24 and report["detected_now"] == 24
 
     sheet = json.loads(dva_cli("views", "--boxes", str(boxes), "--out", str(tmp_path / "sheet"), "--limit", "3",
                                "--tile", "64", "--per-row", "2", "--json").stdout)
@@ -137,3 +140,15 @@ def test_cli_detect_views_train_and_eval_with_opa(cub_root, tmp_path):
 
     metrics = json.loads(dva_cli("eval", "--run", str(run), "--opa-test", "--workers", "0", "--quiet", "--json").stdout)
     assert metrics["images"] == 24 and metrics["opa_test"] == {"boxes": str(boxes), "discriminative": 24}
+
+
+def test_cli_detector_option_caches_into_the_run_and_boxes_need_an_opa_method(cub_root, tmp_path):
+    from dva.cli.train import _check_opa
+
+    config = tiny_run_config(cub_root.root)
+    config.model.method, config.opa.detector = "dva", "dataset"
+    _check_opa(config, tmp_path / "run")
+    assert config.opa.boxes == str(tmp_path / "run" / "boxes.jsonl")
+    config.model.method = "ica"
+    with pytest.raises(ConfigError, match="--boxes/--detector give OPA's object views, which method 'ica'"):
+        _check_opa(config, tmp_path / "run")

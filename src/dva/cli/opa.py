@@ -48,6 +48,7 @@ def detect(
     include_test: bool = typer.Option(
         False, "--include-test", help="Also detect the test images (for `dva eval --opa-test`)."
     ),
+    test_only: bool = typer.Option(False, "--test-only", help="Detect the test images only (a cache for evaluation)."),
     prompt: str | None = PromptOpt,
     model: str | None = typer.Option(
         None, "--model", help="groundingdino: tiny|base or a Hub id / folder; owlv2: base|large|id / folder."
@@ -69,7 +70,11 @@ def detect(
     from dva.opa import create_detector, detect_boxes
 
     the_split = make_split(load_catalog(dataset, data), split)
-    sides = {"train": the_split.train, "test": the_split.test} if include_test else {"train": the_split.train}
+    sides = {"train": the_split.train, "test": the_split.test}
+    if test_only:
+        del sides["train"]
+    elif not include_test:
+        del sides["test"]
     if not any(len(side) for side in sides.values()):
         raise ConfigError(f"the {split} split has no training images; add --include-test to detect its test images")
     options = cli_detector_options(model=model, box_threshold=box_threshold, text_threshold=text_threshold,
