@@ -127,7 +127,7 @@ def test_cli_detect_views_train_and_eval_with_opa(cub_root, tmp_path):
 
     sheet = json.loads(dva_cli("views", "--boxes", str(boxes), "--out", str(tmp_path / "sheet"), "--limit", "3",
                                "--tile", "64", "--per-row", "2", "--json").stdout)
-    assert sheet["shown"] == 3 and sheet["background_views"] == 48
+    assert sheet["shown"] == 3 and sheet["background"] == 48 and sheet["low_score"] == 0
     with Image.open(sheet["sheet"]) as png:
         assert png.format == "PNG" and png.width == 2 * 3 * 64 + 6  # two images per row, 6 px apart
 

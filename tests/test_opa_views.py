@@ -116,3 +116,19 @@ def test_boxes_outside_the_image_are_refused():
         discriminative_view(image, (60, 60, 80, 80), 0.9)
     with pytest.raises(ValueError, match="no area inside"):
         background_view(image, (-30, 0, -10, 20))
+
+
+def test_contact_sheet_shows_every_outcome(tmp_path):
+    from dva.opa.boxes import BoxEntry
+    from dva.opa.sheet import SheetOptions, contact_sheet, outcome, pick
+
+    path = tmp_path / "a.png"
+    noise_image(100, 100).save(path)
+    kinds = {"background": ((10, 10, 40, 40), 0.9), "large_box": ((0, 0, 90, 90), 0.9),
+             "low_score": ((10, 10, 40, 40), 0.2), "no_detection": (None, 0.0)}
+    counts = {"background": 20, "large_box": 20, "low_score": 1, "no_detection": 1}  # two rare outcomes
+    entries = [BoxEntry(path, *kinds[k], (100, 100), f"{k}:{i}") for k, n in counts.items() for i in range(n)]
+    chosen = pick(entries, 8)
+    assert [outcome(e) for e in chosen] == ["background"] * 3 + ["large_box"] * 3 + ["low_score", "no_detection"]
+    sheet = contact_sheet(chosen[-4:], SheetOptions(tile=50, per_row=2))
+    assert sheet.size[0] == 2 * 3 * 50 + 5  # two images (three tiles each) per row, 5 px apart

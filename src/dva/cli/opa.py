@@ -93,7 +93,7 @@ def detect(
 def views(
     boxes: Path = typer.Option(..., "--boxes", help="Box file (from `dva detect`, or your own)."),
     out: Path = typer.Option(..., "--out", help="Folder to write the sheet into, as <box file name>_views.png."),
-    limit: int = typer.Option(24, "--limit", help="Images on the sheet, spread evenly through the file."),
+    limit: int = typer.Option(24, "--limit", help="Images on the sheet: every outcome, spread through the file."),
     data: str | None = DataRootOpt,
     min_score: float = typer.Option(
         0.5, "--min-score", help="Boxes scoring less are not trusted (training default 0.5)."
@@ -103,16 +103,20 @@ def views(
     per_row: int = typer.Option(2, "--per-row", help="Images side by side (three tiles each)."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Write a contact sheet of originals with boxes, discriminative and background views, plus counts."""
+    """Write a contact sheet of originals with boxes, discriminative and background views, plus counts.
+
+    Counts: background (all three views), large_box (no background view), low_score and
+    no_detection (the original image stands in), as training will count them.
+    """
     from dva._io import atomic_write
     from dva.opa.boxes import read_box_file
-    from dva.opa.sheet import SheetOptions, box_statistics, contact_sheet, spread
+    from dva.opa.sheet import SheetOptions, box_statistics, contact_sheet, pick
 
     box_file = read_box_file(boxes, root=data)
     if not len(box_file):
         raise ConfigError(f"{boxes}: holds no boxes")
     options = SheetOptions(min_score=min_score, max_area=max_area, tile=tile, per_row=per_row)
-    shown = spread(list(box_file.entries.values()), limit)
+    shown = pick(list(box_file.entries.values()), limit, options)
     sheet = contact_sheet(shown, options)
     path = atomic_write(out / f"{boxes.stem}_views.png", lambda p: sheet.save(p, format="PNG"))
     report = {"sheet": str(path), "shown": len(shown), **box_statistics(box_file, options)}

@@ -7,6 +7,7 @@ background view (or why there is none); ``per_row`` images side by side.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -33,12 +34,39 @@ class SheetOptions:
     per_row: int = 2
 
 
+#: What training makes of an image's box, in the order the sheet and the statistics report them.
+OUTCOMES = ("background", "large_box", "low_score", "no_detection")
+
+
+def outcome(entry: BoxEntry, options: SheetOptions = SheetOptions()) -> str:
+    """``background`` (all three views), ``large_box`` (no background view), ``low_score`` or
+    ``no_detection`` (the original image stands in): the names of the training log's events."""
+    if entry.box is None:
+        return "no_detection"
+    if entry.score < options.min_score:
+        return "low_score"
+    size = entry.size or image_size(entry.path)
+    return "large_box" if area_fraction(entry.box, *size) >= options.max_area else "background"
+
+
 def spread(entries: Sequence[BoxEntry], limit: int) -> list[BoxEntry]:
     """``limit`` entries evenly spaced through ``entries`` (files are grouped by class: this shows many)."""
     if limit >= len(entries):
         return list(entries)
     step = len(entries) / limit
     return [entries[int(i * step)] for i in range(limit)]
+
+
+def pick(entries: Sequence[BoxEntry], limit: int, options: SheetOptions = SheetOptions()) -> list[BoxEntry]:
+    """``limit`` entries that show every outcome: equal shares (a rare outcome's unused share goes
+    to the others), each spread through the file, in file order."""
+    groups = [[e for e in entries if outcome(e, options) == name] for name in OUTCOMES]
+    groups = sorted((g for g in groups if g), key=len)
+    chosen: list[BoxEntry] = []
+    for i, group in enumerate(groups):
+        chosen += spread(group, (limit - len(chosen)) // (len(groups) - i))
+    position = {id(e): i for i, e in enumerate(entries)}
+    return sorted(chosen, key=lambda e: position[id(e)])
 
 
 def contact_sheet(entries: Sequence[BoxEntry], options: SheetOptions = SheetOptions()) -> Image.Image:
@@ -100,13 +128,10 @@ def _fit(image: Image.Image | None, side: int) -> Image.Image:
 def box_statistics(boxes: BoxFile, options: SheetOptions = SheetOptions()) -> dict[str, float | int]:
     """What training will make of a box file: how many images get trusted boxes and background views."""
     entries = list(boxes.entries.values())
+    counts = Counter(outcome(e, options) for e in entries)
     found = [e for e in entries if e.box is not None]
-    trusted = [e for e in found if e.score >= options.min_score]
-    background = [e for e in trusted if area_fraction(e.box, *(e.size or image_size(e.path))) < options.max_area]
     return {
         "images": len(entries),
-        "with_box": len(found),
-        "trusted": len(trusted),
-        "background_views": len(background),
         "mean_score": round(sum(e.score for e in found) / len(found), 4) if found else 0.0,
+        **{name: counts[name] for name in OUTCOMES},
     }
