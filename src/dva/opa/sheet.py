@@ -87,8 +87,18 @@ def contact_sheet(entries: Sequence[BoxEntry], options: SheetOptions = SheetOpti
         for c, (tile, note) in enumerate(zip(tiles, notes)):
             x = left + c * options.tile
             sheet.paste(_fit(tile, options.tile), (x, top))
+            note = "\n".join(_fit_text(draw, text, font, options.tile - 8) for text in note.split("\n"))
             draw.multiline_text((x + 4, top + options.tile + 2), note, fill=(0, 0, 0), font=font, spacing=2)
     return sheet
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    """``text``, shortened from the left with "..." until it fits ``width`` pixels (the file name's end matters)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("..." + text, font=font) > width:
+        text = text[1:]
+    return "..." + text
 
 
 def _row(entry: BoxEntry, options: SheetOptions) -> tuple[list[Image.Image | None], list[str]]:
