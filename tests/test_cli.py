@@ -30,7 +30,7 @@ def test_train_then_eval_json(cub_root, tmp_path):
     summary = json.loads(
         dva(
             "train", *common, "--split", "open", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", "32",
-            "--targets", "q,v", "--rank", "4", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+            "--method", "ica", "--targets", "q,v", "--rank", "4", "--epochs", "1", "--batch-size", "8", "--workers", "0",
             "--out", str(run), "--quiet", "--json",
         ).stdout
     )

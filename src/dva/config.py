@@ -35,8 +35,8 @@ class ModelConfig:
     pretrained: bool = True
     init_seed: int = 0
     img_size: int = 224
-    #: Training method, see ``dva.models.methods``: "ica", "full", "frozen", ...
-    method: str = "ica"
+    #: Training method, see ``dva.models.methods``: "dva" (ICA + OPA + DPT, the paper's), "ica", "full", ...
+    method: str = "dva"
     #: ICA: which slices of the fused qkv projection get an adapter, its rank and scale.
     targets: tuple[str, ...] = ("q", "v")
     rank: int = 16
@@ -68,10 +68,22 @@ class DataConfig:
 class OPAConfig:
     """Object-Perceptual Adaptation (METHOD.md section 3): training-time object views."""
 
-    #: Box file written by ``dva detect`` (JSON lines). Required when the method uses OPA.
+    #: Box file: a cache written by ``dva detect`` or a user's box file. Required when the
+    #: method uses OPA; with ``detector`` set, the cache that training fills first.
     boxes: str | None = None
+    #: Detect the training images' boxes when training starts (see ``dva detect --help``).
+    detector: str | None = None
+    #: Detector prompt template; ``"{class}"`` = each image's class name. None: the dataset's
+    #: meta-category ("bird").
+    prompt: str | None = None
+    #: Options of the detector (``model``, ``box_threshold``, ...), see ``dva.opa.detectors``.
+    detector_options: dict[str, Any] = field(default_factory=dict)
+    #: Boxes scoring less are not trusted: the original image stands in for the object views.
     min_score: float = 0.5
     enlarge: float = 1.1
+    #: The discriminative crop is padded on its short side to at least ``short:long``.
+    aspect: tuple[int, int] = (3, 4)
+    #: No background view when the box covers this fraction of the image or more.
     max_area: float = 0.5
 
 

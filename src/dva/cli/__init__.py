@@ -22,11 +22,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from dva.cli import data, evaluate, index, params, serve, train, visualize
+    from dva.cli import data, evaluate, index, opa, params, serve, train, visualize
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
     app.command("params")(params.params)
+    app.command("detect")(opa.detect)
+    app.command("views")(opa.views)
     app.add_typer(data.app, name="data")
     app.command("index")(index.index)
     app.command("search")(index.search)

@@ -36,6 +36,11 @@ def evaluate(
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="With --frozen: random weights."),
     img_size: int | None = typer.Option(None, "--img-size", help="Crop size (default: the run's)."),
     weights: Path | None = typer.Option(None, "--weights", help="A specific epoch file instead of model.safetensors."),
+    opa_test: bool = typer.Option(
+        False, "--opa-test", help="Embed the test images' discriminative views (detector at test time, Table 8 "
+        "'Base + ICA + OPA'); boxes from --boxes or the run's box file."
+    ),
+    boxes: Path | None = typer.Option(None, "--boxes", help="With --opa-test: box file holding the test images."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = WorkersOpt,
     device: str = DeviceOpt,
@@ -68,7 +73,7 @@ def evaluate(
     with top-k's working copy: about 8 * N * D bytes + 512 MiB, never N x N (measured: the
     metrics on N = 48,562, D = 64 raise peak memory by 537 MiB).
     """
-    from dva.config import ModelConfig
+    from dva.config import ModelConfig, RunConfig
     from dva.data import load_catalog, make_split
     from dva.evaluate import evaluate_side
     from dva.models import create_model
@@ -83,7 +88,7 @@ def evaluate(
             raise ConfigError("--frozen needs --backbone, and --dataset with --data (or --suite)")
         model_config = ModelConfig(backbone=backbone, pretrained=pretrained, method="frozen", img_size=img_size or 224)
         model = create_model(model_config)
-        resize = None
+        resize, cfg = None, RunConfig()  # OPA settings at their defaults
         own_dataset = own_root = None
     elif run is not None:
         the_run = Run(run)
@@ -104,11 +109,27 @@ def evaluate(
         )
         return
     side = make_split(load_catalog(dataset, data), split or "open").test
-    metrics = evaluate_side(model, side, img_size=img_size or model_config.img_size, resize_size=resize, **common)
+    view, opa_report = None, None
+    if opa_test:
+        from dva.opa.training import discriminative_views
+
+        box_path = boxes or cfg.opa.boxes
+        if not box_path:
+            raise ConfigError("--opa-test needs boxes of the test images: --boxes FILE (dva detect --include-test)")
+        view, counts = discriminative_views(box_path, side, cfg, root=data, dataset=dataset)
+        opa_report = {"boxes": str(box_path), **counts}
+    elif boxes is not None:
+        raise ConfigError("--boxes is for --opa-test; evaluation otherwise uses the original images only")
+    metrics = evaluate_side(model, side, img_size=img_size or model_config.img_size, resize_size=resize, view=view, **common)
+    if opa_report is not None:
+        metrics["opa_test"] = opa_report
     if json_out:
         print_json(metrics)
     else:
-        print_table([{"dataset": dataset, "split": split or "open", **metrics}])
+        shown = {k: v for k, v in metrics.items() if k != "opa_test"}
+        print_table([{"dataset": dataset, "split": split or "open", **shown}])
+        if opa_report is not None:
+            print("test images seen as: " + ", ".join(f"{k} {v}" for k, v in opa_report.items() if k != "boxes"))
 
 
 def _run_suite(model: Any, suite: str, data_root: Path | None, *, json_out: bool, quiet: bool, **kwargs: Any) -> None:
@@ -149,3 +170,4 @@ def _parse_dirs(values: list[str]) -> dict[str, str]:
             raise ConfigError(f"--dataset-dir expects NAME=PATH, got {value!r}")
         dirs[name.strip()] = path.strip()
     return dirs
+

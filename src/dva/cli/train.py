@@ -8,7 +8,16 @@ from typing import Any
 import typer
 
 from dva.cli._common import DataRootOpt, DatasetOpt, JsonOpt, SplitOpt, print_json, split_csv
+from dva.cli.opa import (
+    BoxFileOpt,
+    BoxThresholdOpt,
+    DetectorDeviceOpt,
+    PromptOpt,
+    TextThresholdOpt,
+    cli_detector_options,
+)
 from dva.config import RunConfig, from_dict, load_overrides
+from dva.errors import ConfigError
 
 
 def train(
@@ -21,7 +30,9 @@ def train(
     ),
     backbone: str | None = typer.Option(None, "--backbone", help="timm ViT name or offline backbone (dinov2_vits14.imgfocus)."),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Random weights with --no-pretrained."),
-    method: str | None = typer.Option(None, "--method", help="Training method (see `dva params --help`)."),
+    method: str | None = typer.Option(
+        None, "--method", help="dva (ICA + OPA + DPT, needs --boxes or --detector), ica, full, frozen, ..."
+    ),
     targets: str | None = typer.Option(None, "--targets", help="ICA targets, a subset of q,k,v. Paper: q,v."),
     rank: int | None = typer.Option(None, "--rank", help="ICA bottleneck rank. Paper: 16."),
     img_size: int | None = typer.Option(None, "--img-size", help="Crop size (resize is img-size * 256/224). Paper: 224."),
@@ -39,6 +50,23 @@ def train(
     workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes."),
     checkpoint_every: int | None = typer.Option(
         None, "--checkpoint-every", help="Also write the resume checkpoint every N steps (0: at epoch ends only)."
+    ),
+    boxes: Path | None = typer.Option(
+        None, "--boxes", help="OPA box file from `dva detect` (or your own); with --detector, the cache to fill."
+    ),
+    detector: str | None = typer.Option(
+        None, "--detector", help="Detect the training boxes first (cached in --boxes, default RUN_DIR/boxes.jsonl)."
+    ),
+    prompt: str | None = PromptOpt,
+    detector_model: str | None = typer.Option(
+        None, "--detector-model", help="groundingdino/owlv2 weights (see dva detect --model)."
+    ),
+    box_threshold: float | None = BoxThresholdOpt,
+    text_threshold: float | None = TextThresholdOpt,
+    box_file: str | None = BoxFileOpt,
+    detector_device: str | None = DetectorDeviceOpt,
+    min_score: float | None = typer.Option(
+        None, "--min-score", help="OPA: boxes scoring less are not trusted (original image used). Paper: 0.5."
     ),
     config_file: Path | None = typer.Option(None, "--config", help="YAML/JSON file with model/data/train/opa sections."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
@@ -76,13 +104,38 @@ def train(
             "seed": seed,
             "checkpoint_every": checkpoint_every,
         },
+        "opa": {
+            "boxes": str(boxes) if boxes is not None else None,
+            "detector": detector,
+            "prompt": prompt,
+            "min_score": min_score,
+            "detector_options": cli_detector_options(
+                model=detector_model, box_threshold=box_threshold, text_threshold=text_threshold, box_file=box_file,
+                device=detector_device, data_root=data, detector=detector or "",
+            ) or None,
+        },
     }
     config = build_config(out, overrides, config_file, resume)
+    _check_opa(config, out)
     summary = Trainer(config, out, progress=not quiet).fit(resume=resume)
     if json_out:
         print_json(summary)
     else:
         print(f"run written to {out} ({summary['epochs']} epochs, {summary['train_seconds']:.0f} s)")
+
+
+def _check_opa(config: RunConfig, out: Path) -> None:
+    """Boxes go with methods that use OPA; ``--detector`` alone caches into the run directory."""
+    from dva.models import get_method
+
+    opa = config.opa
+    if not get_method(config.model.method).uses_opa:
+        if opa.boxes or opa.detector:
+            raise ConfigError(f"--boxes/--detector give OPA's object views, which method {config.model.method!r} "
+                              "does not use (--method dva does)")
+        return
+    if opa.detector and not opa.boxes:
+        opa.boxes = str(out / "boxes.jsonl")
 
 
 def build_config(out: Path, overrides: dict[str, dict[str, Any]], config_file: Path | None, resume: bool) -> RunConfig:

@@ -160,17 +160,31 @@ class TrainBatchSampler:
             yield [(i, sample_seed(self.seed, self.epoch, i)) for i in mine]
 
 
+#: Replaces an image by what the model should see of it, e.g. OPA's discriminative view at
+#: test time (``dva eval --opa-test``); given the decoded image and its path.
+ImageView = Callable[[Image.Image, Path], Image.Image]
+
+
 class ImageDataset(Dataset):
     """Images for embedding (evaluation, indexing): ``(tensor | None, label, index, error)``."""
 
-    def __init__(self, paths: Sequence[str | Path], transform: Transform, labels: Sequence[int] | None = None) -> None:
+    def __init__(
+        self,
+        paths: Sequence[str | Path],
+        transform: Transform,
+        labels: Sequence[int] | None = None,
+        view: ImageView | None = None,
+    ) -> None:
         self.paths = [Path(p) for p in paths]
         self.labels = list(labels) if labels is not None else [-1] * len(self.paths)
         self.transform = transform
+        self.view = view
 
     @classmethod
-    def from_records(cls, records: Sequence[ImageRecord], transform: Transform) -> ImageDataset:
-        return cls([r.path for r in records], transform, [r.label for r in records])
+    def from_records(
+        cls, records: Sequence[ImageRecord], transform: Transform, view: ImageView | None = None
+    ) -> ImageDataset:
+        return cls([r.path for r in records], transform, [r.label for r in records], view)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -180,6 +194,8 @@ class ImageDataset(Dataset):
             image = load_image(self.paths[index])
         except ImageDecodeError as e:
             return None, self.labels[index], index, str(e)
+        if self.view is not None:
+            image = self.view(image, self.paths[index])
         return self.transform(image), self.labels[index], index, None
 
 

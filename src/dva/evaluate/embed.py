@@ -10,7 +10,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dva.data.loaders import ImageDataset, collate_images
+from dva.data.loaders import ImageDataset, ImageView, collate_images
 from dva.data.records import ImageRecord
 from dva.data.transforms import eval_transform
 from dva.models.retrieval import RetrievalModel
@@ -86,7 +86,9 @@ def embed_records(
     *,
     img_size: int,
     resize_size: int | None = None,
+    view: ImageView | None = None,
     **kwargs,
 ) -> Embeddings:
-    dataset = ImageDataset.from_records(records, embedding_transform(model, img_size, resize_size))
+    """Embed ``records``; ``view`` replaces each decoded image first (e.g. OPA's discriminative view)."""
+    dataset = ImageDataset.from_records(records, embedding_transform(model, img_size, resize_size), view)
     return embed_dataset(model, dataset, **kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from dva.data.loaders import ImageView
 from dva.data.records import SplitSide
 from dva.evaluate.embed import embed_records
 from dva.metrics import retrieval_metrics
@@ -20,13 +21,17 @@ def evaluate_side(
     img_size: int,
     resize_size: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
+    view: ImageView | None = None,
     **embed_kwargs,
 ) -> dict[str, float]:
     """Recall@K and MAP@R of ``model`` on every image of ``side`` querying all the others.
 
     Images that fail to decode are left out and counted in ``"skipped"`` (a warning names them).
+    ``view`` replaces each image before embedding (``dva eval --opa-test``: OPA at test time).
     """
-    embeddings = embed_records(model, side.records, img_size=img_size, resize_size=resize_size, **embed_kwargs)
+    embeddings = embed_records(
+        model, side.records, img_size=img_size, resize_size=resize_size, view=view, **embed_kwargs
+    )
     for _, message in embeddings.failures[:5]:
         print(f"warning: skipped {message}", file=sys.stderr)
     metrics = retrieval_metrics(embeddings.vectors, embeddings.labels, ks)

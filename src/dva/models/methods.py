@@ -71,3 +71,12 @@ def _ica(model: RetrievalModel, config: ModelConfig) -> None:
 def _full(model: RetrievalModel, config: ModelConfig) -> None:
     for p in model.backbone.parameters():
         p.requires_grad_(True)
+
+
+@register_method(
+    "dva",
+    description="ICA adapters trained on OPA's object views with the DPT loss (the paper's full method)",
+    uses_opa=True,
+)
+def _dva(model: RetrievalModel, config: ModelConfig) -> None:
+    inject_ica(model.backbone, ica_config(config))

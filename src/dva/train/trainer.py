@@ -156,7 +156,7 @@ class Trainer:
             return original_only
         from dva.opa.training import object_view_maker  # OPA is only imported when used
 
-        return object_view_maker(self.config, self.split.train)
+        return object_view_maker(self.config, self.split.train, progress=self.progress)
 
     # ------------------------------------------------------------------ loop
     def _train(self, position: Position) -> dict[str, Any]:

@@ -1,0 +1,147 @@
+"""A contact sheet of OPA's views (``dva views``): check a detector at a glance before training.
+
+Three tiles per image: the original with its box (green: trusted, orange: score below
+``min_score``, so training uses the original image), the discriminative view, and the
+background view (or why there is none); ``per_row`` images side by side.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from PIL import Image, ImageDraw, ImageFont
+
+from dva.data.images import ImageDecodeError, load_image
+from dva.opa.boxes import BoxEntry, BoxFile, image_size
+from dva.opa.views import area_fraction, background_view, discriminative_view
+
+COLUMNS = ("original + box", "discriminative view", "background view")
+TRUSTED, UNTRUSTED = (40, 200, 60), (255, 150, 0)
+CANVAS, EMPTY = (255, 255, 255), (225, 225, 225)
+
+
+@dataclass(frozen=True)
+class SheetOptions:
+    min_score: float = 0.5
+    enlarge: float = 1.1
+    aspect: tuple[int, int] = (3, 4)
+    max_area: float = 0.5
+    #: Side of each square tile, in pixels.
+    tile: int = 200
+    #: Images (groups of three tiles) per row.
+    per_row: int = 2
+
+
+#: What training makes of an image's box, in the order the sheet and the statistics report them.
+OUTCOMES = ("background", "large_box", "low_score", "no_detection")
+
+
+def outcome(entry: BoxEntry, options: SheetOptions = SheetOptions()) -> str:
+    """``background`` (all three views), ``large_box`` (no background view), ``low_score`` or
+    ``no_detection`` (the original image stands in): the names of the training log's events."""
+    if entry.box is None:
+        return "no_detection"
+    if entry.score < options.min_score:
+        return "low_score"
+    size = entry.size or image_size(entry.path)
+    return "large_box" if area_fraction(entry.box, *size) >= options.max_area else "background"
+
+
+def spread(entries: Sequence[BoxEntry], limit: int) -> list[BoxEntry]:
+    """``limit`` entries evenly spaced through ``entries`` (files are grouped by class: this shows many)."""
+    if limit >= len(entries):
+        return list(entries)
+    step = len(entries) / limit
+    return [entries[int(i * step)] for i in range(limit)]
+
+
+def pick(entries: Sequence[BoxEntry], limit: int, options: SheetOptions = SheetOptions()) -> list[BoxEntry]:
+    """``limit`` entries that show every outcome: equal shares (a rare outcome's unused share goes
+    to the others), each spread through the file, in file order."""
+    groups = [[e for e in entries if outcome(e, options) == name] for name in OUTCOMES]
+    groups = sorted((g for g in groups if g), key=len)
+    chosen: list[BoxEntry] = []
+    for i, group in enumerate(groups):
+        chosen += spread(group, (limit - len(chosen)) // (len(groups) - i))
+    position = {id(e): i for i, e in enumerate(entries)}
+    return sorted(chosen, key=lambda e: position[id(e)])
+
+
+def contact_sheet(entries: Sequence[BoxEntry], options: SheetOptions = SheetOptions()) -> Image.Image:
+    font = ImageFont.load_default(size=max(10, options.tile // 16))
+    line = font.size + 4
+    header, caption, gap = line + 6, line * 2 + 4, options.tile // 10
+    group = options.tile * len(COLUMNS) + gap
+    per_row = max(1, min(options.per_row, len(entries)))
+    rows = -(-len(entries) // per_row)
+    sheet = Image.new("RGB", (group * per_row - gap, header + (options.tile + caption) * rows), CANVAS)
+    draw = ImageDraw.Draw(sheet)
+    for g in range(per_row):
+        for c, title in enumerate(COLUMNS):
+            draw.text((g * group + c * options.tile + 6, 4), title, fill=(0, 0, 0), font=font)
+    for i, entry in enumerate(entries):
+        left, top = (i % per_row) * group, header + (i // per_row) * (options.tile + caption)
+        tiles, notes = _row(entry, options)
+        for c, (tile, note) in enumerate(zip(tiles, notes)):
+            x = left + c * options.tile
+            sheet.paste(_fit(tile, options.tile), (x, top))
+            note = "\n".join(_fit_text(draw, text, font, options.tile - 8) for text in note.split("\n"))
+            draw.multiline_text((x + 4, top + options.tile + 2), note, fill=(0, 0, 0), font=font, spacing=2)
+    return sheet
+
+
+def _fit_text(draw: ImageDraw.ImageDraw, text: str, font: ImageFont.FreeTypeFont, width: int) -> str:
+    """``text``, shortened from the left with "..." until it fits ``width`` pixels (the file name's end matters)."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength("..." + text, font=font) > width:
+        text = text[1:]
+    return "..." + text
+
+
+def _row(entry: BoxEntry, options: SheetOptions) -> tuple[list[Image.Image | None], list[str]]:
+    name = "/".join(entry.path.parts[-2:])
+    try:
+        image = load_image(entry.path)
+    except ImageDecodeError as e:
+        return [None, None, None], [f"{name}\nunreadable: {e}"[:80], "", ""]
+    if entry.box is None:
+        return [image, None, None], [f"{name}\nno object found", "original used", "none"]
+    trusted = entry.score >= options.min_score
+    marked = image.copy()
+    colour = TRUSTED if trusted else UNTRUSTED
+    ImageDraw.Draw(marked).rectangle(entry.box, outline=colour, width=max(2, image.width // 100))
+    first = f"{name}\nscore {entry.score:.2f}" + ("" if trusted else f" < {options.min_score}")
+    if not trusted:
+        return [marked, image, None], [first, "original used (low score)", "none (low score)"]
+    crop = discriminative_view(image, entry.box, entry.score, min_score=options.min_score, enlarge=options.enlarge,
+                               aspect=options.aspect)
+    area = area_fraction(entry.box, image.width, image.height)
+    background = background_view(image, entry.box, max_area=options.max_area)
+    second = f"{crop.width}x{crop.height}"
+    third = f"box {area:.0%} of image" + ("" if background is not None else f"\nnone (>= {options.max_area:.0%})")
+    return [marked, crop, background], [first, second, third]
+
+
+def _fit(image: Image.Image | None, side: int) -> Image.Image:
+    """``image`` scaled to fit a ``side`` x ``side`` tile, centred (an empty tile for None)."""
+    tile = Image.new("RGB", (side, side), EMPTY)
+    if image is not None:
+        scale = side / max(image.size)
+        shown = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
+        tile.paste(shown, ((side - shown.width) // 2, (side - shown.height) // 2))
+    return tile
+
+
+def box_statistics(boxes: BoxFile, options: SheetOptions = SheetOptions()) -> dict[str, float | int]:
+    """What training will make of a box file: how many images get trusted boxes and background views."""
+    entries = list(boxes.entries.values())
+    counts = Counter(outcome(e, options) for e in entries)
+    found = [e for e in entries if e.box is not None]
+    return {
+        "images": len(entries),
+        "mean_score": round(sum(e.score for e in found) / len(found), 4) if found else 0.0,
+        **{name: counts[name] for name in OUTCOMES},
+    }
