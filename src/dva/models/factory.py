@@ -8,7 +8,7 @@ from torch import nn
 
 from dva.config import ModelConfig
 from dva.models.backbone import create_backbone
-from dva.models.methods import get_method
+from dva.models.methods import apply_method
 from dva.models.retrieval import RetrievalModel
 
 
@@ -16,14 +16,15 @@ def create_model(config: ModelConfig | None = None, **overrides) -> RetrievalMod
     """Build the frozen backbone and apply the training method (adapters, unfreezing).
 
     ``create_model(backbone="vit_small_patch16_224", pretrained=False, rank=8)`` works too:
-    keyword overrides replace fields of ``config`` (the paper's defaults when omitted).
+    keyword overrides replace fields of ``config`` (the paper's defaults when omitted), e.g.
+    ``create_model(method="adaptformer", method_options={"bottleneck": 32})``.
     """
     config = ModelConfig(**{**(vars(config) if config else {}), **overrides})
     backbone = create_backbone(
         config.backbone, pretrained=config.pretrained, img_size=config.img_size, init_seed=config.init_seed
     )
     model = RetrievalModel(backbone)
-    get_method(config.method).apply(model, config)
+    apply_method(model, config)
     return model
 
 
