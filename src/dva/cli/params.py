@@ -24,17 +24,17 @@ def params(
     ViT-B/16 with rank 16: one ICA target 294,912, two 589,824, three 884,736 (paper Table 9);
     clip-adapter 294,912; adaptformer 1,189,632; full 85,798,656 (docs/reproduce.md).
     """
-    from dva.models import count_parameters, create_model, get_method
+    from dva.models import get_method, parameter_report
 
     options = parse_method_options(method_option) or {}
-    model = create_model(
-        backbone=backbone, pretrained=False, method=method, method_options=options, targets=split_csv(targets),
-        rank=rank, img_size=img_size,
+    report = parameter_report(
+        backbone=backbone, method=method, method_options=options, targets=split_csv(targets), rank=rank,
+        img_size=img_size,
     )
-    report = count_parameters(model)
     resolved = get_method(method).resolve_options(options)
     if json_out:
-        print_json({"trainable": report.trainable, "total": report.total, **({"options": resolved} if resolved else {})})
+        extra = {"options": resolved} if resolved else {}
+        print_json({"trainable": report.trainable, "total": report.total, **extra})
     else:
         shown = "".join(f" {k}={v}" for k, v in resolved.items())
         print(f"{backbone} / {method}{shown}: {report}")

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import typer
 
 from dva.cli._common import DataRootOpt, DatasetOpt, JsonOpt, SplitOpt, print_json, print_table
 from dva.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dva.config import RunConfig
+    from dva.reproduce import Table
 
 
 def reproduce(
@@ -23,7 +27,9 @@ def reproduce(
     epochs: int | None = typer.Option(None, "--epochs", help="Paper: 10."),
     img_size: int | None = typer.Option(None, "--img-size", "--image-size", help="Crop size. Paper: 224."),
     backbone: str | None = typer.Option(None, "--backbone", help="Paper: vit_base_patch16_224.orig_in21k."),
-    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Random weights with --no-pretrained."),
+    pretrained: bool | None = typer.Option(
+        None, "--pretrained/--no-pretrained", help="Random weights with --no-pretrained."
+    ),
     batch_size: int | None = typer.Option(None, "--batch-size", help="Paper: 32."),
     lr: float | None = typer.Option(None, "--lr", help="Adapter learning rate (fine-tuning rows use their own, 1e-5)."),
     boxes: Path | None = typer.Option(None, "--boxes", help="Training boxes for rows that use OPA (dva detect)."),
@@ -68,7 +74,9 @@ def reproduce(
     _run(the_table, base, out, seed_list, test_box_path, quiet=quiet, json_out=json_out)
 
 
-def _run(table: Any, base: Any, out: Path, seeds: list[int], test_boxes: str | None, *, quiet: bool, json_out: bool) -> None:
+def _run(
+    table: Table, base: RunConfig, out: Path, seeds: list[int], test_boxes: str | None, *, quiet: bool, json_out: bool
+) -> None:
     from dva.data import load_catalog, make_split
     from dva.reproduce import (
         DISCRIMINATIVE,
@@ -76,7 +84,7 @@ def _run(table: Any, base: Any, out: Path, seeds: list[int], test_boxes: str | N
         run_rows,
         setting_line,
         summarize,
-        test_detector_latency,
+        time_detector,
         to_markdown,
         write_table,
     )
@@ -85,7 +93,7 @@ def _run(table: Any, base: Any, out: Path, seeds: list[int], test_boxes: str | N
     detector_ms, detector_note = None, ""
     if table.needs_latency and test_boxes and any(r.test_view == DISCRIMINATIVE for r in table.rows):
         side = make_split(load_catalog(base.data.dataset, base.data.root), base.data.split).test
-        detector_ms, detector_note = test_detector_latency(test_boxes, side)
+        detector_ms, detector_note = time_detector(test_boxes, side)
     results = run_rows(
         table.rows, base, out, seeds, test_boxes=test_boxes, latency=table.needs_latency,
         detector_ms=detector_ms, detector_note=detector_note, progress=not quiet,
@@ -100,7 +108,7 @@ def _run(table: Any, base: Any, out: Path, seeds: list[int], test_boxes: str | N
         print(f"\nwritten: {md_path}, {json_path}")
 
 
-def _dry_run(table: Any, base: Any, out: Path, seeds: list[int], json_out: bool) -> None:
+def _dry_run(table: Table, base: RunConfig, out: Path, seeds: list[int], json_out: bool) -> None:
     from dva.reproduce import PARAMS, plan_rows
 
     planned = plan_rows(table.rows, base, out, seeds)
@@ -122,7 +130,12 @@ def _dry_run(table: Any, base: Any, out: Path, seeds: list[int], json_out: bool)
         return
     print(f"{table.title} ({base.model.backbone}); runs under {out / 'runs'}")
     print_table([
-        {**r, "trainable": f"{r['trainable']:,}", "paper_params_m": f"{r['paper_params_m']:g}" if r["paper_params_m"] else "-", "run": Path(r["run"]).name}
+        {
+            **r,
+            "trainable": f"{r['trainable']:,}",
+            "paper_params_m": f"{r['paper_params_m']:g}" if r["paper_params_m"] else "-",
+            "run": Path(r["run"]).name,
+        }
         for r in rows
     ])
 

@@ -28,7 +28,7 @@ from dva.reproduce.run import (
     row_config,
     run_key,
     run_rows,
-    test_detector_latency,
+    time_detector,
 )
 from dva.reproduce.tables import FINE_TUNE_LR, TABLES, dva_row, get_table, method_row
 
@@ -55,7 +55,7 @@ __all__ = [
     "run_rows",
     "setting_line",
     "summarize",
-    "test_detector_latency",
+    "time_detector",
     "to_markdown",
     "write_table",
 ]

@@ -11,7 +11,6 @@ or on their discriminative views. Both are written only when complete, so an int
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
@@ -125,16 +124,16 @@ def run_rows(
     latency: bool = False,
     detector_ms: float | None = None,
     detector_note: str = "",
-    batch_size: int = 64,
+    eval_batch_size: int = 64,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> list[RowResult]:
     """Train (once per distinct config and seed), evaluate and optionally time every row.
 
     Returns one :class:`RowResult` per row and seed, rows in order. ``latency=True`` times each
-    row's model once (first seed, adapters merged, :func:`dva.evaluate.latency.measure_latency`)
+    row's model once (first seed, adapters merged, :func:`dva.evaluate.latency.compare_latency`)
     and adds ``detector_ms`` (the test-time detector's time per image, see
-    :func:`test_detector_latency`; ``detector_note`` says what it timed) to rows evaluated on
+    :func:`time_detector`; ``detector_note`` says what it timed) to rows evaluated on
     discriminative views. Training uses ``base_config.train.device``; so do evaluation and timing.
     """
     if not seeds:
@@ -153,7 +152,8 @@ def run_rows(
             log(f"{where}: training")
             _train(config, run.path, progress)
         metrics, evaluated_now = evaluate_run(
-            run, config, row.test_view, test_side, test_boxes=test_boxes, batch_size=batch_size, progress=progress
+            run, config, row.test_view, test_side, test_boxes=test_boxes, batch_size=eval_batch_size,
+            progress=progress,
         )
         log(f"{where}: {'evaluated' if evaluated_now else 'done earlier'}, R@1 {100 * metrics['recall@1']:.1f}")
         params = int(run.summary().get("trainable_params", 0))
@@ -172,15 +172,17 @@ class PlannedRow:
     seed: int
     run_dir: Path
     config: RunConfig = field(repr=False)
-    #: Counted on a randomly initialised model: counts never depend on weights.
+    #: Counted without weights (:func:`dva.models.parameter_report`).
     trainable_params: int
     #: "done", "to evaluate", "to resume" or "to train".
     status: str
 
 
-def plan_rows(rows: Sequence[Row], base_config: RunConfig, out_dir: str | Path, seeds: Sequence[int] = (0,)) -> list[PlannedRow]:
+def plan_rows(
+    rows: Sequence[Row], base_config: RunConfig, out_dir: str | Path, seeds: Sequence[int] = (0,)
+) -> list[PlannedRow]:
     """Each row's run directory, trainable parameter count and state, without training or reading data."""
-    from dva.models import count_parameters, create_model
+    from dva.models import parameter_report
 
     counts: dict[str, int] = {}
     planned = []
@@ -189,8 +191,7 @@ def plan_rows(rows: Sequence[Row], base_config: RunConfig, out_dir: str | Path, 
             config = row_config(row, base_config, seed)
             model_key = json.dumps(config.to_dict()["model"], sort_keys=True, default=list)
             if model_key not in counts:
-                model = create_model(dataclasses.replace(config.model, pretrained=False))
-                counts[model_key] = count_parameters(model).trainable if get_method(config.model.method).trains else 0
+                counts[model_key] = parameter_report(config.model).trainable
             run = Run(Path(out_dir) / RUNS_DIR / run_key(config))
             if run.finished:
                 status = "done" if eval_path(run, row.test_view).is_file() else "to evaluate"
@@ -279,7 +280,7 @@ def _add_latency(results: Sequence[RowResult], detector_ms: float | None, detect
         result.latency = latency
 
 
-def test_detector_latency(box_file: str | Path, test_side: SplitSide, *, images: int = 8) -> tuple[float | None, str]:
+def time_detector(box_file: str | Path, test_side: SplitSide, *, images: int = 8) -> tuple[float | None, str]:
     """Milliseconds per image of the detector named in ``box_file``'s header, with the crop it feeds.
 
     Timed on the first ``images`` test images, as the test-time OPA of Table 8 runs it. Returns
