@@ -173,3 +173,17 @@ def test_model_config_keeps_method_options_through_save_and_load(tmp_path):
     assert loaded.model.method_options == {"bottleneck": 16, "scale": 0.5}
     layer = create_model(loaded.model).backbone.blocks[0].mlp
     assert layer.down.out_features == 16 and layer.config.scale == 0.5
+
+
+def test_train_cli_passes_method_options_into_the_run(cub_root, tmp_path, capsys):
+    from dva.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--dataset", "cub", "--data", str(cub_root.root), "--backbone", TINY_BACKBONE, "--no-pretrained",
+              "--img-size", str(TINY_IMG), "--method", "clip-adapter", "--method-option", "ratio=0.5",
+              "--method-option", "reduction=8", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+              "--out", str(tmp_path / "run"), "--quiet", "--json"])
+    assert done.value.code == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 2 * 64 * 8
+    head = Run(tmp_path / "run").load_model().head
+    assert head.config.ratio == 0.5 and head.config.reduction == 8
