@@ -30,11 +30,13 @@ from dva.reproduce.run import (
     run_rows,
     time_detector,
 )
-from dva.reproduce.tables import FINE_TUNE_LR, TABLES, dva_row, get_table, method_row
+from dva.reproduce.tables import DVA, FINE_TUNE_LR, FULL_FINE_TUNING, TABLES, dva_row, get_table, method_row
 
 __all__ = [
     "DISCRIMINATIVE",
+    "DVA",
     "FINE_TUNE_LR",
+    "FULL_FINE_TUNING",
     "LATENCY",
     "ORIGINAL",
     "PARAMS",
