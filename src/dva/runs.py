@@ -102,6 +102,7 @@ def weights_metadata(config: RunConfig, **extra: Any) -> dict[str, Any]:
         "method": m.method,
         "targets": list(m.targets),
         "rank": m.rank,
+        "method_options": get_method(m.method).resolve_options(m.method_options),
         "img_size": m.img_size,
         "dva_version": config.dva_version,
         **extra,
@@ -112,8 +113,9 @@ def load_trained_weights(
     model: RetrievalModel, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], config: RunConfig, source: Path
 ) -> None:
     """Load adapter weights, refusing (with the reason) weights made for another model."""
-    for field in ("backbone", "method", "rank", "targets"):
-        want = getattr(config.model, field)
+    options = get_method(config.model.method).resolve_options(config.model.method_options)
+    for field in ("backbone", "method", "rank", "targets", "method_options"):
+        want = options if field == "method_options" else getattr(config.model, field)
         want = list(want) if isinstance(want, tuple) else want
         if field in metadata and metadata[field] != want:
             raise CheckpointError(

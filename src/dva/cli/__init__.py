@@ -22,11 +22,12 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from dva.cli import data, evaluate, index, opa, params, serve, train, visualize
+    from dva.cli import data, evaluate, index, opa, params, reproduce, serve, train, visualize
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
     app.command("params")(params.params)
+    app.command("reproduce")(reproduce.reproduce)
     app.command("detect")(opa.detect)
     app.command("views")(opa.views)
     app.add_typer(data.app, name="data")

@@ -15,6 +15,11 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.")
 WorkersOpt = typer.Option(2, "--workers", help="DataLoader worker processes.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+MethodOptionOpt = typer.Option(
+    None, "--method-option", metavar="KEY=VALUE",
+    help="A method-specific option, repeatable: adaptformer bottleneck=64 scale=0.1 dropout=0.1; "
+    "clip-adapter reduction=4 ratio=0.2.",
+)
 
 
 def print_json(obj: Any) -> None:
@@ -45,3 +50,23 @@ def split_csv(text: str | None) -> tuple[str, ...] | None:
     if text is None:
         return None
     return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def parse_method_options(values: list[str] | None) -> dict[str, Any] | None:
+    """``["bottleneck=64", "scale=0.1"]`` -> ``{"bottleneck": 64, "scale": 0.1}`` (values read as YAML scalars)."""
+    import yaml
+
+    from dva.errors import ConfigError
+
+    if not values:
+        return None
+    options: dict[str, Any] = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep or not key.strip() or not text.strip():
+            raise ConfigError(f"--method-option expects KEY=VALUE, got {value!r}")
+        try:
+            options[key.strip()] = yaml.safe_load(text.strip())
+        except yaml.YAMLError:
+            raise ConfigError(f"--method-option {value!r}: cannot read the value") from None
+    return options

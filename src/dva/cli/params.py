@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from dva.cli._common import JsonOpt, print_json, split_csv
+from dva.cli._common import JsonOpt, MethodOptionOpt, parse_method_options, print_json, split_csv
 
 
 def params(
     backbone: str = typer.Option("vit_base_patch16_224", "--backbone", help="timm ViT name or offline backbone."),
-    method: str = typer.Option("ica", "--method", help="Training method."),
+    method: str = typer.Option("ica", "--method", help="Training method (see `dva train --help`)."),
+    method_option: list[str] | None = MethodOptionOpt,
     targets: str = typer.Option("q,v", "--targets", help="ICA targets (subset of q,k,v)."),
     rank: int = typer.Option(16, "--rank", help="ICA rank."),
     img_size: int = typer.Option(224, "--img-size", help="Input size (does not change the counts)."),
@@ -20,17 +21,20 @@ def params(
 ) -> None:
     """Count trainable and total parameters (proxies, which depend on the dataset, are not counted).
 
-    ViT-B/16 with rank 16: one ICA target 294,912, two 589,824, three 884,736 (paper Table 9).
+    ViT-B/16 with rank 16: one ICA target 294,912, two 589,824, three 884,736 (paper Table 9);
+    clip-adapter 294,912; adaptformer 1,189,632; full 85,798,656 (docs/reproduce.md).
     """
-    from dva.models import count_parameters, create_model
+    from dva.models import get_method, parameter_report
 
-    model = create_model(
-        backbone=backbone, pretrained=False, method=method, targets=split_csv(targets), rank=rank,
+    options = parse_method_options(method_option) or {}
+    report = parameter_report(
+        backbone=backbone, method=method, method_options=options, targets=split_csv(targets), rank=rank,
         img_size=img_size,
     )
-    report = count_parameters(model)
+    resolved = get_method(method).resolve_options(options)
     if json_out:
-        print_json({"trainable": report.trainable, "total": report.total})
+        extra = {"options": resolved} if resolved else {}
+        print_json({"trainable": report.trainable, "total": report.total, **extra})
     else:
-        print(f"{backbone} / {method}: {report}")
-
+        shown = "".join(f" {k}={v}" for k, v in resolved.items())
+        print(f"{backbone} / {method}{shown}: {report}")

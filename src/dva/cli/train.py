@@ -7,7 +7,16 @@ from typing import Any
 
 import typer
 
-from dva.cli._common import DataRootOpt, DatasetOpt, JsonOpt, SplitOpt, print_json, split_csv
+from dva.cli._common import (
+    DataRootOpt,
+    DatasetOpt,
+    JsonOpt,
+    MethodOptionOpt,
+    SplitOpt,
+    parse_method_options,
+    print_json,
+    split_csv,
+)
 from dva.cli.opa import (
     BoxFileOpt,
     BoxThresholdOpt,
@@ -31,8 +40,10 @@ def train(
     backbone: str | None = typer.Option(None, "--backbone", help="timm ViT name or offline backbone (dinov2_vits14.imgfocus)."),
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Random weights with --no-pretrained."),
     method: str | None = typer.Option(
-        None, "--method", help="dva (ICA + OPA + DPT, needs --boxes or --detector), ica, full, frozen, ..."
+        None, "--method", help="dva (ICA + OPA + DPT, needs --boxes or --detector), ica, adaptformer, clip-adapter, "
+        "full, partial-attn, partial-proj, partial-mlp, frozen (fine-tuning wants a small --lr, e.g. 1e-5)."
     ),
+    method_option: list[str] | None = MethodOptionOpt,
     targets: str | None = typer.Option(None, "--targets", help="ICA targets, a subset of q,k,v. Paper: q,v."),
     rank: int | None = typer.Option(None, "--rank", help="ICA bottleneck rank. Paper: 16."),
     img_size: int | None = typer.Option(None, "--img-size", help="Crop size (resize is img-size * 256/224). Paper: 224."),
@@ -85,6 +96,7 @@ def train(
             "backbone": backbone,
             "pretrained": pretrained,
             "method": method,
+            "method_options": parse_method_options(method_option),
             "targets": split_csv(targets),
             "rank": rank,
             "img_size": img_size,

@@ -3,19 +3,42 @@
 A method decides *what* is trained on top of the frozen backbone: it injects adapters or
 unfreezes parameters of a freshly built :class:`RetrievalModel`. Everything else (data,
 loss, trainer, evaluation) is shared, so methods compare on equal terms.
+
+==================  ==============================================================  =========
+method              trained                                                         paper
+==================  ==============================================================  =========
+``frozen``          nothing                                                         Table 8 "Base"
+``full``            every backbone weight                                           Tables 1, 10
+``partial-attn``    the attention projector (``attn.qkv``) of every block           Table 1
+``partial-proj``    the output projector (``attn.proj``) of every block             Table 1
+``partial-mlp``     the MLP (``mlp.fc1``, ``mlp.fc2``) of every block               Table 1
+``ica``             ICA adapters on the ``qkv`` slices ``targets``                  Tables 8, 9
+``adaptformer``     AdaptFormer's parallel MLP adapters                             Table 10
+``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
+``dva``             ICA adapters, trained on OPA's object views with DPT            all
+==================  ==============================================================  =========
+
+Method-specific settings go in ``ModelConfig.method_options`` (``--method-option KEY=VALUE``)
+and are checked against the method's options dataclass; ICA's ``targets``, ``rank`` and
+``scale`` are ModelConfig fields of their own.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from dva.config import ModelConfig
+from dva.config import ModelConfig, from_dict
 from dva.errors import ConfigError
+from dva.models.adaptformer import AdaptFormerConfig, inject_adaptformer
+from dva.models.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from dva.models.ica import ICAConfig, inject_ica
 from dva.models.retrieval import RetrievalModel
 
-ApplyFn = Callable[[RetrievalModel, ModelConfig], None]
+#: ``apply(model, model_config, options)``; ``options`` is the method's parsed options dataclass (or None).
+ApplyFn = Callable[[RetrievalModel, ModelConfig, Any], None]
 
 
 @dataclass(frozen=True)
@@ -27,16 +50,41 @@ class Method:
     uses_opa: bool = False
     #: False for "frozen": nothing to optimise, the run only records the config.
     trains: bool = True
+    #: Dataclass of the options it reads from ``ModelConfig.method_options``; None: takes none.
+    options: type | None = None
+    #: Injects ICA adapters, so ``ModelConfig.targets``, ``rank`` and ``scale`` matter.
+    uses_ica: bool = False
+
+    def parse_options(self, raw: Mapping[str, Any]) -> Any:
+        """``method_options`` as the method's options dataclass, defaults filled in; errors name the option."""
+        if self.options is None:
+            if raw:
+                raise ConfigError(f"method {self.name!r} takes no method options (got {', '.join(sorted(raw))})")
+            return None
+        return from_dict(self.options, dict(raw), where=f"method options of {self.name!r}")
+
+    def resolve_options(self, raw: Mapping[str, Any]) -> dict[str, Any]:
+        """``method_options`` with every default written out (``{}`` for methods without options)."""
+        parsed = self.parse_options(raw)
+        return dataclasses.asdict(parsed) if parsed is not None else {}
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, description: str, uses_opa: bool = False, trains: bool = True):
+def register_method(
+    name: str,
+    *,
+    description: str,
+    uses_opa: bool = False,
+    trains: bool = True,
+    options: type | None = None,
+    uses_ica: bool = False,
+) -> Callable[[ApplyFn], ApplyFn]:
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(name, fn, description, uses_opa, trains)
+        _METHODS[name] = Method(name, fn, description, uses_opa, trains, options, uses_ica)
         return fn
 
     return decorator
@@ -53,30 +101,80 @@ def list_methods() -> list[str]:
     return list(_METHODS)
 
 
+def apply_method(model: RetrievalModel, config: ModelConfig) -> None:
+    """Apply ``config.method`` to a freshly built (all-frozen) model."""
+    method = get_method(config.method)
+    method.apply(model, config, method.parse_options(config.method_options))
+
+
 def ica_config(config: ModelConfig) -> ICAConfig:
     return ICAConfig(targets=tuple(config.targets), rank=config.rank, scale=config.scale)
 
 
+def unfreeze(model: RetrievalModel, module_suffix: str) -> None:
+    """Train every backbone module whose name ends with ``module_suffix`` (all of its parameters)."""
+    found = [m for name, m in model.backbone.named_modules() if name.endswith(module_suffix)]
+    if not found:
+        raise ConfigError(f"the backbone has no `{module_suffix}` module to fine-tune; a timm ViT is needed")
+    for module in found:
+        module.requires_grad_(True)
+
+
 @register_method("frozen", description="no training: the pre-trained backbone's embeddings", trains=False)
-def _frozen(model: RetrievalModel, config: ModelConfig) -> None:
+def _frozen(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     pass
 
 
-@register_method("ica", description="In-Context Adaptation adapters on the qkv projection (Table 8 'Base + ICA')")
-def _ica(model: RetrievalModel, config: ModelConfig) -> None:
+@register_method("full", description="fine-tune every backbone weight (Tables 1, 10 'Fine-tuning')")
+def _full(model: RetrievalModel, config: ModelConfig, options: None) -> None:
+    model.backbone.requires_grad_(True)
+
+
+@register_method("partial-attn", description="fine-tune only the attention projectors attn.qkv (Table 1)")
+def _partial_attn(model: RetrievalModel, config: ModelConfig, options: None) -> None:
+    unfreeze(model, "attn.qkv")
+
+
+@register_method("partial-proj", description="fine-tune only the attention output projectors attn.proj (Table 1)")
+def _partial_proj(model: RetrievalModel, config: ModelConfig, options: None) -> None:
+    unfreeze(model, "attn.proj")
+
+
+@register_method("partial-mlp", description="fine-tune only the blocks' MLPs (Table 1)")
+def _partial_mlp(model: RetrievalModel, config: ModelConfig, options: None) -> None:
+    unfreeze(model, ".mlp")
+
+
+@register_method(
+    "ica", description="In-Context Adaptation adapters on the qkv projection (Table 8 'Base + ICA')", uses_ica=True
+)
+def _ica(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     inject_ica(model.backbone, ica_config(config))
 
 
-@register_method("full", description="fine-tune every backbone weight (Table 1 'Fine-tuning')")
-def _full(model: RetrievalModel, config: ModelConfig) -> None:
-    for p in model.backbone.parameters():
-        p.requires_grad_(True)
+@register_method(
+    "adaptformer",
+    description="AdaptFormer's parallel MLP adapters, bottleneck 64, scale 0.1 (Table 10)",
+    options=AdaptFormerConfig,
+)
+def _adaptformer(model: RetrievalModel, config: ModelConfig, options: AdaptFormerConfig) -> None:
+    inject_adaptformer(model.backbone, options)
+
+
+@register_method(
+    "clip-adapter",
+    description="CLIP-Adapter on the final embedding, reduction 4, ratio 0.2 (Table 10)",
+    options=CLIPAdapterConfig,
+)
+def _clip_adapter(model: RetrievalModel, config: ModelConfig, options: CLIPAdapterConfig) -> None:
+    model.head = CLIPAdapter(model.embed_dim, options)
 
 
 @register_method(
     "dva",
     description="ICA adapters trained on OPA's object views with the DPT loss (the paper's full method)",
     uses_opa=True,
+    uses_ica=True,
 )
-def _dva(model: RetrievalModel, config: ModelConfig) -> None:
+def _dva(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     inject_ica(model.backbone, ica_config(config))

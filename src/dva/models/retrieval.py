@@ -40,7 +40,11 @@ class RetrievalModel(nn.Module):
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def merge_adapters(self) -> None:
-        """Fold ICA adapters into the frozen weights: same outputs, the frozen model's cost."""
+        """Fold ICA adapters into the frozen weights: same outputs, the frozen model's cost.
+
+        Only linear adapters merge: AdaptFormer's and CLIP-Adapter's ReLUs keep them separate
+        modules, which inference pays for (fully or partly fine-tuned weights cost nothing extra).
+        """
         merge_ica(self)
 
     def unmerge_adapters(self) -> None:

@@ -1,0 +1,155 @@
+"""The paper's comparison tables as :class:`Table` objects (``dva reproduce NAME``).
+
+Every number under ``paper=`` is copied from the paper (CUB-200-2011, ViT-B/16; recalls in
+percent, parameters in millions, latency in milliseconds). Rows that name the same training
+config (the full DVA appears in Tables 8, 9, 10 and the lambda sweep) share one run.
+
+Choices the paper leaves open, made here and stated in docs/reproduce.md:
+
+- Table 9 varies the ICA targets *inside the full DVA* (OPA + DPT, lambda 3): its Q+V row
+  equals the DVA row of Tables 8 and 10 to the last digit (84.9 / 90.6 / 94.5 / 96.7), while
+  ICA alone scores 83.6 (Table 8). The extracted text lost the Q/K/V symbols; the rows are
+  read as Q, K, V, then Q+V (the stated best), K+V, Q+K, then Q+K+V, which fits the text
+  ("V alone or in combination with Q and K leads to better performance").
+- Fine-tuning rows (Table 1 and "Fine-tuning ViT") train the backbone at ``FINE_TUNE_LR``:
+  the adapter learning rate would wreck pre-trained weights, and the paper gives none.
+- "Base + ICA + OPA" is DVA trained with lambda = 0 (L_proxy on the object views alone) and
+  evaluated on the test images' discriminative views, the detector running at test time.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dva.errors import ConfigError
+from dva.reproduce.rows import DISCRIMINATIVE, LATENCY, ORIGINAL, PARAMS, RECALL_COLUMNS, Row, Table
+
+#: Learning rate of the backbone weights that fine-tuning rows train (Adam, as for adapters).
+FINE_TUNE_LR = 1e-5
+#: DPT's lambda (METHOD.md 4), the value Fig. 3 settles on.
+PAPER_LAMBDA = 3.0
+
+
+def _paper(*recalls: float, params: float | None = None, latency: float | None = None) -> dict[str, float]:
+    numbers: dict[str, float] = dict(zip(RECALL_COLUMNS, recalls))
+    if params is not None:
+        numbers[PARAMS] = params
+    if latency is not None:
+        numbers[LATENCY] = latency
+    return numbers
+
+
+def method_row(name: str, method: str, paper: dict[str, float], *, lr: float | None = None, note: str = "") -> Row:
+    """A row that only changes the training method (and, for fine-tuning, the learning rate)."""
+    overrides: dict[str, dict[str, Any]] = {"model": {"method": method}}
+    if lr is not None:
+        overrides["train"] = {"lr": lr}
+    return Row(name, overrides, paper=paper, note=note)
+
+
+def dva_row(
+    name: str,
+    paper: dict[str, float],
+    *,
+    targets: tuple[str, ...] = ("q", "v"),
+    lambda_dist: float = PAPER_LAMBDA,
+    test_view: str = ORIGINAL,
+    note: str = "",
+) -> Row:
+    """A row of the full method with its ICA targets or DPT weight changed."""
+    overrides = {"model": {"method": "dva", "targets": list(targets)}, "train": {"lambda_dist": lambda_dist}}
+    return Row(name, overrides, test_view=test_view, paper=paper, note=note)
+
+
+_FT_NOTE = f"backbone trained at lr {FINE_TUNE_LR:g} (the paper gives none)"
+FULL_FINE_TUNING = method_row(
+    "Fine-tuning", "full", _paper(82.7, 88.7, 92.5, 95.2, params=85.6), lr=FINE_TUNE_LR, note=_FT_NOTE
+)
+DVA = dva_row("DVA (Ours)", _paper(84.9, 90.6, 94.5, 96.7, params=0.590))
+
+TABLE1 = Table(
+    "table1",
+    "Table 1: fine-tuning preferences of ViT (which part of every block is trained)",
+    (
+        FULL_FINE_TUNING,
+        method_row("Attention Projector", "partial-attn", _paper(82.7, 89.0, 92.8, 95.2, params=21.5),
+                   lr=FINE_TUNE_LR, note=_FT_NOTE),
+        method_row("Output Projector", "partial-proj", _paper(82.6, 88.8, 92.6, 95.0, params=7.3),
+                   lr=FINE_TUNE_LR, note=_FT_NOTE),
+        method_row("MLP", "partial-mlp", _paper(82.0, 88.9, 92.9, 95.2, params=56.8), lr=FINE_TUNE_LR, note=_FT_NOTE),
+    ),
+    (*RECALL_COLUMNS, PARAMS),
+    label="Methods",
+    notes=("The paper's counts (21.5 / 7.3 / 56.8 / 85.6M) are not timm ViT-B/16's "
+           "(21.3 / 7.1 / 56.7 / 85.8M: qkv, proj and MLP weights with biases, all backbone weights).",),
+)
+
+TABLE8 = Table(
+    "table8",
+    "Table 8: efficacy of DVA's components",
+    (
+        method_row("Base", "frozen", _paper(72.5, 82.6, 89.1, latency=1.51)),
+        method_row("Base + ICA", "ica", _paper(83.6, 90.3, 93.9, latency=1.51)),
+        dva_row("Base + ICA + OPA", _paper(86.8, 92.0, 94.7, latency=3.65), lambda_dist=0.0, test_view=DISCRIMINATIVE,
+                note="DVA trained with lambda 0; test images replaced by their discriminative views"),
+        dva_row("Base + ICA + OPA + DPT", _paper(84.9, 90.6, 94.5, latency=1.51)),
+    ),
+    ("recall@1", "recall@2", "recall@4", LATENCY),
+    notes=("Latency: one image (batch 1) through the model with its adapters merged, median after warm-up, "
+           "all rows timed interleaved on the machine that ran the table (one thread on a CPU); the OPA row adds "
+           "the test-time detector and crop per image. The paper's milliseconds are ViT-B/16 on its GPU.",),
+)
+
+TABLE9 = Table(
+    "table9",
+    "Table 9: which attention projectors get ICA adapters (inside the full DVA)",
+    (
+        dva_row("Q", _paper(82.7, 89.1, 92.9, 95.6, params=0.295), targets=("q",)),
+        dva_row("K", _paper(81.8, 88.8, 93.1, 95.5, params=0.295), targets=("k",)),
+        dva_row("V", _paper(84.0, 90.0, 93.6, 95.6, params=0.295), targets=("v",)),
+        dva_row("Q, V", _paper(84.9, 90.6, 94.5, 96.7, params=0.590), targets=("q", "v")),
+        dva_row("K, V", _paper(84.5, 90.5, 93.9, 95.7, params=0.590), targets=("k", "v")),
+        dva_row("Q, K", _paper(82.6, 89.0, 93.4, 95.4, params=0.590), targets=("q", "k")),
+        dva_row("Q, K, V", _paper(84.4, 90.2, 93.8, 95.9, params=0.885), targets=("q", "k", "v")),
+    ),
+    (*RECALL_COLUMNS, PARAMS),
+    notes=("The extracted paper lost the Q/K/V symbols of this table; the row order is inferred "
+           "(the Q, V row equals the paper's DVA numbers exactly).",),
+)
+
+TABLE10 = Table(
+    "table10",
+    "Table 10: comparison with other parameter-efficient fine-tuning methods",
+    (
+        FULL_FINE_TUNING,
+        method_row("CLIP-Adapter", "clip-adapter", _paper(69.8, 80.0, 87.5, 92.1, params=0.295)),
+        method_row("AdaptFormer", "adaptformer", _paper(73.3, 83.4, 89.3, 93.2, params=0.590)),
+        DVA,
+    ),
+    (*RECALL_COLUMNS, PARAMS),
+    label="Methods",
+    notes=("AdaptFormer as released (bottleneck 64, biases, every block) has 1.19M parameters on ViT-B/16, "
+           "not the paper's 0.590M (bottleneck 32 would give 0.599M: --method-option bottleneck=32).",),
+)
+
+LAMBDA = Table(
+    "lambda",
+    "Fig. 3: sensitivity to lambda, the weight of L_dist",
+    tuple(
+        dva_row(f"{value:g}", _paper(84.9, 90.6, 94.5, 96.7) if value == PAPER_LAMBDA else {}, lambda_dist=value)
+        for value in (0.0, 1.0, 2.0, 3.0, 4.0, 5.0)
+    ),
+    RECALL_COLUMNS,
+    label="lambda",
+    notes=("Fig. 3 is a plot; the paper states only lambda = 3's numbers (its DVA row) and that R@1 rises up to "
+           "lambda = 3 and falls beyond.",),
+)
+
+TABLES: dict[str, Table] = {t.name: t for t in (TABLE1, TABLE8, TABLE9, TABLE10, LAMBDA)}
+
+
+def get_table(name: str) -> Table:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise ConfigError(f"unknown table {name!r}; choose from {', '.join(TABLES)}") from None

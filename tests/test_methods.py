@@ -1,0 +1,189 @@
+"""Every training method: what it trains (exactly), where it starts, its options, counts and saved runs."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from conftest import TINY_BACKBONE, TINY_IMG, tiny_run_config, write_cub
+from dva.config import ModelConfig
+from dva.errors import CheckpointError, ConfigError
+from dva.losses import DPTLoss
+from dva.models import AdaptMLP, CLIPAdapter, count_parameters, create_model, list_methods, parameter_report
+from dva.runs import Run
+from dva.train import Trainer
+from dva.train.trainer import build_optimizer
+
+#: For each method, the parameters (by name) it must train, and nothing else.
+TRAINED: dict[str, Callable[[str], bool]] = {
+    "full": lambda n: n.startswith("backbone."),
+    "partial-attn": lambda n: ".attn.qkv." in n,
+    "partial-proj": lambda n: ".attn.proj." in n,
+    "partial-mlp": lambda n: ".mlp." in n,
+    "ica": lambda n: ".qkv.down." in n or ".qkv.up." in n,
+    "dva": lambda n: ".qkv.down." in n or ".qkv.up." in n,
+    "adaptformer": lambda n: ".mlp.down." in n or ".mlp.up." in n,
+    "clip-adapter": lambda n: n.startswith("head."),
+}
+FINE_TUNING = ("full", "partial-attn", "partial-proj", "partial-mlp")
+
+
+def tiny(method: str, **options) -> torch.nn.Module:
+    return create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method=method,
+                        method_options=options, rank=4)
+
+
+def test_every_registered_method_is_covered():
+    assert set(list_methods()) == set(TRAINED) | {"frozen"}
+
+
+@pytest.mark.parametrize("method", sorted(TRAINED))
+def test_one_step_trains_exactly_what_the_method_names(method, tmp_path):
+    model = tiny(method).train()
+    expected = {n for n, _ in model.named_parameters() if TRAINED[method](n)}
+    assert expected, f"{method} must train something"
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == expected
+
+    config = tiny_run_config(tmp_path)
+    loss_fn = DPTLoss(3, model.embed_dim, background=False)
+    optimizer = build_optimizer(model, loss_fn, config)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    torch.manual_seed(0)
+    images, labels = torch.randn(8, 3, TINY_IMG, TINY_IMG), torch.arange(8) % 3
+    loss_fn({"original": (model(images), labels)}).total.backward()
+    optimizer.step()
+
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == expected
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and changed <= expected  # the step moved trained weights and nothing else
+
+
+def test_frozen_trains_nothing():
+    assert count_parameters(tiny("frozen")).trainable == 0
+
+
+@pytest.mark.parametrize("method", ["adaptformer", "clip-adapter"])
+def test_new_adapters_start_at_the_frozen_model(method):
+    x = torch.randn(4, 3, TINY_IMG, TINY_IMG)
+    frozen, adapted = tiny("frozen").eval(), tiny(method).eval()
+    with torch.no_grad():
+        reference, output = frozen(x), adapted(x)
+    if method == "adaptformer":
+        assert torch.equal(reference, output)  # the zero-initialised up projection adds exactly 0
+    else:
+        # 0.2 * 0 + 0.8 * x, L2-normalised: x's direction, up to the rounding of the 0.8 scaling
+        torch.testing.assert_close(output, reference, rtol=0, atol=1e-6)
+
+
+def test_adaptformer_sits_beside_every_mlp_and_clip_adapter_in_the_head():
+    model = tiny("adaptformer")
+    wrapped = [b.mlp for b in model.backbone.blocks]
+    assert all(isinstance(m, AdaptMLP) for m in wrapped)
+    layer = wrapped[0]
+    assert layer.down.out_features == 64 and layer.up.bias is not None and layer.config.scale == 0.1
+    assert not any(p.requires_grad for p in layer.base_layer.parameters())
+    head = tiny("clip-adapter").head
+    assert isinstance(head, CLIPAdapter) and head.down.bias is None and head.down.out_features == 64 // 4
+
+
+def test_trained_adapters_change_the_output_and_survive_merge_adapters():
+    x = torch.randn(2, 3, TINY_IMG, TINY_IMG)
+    for method in ("adaptformer", "clip-adapter"):
+        model = tiny(method).eval()
+        torch.manual_seed(3)
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.2)
+        with torch.no_grad():
+            before = model(x)
+            model.merge_adapters()  # non-linear adapters are not merged: outputs must not change
+            after = model(x)
+        assert torch.equal(before, after) and not model.is_merged
+        with torch.no_grad():
+            assert not torch.allclose(before, tiny("frozen").eval()(x), atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "method, options, expected",
+    [
+        ("full", {}, 85_798_656),
+        ("partial-attn", {}, 21_261_312),
+        ("partial-proj", {}, 7_087_104),
+        ("partial-mlp", {}, 56_669_184),
+        ("clip-adapter", {}, 294_912),  # the paper's 0.295M exactly
+        ("adaptformer", {}, 1_189_632),  # 12 x (768*64 + 64 + 64*768 + 768); the paper says 0.590M
+        ("adaptformer", {"bottleneck": 32}, 599_424),
+    ],
+)
+def test_vit_b16_counts(method, options, expected):
+    report = parameter_report(backbone="vit_base_patch16_224", method=method, method_options=options)
+    assert report.trainable == expected and report.total == 85_798_656 + (expected if method not in FINE_TUNING else 0)
+
+
+def test_parameter_report_counts_what_create_model_builds():
+    for method in ("partial-mlp", "adaptformer", "ica"):
+        built = count_parameters(tiny(method))
+        assert parameter_report(backbone=TINY_BACKBONE, img_size=TINY_IMG, method=method, rank=4) == built
+
+
+def test_method_options_are_checked_by_name_and_type():
+    assert count_parameters(tiny("adaptformer", bottleneck=8)).trainable == 6 * (64 * 8 + 8 + 8 * 64 + 64)
+    with pytest.raises(ConfigError, match="unknown field.*botleneck"):
+        tiny("adaptformer", botleneck=8)
+    with pytest.raises(ConfigError, match="bottleneck: expected int"):
+        tiny("adaptformer", bottleneck="wide")
+    with pytest.raises(ConfigError, match="'full' takes no method options"):
+        tiny("full", bottleneck=8)
+    with pytest.raises(ConfigError, match="reduction 5 does not divide"):
+        tiny("clip-adapter", reduction=5)
+
+
+@pytest.mark.parametrize("method", ["partial-proj", "adaptformer", "clip-adapter"])
+def test_a_trained_run_rebuilds_to_the_trained_model(method, tmp_path):
+    config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
+    config.model.method = method
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    summary = trainer.fit()
+    assert summary["trainable_params"] == count_parameters(trainer.model).trainable
+    x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
+
+    # weights trained with other method options are refused, naming the field
+    if method == "clip-adapter":
+        other = tmp_path / "other"
+        shutil.copytree(tmp_path / "run", other)
+        saved = json.loads((other / "config.json").read_text())
+        saved["model"]["method_options"] = {"ratio": 0.5}
+        (other / "config.json").write_text(json.dumps(saved))
+        with pytest.raises(CheckpointError, match="method_options"):
+            Run(other).load_model()
+
+
+def test_model_config_keeps_method_options_through_save_and_load(tmp_path):
+    config = tiny_run_config(tmp_path)
+    config.model = ModelConfig(backbone=TINY_BACKBONE, pretrained=False, method="adaptformer",
+                               method_options={"bottleneck": 16, "scale": 0.5})
+    config.save(tmp_path / "config.json")
+    loaded = type(config).load(tmp_path / "config.json")
+    assert loaded.model.method_options == {"bottleneck": 16, "scale": 0.5}
+    layer = create_model(loaded.model).backbone.blocks[0].mlp
+    assert layer.down.out_features == 16 and layer.config.scale == 0.5
+
+
+def test_train_cli_passes_method_options_into_the_run(cub_root, tmp_path, capsys):
+    from dva.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--dataset", "cub", "--data", str(cub_root.root), "--backbone", TINY_BACKBONE, "--no-pretrained",
+              "--img-size", str(TINY_IMG), "--method", "clip-adapter", "--method-option", "ratio=0.5",
+              "--method-option", "reduction=8", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+              "--out", str(tmp_path / "run"), "--quiet", "--json"])
+    assert done.value.code == 0
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 2 * 64 * 8
+    head = Run(tmp_path / "run").load_model().head
+    assert head.config.ratio == 0.5 and head.config.reduction == 8
