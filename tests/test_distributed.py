@@ -57,6 +57,7 @@ def dva_setup(root: Path):
 
 def train_rank(rank: int, port: int, root: str, out: str) -> None:
     os.environ.update(torchrun_env(rank, WORLD, port))
+    torch.set_num_threads(1)  # as torchrun does (OMP_NUM_THREADS=1): two ranks share the CPU cores
     config, split, views = dva_setup(Path(root))
     trainer = Trainer(config, Path(out) / "run", split=split, views=views, progress=False)
     summary = trainer.fit()

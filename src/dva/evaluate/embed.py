@@ -42,8 +42,10 @@ class Embeddings:
         seen = np.concatenate([indices, [i for p in parts for i, _ in p.failures]]).astype(np.int64)
         if len(np.unique(seen)) != len(seen):
             raise ValueError("shards overlap: some positions were embedded twice")
+        # Empty shards may not know the embedding width: their (0, 0) blocks are left out.
+        vectors = [p.vectors for p in parts if len(p.indices)] or [parts[0].vectors]
         return cls(
-            np.concatenate([p.vectors for p in parts])[order],
+            np.concatenate(vectors)[order],
             np.concatenate([p.labels for p in parts])[order],
             indices[order],
             sorted(f for p in parts for f in p.failures),
