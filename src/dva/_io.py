@@ -28,7 +28,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
@@ -57,7 +57,8 @@ def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give a new file (0666 less the umask)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask

@@ -27,16 +27,21 @@ class Method:
     uses_opa: bool = False
     #: False for "frozen": nothing to optimise, the run only records the config.
     trains: bool = True
+    #: Whatever it trains folds into the backbone's own weights, so a run exports as a plain
+    #: timm model (``dva export``). False for adapters with their own non-linear modules.
+    mergeable: bool = True
 
 
 _METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, *, description: str, uses_opa: bool = False, trains: bool = True):
+def register_method(
+    name: str, *, description: str, uses_opa: bool = False, trains: bool = True, mergeable: bool = True
+):
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(name, fn, description, uses_opa, trains)
+        _METHODS[name] = Method(name, fn, description, uses_opa, trains, mergeable)
         return fn
 
     return decorator
