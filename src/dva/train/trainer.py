@@ -41,7 +41,7 @@ from dva.distributed import (
 )
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
-from dva.errors import ConfigError, DataError, DvaError
+from dva.errors import ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
 from dva.losses import VIEW_KINDS, DPTLoss
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
@@ -109,7 +109,10 @@ class Trainer:
             return self._finish(RetrievalModel(torch.nn.Identity()), train_seconds=0.0, epoch_metrics={})
         self._build()
         position = self._load_resume_point() if resume else Position()
-        return self._train(position)
+        try:
+            return self._train(position)
+        except WriteError as e:  # disk full, no permission: the last checkpoint is intact
+            raise WriteError(f"{e}; once fixed, continue with: dva train --resume {self.run.path}") from e
 
     def _check_run_dir(self, resume: bool) -> None:
         if not resume and self.run.config_path.exists():
