@@ -223,7 +223,11 @@ def end_to_end(images: list[Path], img: int, batch: int, workers: list[int], dev
         for w in workers:
             files[w].append(timed(lambda: from_files(w), device))
         memory.append(timed(from_tensors, device))
+    # Per image on one thread, as in a DataLoader worker (workers run torch with one thread).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     decode = timed(lambda: [dataset[i] for i in range(min(len(dataset), 64))], device) / min(len(dataset), 64)
+    torch.set_num_threads(threads)
     return {"images": len(images), "batch": batch,
             "files_img_per_s": {str(w): len(images) / best(t) for w, t in files.items()},
             "tensors_img_per_s": len(images) / best(memory),

@@ -124,3 +124,18 @@ def test_adapted_attention_stays_on_the_fused_sdpa_kernel(monkeypatch):
         model.merge_adapters()
         model(x)
     assert len(calls) == 2 * len(model.backbone.blocks)
+
+
+def test_merged_adapters_cost_exactly_what_the_frozen_model_costs():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(model) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(2, 3, TINY_IMG, TINY_IMG))
+        return counter.get_total_flops()
+
+    frozen = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="frozen").eval()
+    adapted = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica").eval()
+    unmerged = flops(adapted)
+    adapted.merge_adapters()
+    assert flops(adapted) == flops(frozen) < unmerged

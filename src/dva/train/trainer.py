@@ -246,11 +246,11 @@ class Trainer:
         kinds = list(batch.views)
         if kinds:
             images = torch.cat([batch.views[k][0] for k in kinds]).to(self.device, non_blocking=True)
-        else:  # every image of this rank failed to decode: one dummy image keeps DDP's ranks in step
+        else:  # every image of this rank failed to decode: a dummy image keeps DDP's ranks in step
             images = torch.zeros(1, 3, self.config.model.img_size, self.config.model.img_size, device=self.device)
         with autocast(self.device, self.config.train.precision):
             embeddings = self.train_model(images)
-        chunks = dict(zip(kinds, embeddings.split([len(batch.views[k][1]) for k in kinds])))
+        chunks = dict(zip(kinds, embeddings.split([len(batch.views[k][1]) for k in kinds]))) if kinds else {}
         empty_labels = torch.zeros(0, dtype=torch.long, device=self.device)
         views = {
             k: (chunks.get(k, embeddings[:0]), batch.views[k][1].to(self.device) if k in chunks else empty_labels)
