@@ -123,17 +123,15 @@ def autocast_for(device: torch.device, precision: str):
 # --------------------------------------------------------------------------- rows
 
 
-def train_steps(method: str, img: int, batch: int, steps: int, device_name: str, precision: str, threads: int,
-                compiled: bool = False) -> dict:
-    """Time ``steps`` optimizer steps of ``method`` after one warm-up step; peak memory of all of them
-    (the first step allocates the gradients and the optimizer's state: they are part of the cost)."""
-    torch.set_num_threads(threads)
+def training_step(method: str, img: int, batch: int, device: torch.device, precision: str,
+                  compiled: bool = False) -> tuple[Callable[[], None], int]:
+    """One optimizer step (forward, Proxy-Anchor loss, backward, Adam) as ``dva train`` takes it,
+    as a closure over its own model and data; and the number of trainable parameters."""
     from dva.config import ModelConfig, RunConfig, TrainConfig
     from dva.losses import ORIGINAL, DPTLoss
     from dva.models import count_parameters, create_model
     from dva.train import build_optimizer
 
-    device = torch.device(device_name)
     torch.manual_seed(0)
     config = RunConfig(model=ModelConfig(backbone=ARCH, pretrained=False, img_size=img, method=method),
                        train=TrainConfig(batch_size=batch, precision=precision))
@@ -152,11 +150,35 @@ def train_steps(method: str, img: int, batch: int, steps: int, device_name: str,
         loss.backward()
         optimizer.step()
 
+    return step, count_parameters(model).trainable
+
+
+def train_memory(method: str, img: int, batch: int, device_name: str, precision: str, threads: int) -> dict:
+    """Peak memory of two training steps in a fresh process: the first allocates the gradients
+    and the optimizer's state, which are part of what training costs."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    step, params = training_step(method, img, batch, device, precision)
     with PeakMemory(device) as memory:
-        warmup = timed(step, device)
-        times = [timed(step, device) for _ in range(steps)]
-    return {"method": method, "compiled": compiled, "batch": batch, "step_s": times, "first_step_s": warmup,
-            "peak_mib": memory.mib, "trainable_params": count_parameters(model).trainable}
+        step()
+        step()
+    return {"method": method, "batch": batch, "peak_mib": memory.mib, "trainable_params": params}
+
+
+def train_timing(plans: list[tuple[str, bool]], img: int, batch: int, steps: int, device_name: str, precision: str,
+                 threads: int) -> dict:
+    """Step times of every ``(method, compiled)`` plan, alternating step by step after one warm-up step each."""
+    torch.set_num_threads(threads)
+    device = torch.device(device_name)
+    names = [f"{method}{' compiled' if compiled else ''}" for method, compiled in plans]
+    fns = {name: training_step(method, img, batch, device, precision, compiled)[0]
+           for name, (method, compiled) in zip(names, plans)}
+    first = {name: timed(fn, device) for name, fn in fns.items()}  # warm-up; compiles the compiled plans
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(steps):
+        for name, fn in fns.items():
+            times[name].append(timed(fn, device))
+    return {"batch": batch, "step_s": times, "first_step_s": first}
 
 
 def inference(img: int, batches: list[int], reps: dict[int, int], device: torch.device, precision: str,
@@ -340,16 +362,17 @@ def main() -> None:
           f"load average {result['machine']['load_average'][0]:.2f}", file=sys.stderr)
 
     if "train" in sections:
-        steps, rounds = (3, 1) if args.quick or cuda else (3, 2)
+        steps = 3 if args.quick else (10 if cuda else 5)
         plans = [("ica", False), ("full", False)] + ([("ica", True)] if args.compile else [])
-        runs = []
+        result["train"] = {"memory": [], "timing": []}
         for batch in batches:
-            for _ in range(rounds):
-                for method, compiled in plans:
-                    print(f"train {method}{' compiled' if compiled else ''} batch {batch} ...", file=sys.stderr)
-                    runs.append(isolated(train_steps, method, img, batch, steps, str(device), precision, threads,
-                                         compiled))
-        result["train"] = runs
+            for method in ("ica", "full"):
+                print(f"train {method} batch {batch}: memory ...", file=sys.stderr)
+                result["train"]["memory"].append(isolated(train_memory, method, img, batch, str(device), precision,
+                                                          threads))
+            print(f"train batch {batch}: step times, alternating ...", file=sys.stderr)
+            result["train"]["timing"].append(isolated(train_timing, plans, img, batch, steps, str(device), precision,
+                                                      threads))
     if "infer" in sections:
         print("inference ...", file=sys.stderr)
         throughput = 128 if cuda else 64
@@ -406,20 +429,18 @@ def _e2e_images(folder: Path, count: int) -> tuple[list[Path], str]:
 
 def markdown(r: dict) -> str:
     rows: list[tuple[str, str, str, str]] = []
-    for batch in sorted({t["batch"] for t in r.get("train", [])}):
-        plans = {"ica": ("ica", False), "full": ("full", False), "ica compiled": ("ica", True)}
-        by = {name: [t for t in r["train"] if (t["method"], t.get("compiled", False)) == plan and t["batch"] == batch]
-              for name, plan in plans.items()}
-        by = {name: runs for name, runs in by.items() if runs}
-        step = {m: best([s for t in runs for s in t["step_s"]]) for m, runs in by.items()}
-        mem = {m: max(t["peak_mib"] for t in runs) for m, runs in by.items()}
+    train = r.get("train", {"memory": [], "timing": []})
+    for timing in train["timing"]:
+        batch = timing["batch"]
+        step = {name: best(times) for name, times in timing["step_s"].items()}
+        mem = {m["method"]: m["peak_mib"] for m in train["memory"] if m["batch"] == batch}
         rows.append((f"train step, batch {batch}: ICA vs full fine-tuning",
                      f"{step['ica']:.3f} s vs {step['full']:.3f} s ({batch / step['ica']:.1f} vs "
                      f"{batch / step['full']:.1f} img/s)", f"{step['ica'] / step['full']:.2f}", "< 1 (faster)"))
         rows.append((f"train peak memory, batch {batch}: ICA vs full", f"{mem['ica']:.0f} MiB vs {mem['full']:.0f} MiB",
                      f"{mem['ica'] / mem['full']:.2f}", "< 1 (smaller)"))
         if "ica compiled" in step:
-            first = best([t["first_step_s"] for t in by["ica compiled"]])
+            first = timing["first_step_s"]["ica compiled"]
             rows.append((f"train step, batch {batch}: ICA with torch.compile vs eager",
                          f"{step['ica compiled']:.3f} s vs {step['ica']:.3f} s (first step, compiling: {first:.0f} s)",
                          f"{step['ica compiled'] / step['ica']:.2f}", "< 1 to be worth it"))
