@@ -32,5 +32,9 @@ test: $(STAMP) chromium
 demo: $(STAMP)
 	SHARED=$(SHARED) PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
 
+# Speed and memory rows of docs/speed.md (about 15 minutes on 2 CPU cores; --quick: 5).
+bench-speed: $(STAMP)
+	$(PY) bench/speed.py
+
 clean:
 	rm -rf $(VENV) demo_output .pytest_cache

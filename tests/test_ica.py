@@ -104,3 +104,38 @@ def test_invalid_ica_config_is_refused(targets, rank):
 
 def test_target_order_is_canonical():
     assert ICAConfig(targets=("v", "q")).targets == ("q", "v")
+
+
+def test_adapted_attention_stays_on_the_fused_sdpa_kernel(monkeypatch):
+    # ICA wraps only the qkv projection: attention itself must still run through
+    # F.scaled_dot_product_attention (flash attention on GPUs), in every block, trained or merged.
+    model = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica").eval()
+    calls = []
+    real_sdpa = torch.nn.functional.scaled_dot_product_attention
+
+    def counting_sdpa(*args, **kwargs):
+        calls.append(args[0].shape)
+        return real_sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counting_sdpa)
+    x = torch.randn(2, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        model(x)
+        model.merge_adapters()
+        model(x)
+    assert len(calls) == 2 * len(model.backbone.blocks)
+
+
+def test_merged_adapters_cost_exactly_what_the_frozen_model_costs():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    def flops(model) -> int:
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            model(torch.randn(2, 3, TINY_IMG, TINY_IMG))
+        return counter.get_total_flops()
+
+    frozen = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="frozen").eval()
+    adapted = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica").eval()
+    unmerged = flops(adapted)
+    adapted.merge_adapters()
+    assert flops(adapted) == flops(frozen) < unmerged

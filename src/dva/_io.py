@@ -3,6 +3,8 @@
 A crash (or a full disk) in the middle of writing a checkpoint, a config or an index must
 never leave a broken file where a good one was: we write to a temporary file in the same
 directory, flush it to disk, then ``os.replace`` it over the target, which POSIX makes atomic.
+A write that fails (no space left, no permission) raises :class:`dva.errors.WriteError`
+naming the file; the previous version stays in place.
 """
 
 from __future__ import annotations
@@ -15,21 +17,30 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dva.errors import WriteError
+
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; move it over ``target`` only on success."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise _write_error(target, e) from e
     os.close(fd)
     tmp = Path(tmp_name)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
+        os.chmod(tmp, file_mode())  # mkstemp makes 0600; give the file normal permissions
         os.replace(tmp, target)
+    except WriteError:
+        raise
+    except OSError as e:
+        raise _write_error(target, e) from e
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -51,13 +62,21 @@ def atomic_write_json(target: str | os.PathLike[str], obj: Any) -> Path:
 
 def append_jsonl(path: str | os.PathLike[str], record: dict[str, Any]) -> None:
     """Append one JSON line and flush it, so a crash loses at most the line being written."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise _write_error(Path(path), e) from e
 
 
-def _umask() -> int:
+def _write_error(target: Path, error: OSError) -> WriteError:
+    return WriteError(f"{target}: cannot write ({error.strerror or error}); the previous version, if any, is unchanged")
+
+
+def file_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give a new file (0666 less the umask)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask

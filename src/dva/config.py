@@ -114,6 +114,9 @@ class TrainConfig:
     checkpoint_every: int = 0
     #: Keep the last N per-epoch weight files (0 = keep all).
     keep_checkpoints: int = 0
+    #: ``torch.compile`` the training forward (opt-in: compiling costs a minute or more up
+    #: front; docs/speed.md has the measured gain).
+    compile: bool = False
 
 
 @dataclass

@@ -26,3 +26,7 @@ class CheckpointError(DvaError):
 
 class MissingDependency(DvaError, ImportError):
     """An optional dependency (an extra such as ``dva[offline]``) is not installed."""
+
+
+class WriteError(DvaError, OSError):
+    """A file could not be written (disk full, no permission); the file it was to replace is unchanged."""

@@ -22,10 +22,11 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from dva.cli import data, evaluate, index, opa, params, reproduce, serve, train, visualize
+    from dva.cli import data, evaluate, export, index, opa, params, reproduce, serve, train, visualize
 
     app.command("train")(train.train)
     app.command("eval")(evaluate.evaluate)
+    app.command("export")(export.export)
     app.command("params")(params.params)
     app.command("reproduce")(reproduce.reproduce)
     app.command("detect")(opa.detect)

@@ -20,7 +20,9 @@ from dva.cli._common import (
     print_table,
     split_csv,
 )
+from dva.distributed import init_distributed
 from dva.errors import ConfigError
+from dva.runtime import resolve_device
 
 #: The paper's tables report Recall@1/2/4/8 in percent.
 TABLE_KS = (1, 2, 4, 8)
@@ -61,6 +63,8 @@ def evaluate(
 ) -> None:
     """Every test image queries all other test images by cosine similarity (paper protocol).
 
+    Several GPUs: torchrun --nproc-per-node N -m dva eval ... embeds N shards of each gallery.
+
     The dataset, root and split default to the run's own; the test side of the split is used.
 
     With --suite paper: CUB-200-2011, Stanford Cars and Stanford Dogs on the test side of the
@@ -99,13 +103,16 @@ def evaluate(
         own_dataset, own_root = cfg.data.dataset, cfg.data.root or None
     else:
         raise ConfigError("pass --run RUN_DIR, or --frozen --backbone NAME")
-    common = dict(batch_size=batch_size, num_workers=workers, device=device, precision=precision, progress=not quiet)
+    # Under torchrun every rank embeds a shard of each gallery; rank 0 computes and prints the metrics.
+    info, rank_device = init_distributed(resolve_device(device))
+    quiet = quiet or not info.is_main
+    common = dict(batch_size=batch_size, num_workers=workers, device=rank_device, precision=precision, progress=not quiet)
     if suite is not None:
         _run_suite(
             model, suite, data_root, img_size=img_size or model_config.img_size, resize_size=resize,
             protocol=split or "open", own_dataset=own_dataset, own_root=own_root,
             dataset_dirs=_parse_dirs(dataset_dir or []), only=split_csv(datasets), json_out=json_out, quiet=quiet,
-            **common,
+            print_results=info.is_main, **common,
         )
         return
     side = make_split(load_catalog(dataset, data), split or "open").test
@@ -123,6 +130,8 @@ def evaluate(
     metrics = evaluate_side(model, side, img_size=img_size or model_config.img_size, resize_size=resize, view=view, **common)
     if opa_report is not None:
         metrics["opa_test"] = opa_report
+    if not info.is_main:
+        return
     if json_out:
         print_json(metrics)
     else:
@@ -132,7 +141,9 @@ def evaluate(
             print("test images seen as: " + ", ".join(f"{k} {v}" for k, v in opa_report.items() if k != "boxes"))
 
 
-def _run_suite(model: Any, suite: str, data_root: Path | None, *, json_out: bool, quiet: bool, **kwargs: Any) -> None:
+def _run_suite(
+    model: Any, suite: str, data_root: Path | None, *, json_out: bool, quiet: bool, print_results: bool, **kwargs: Any
+) -> None:
     from dva.evaluate.suite import SuiteResult, evaluate_suite
 
     def announce(result: SuiteResult) -> None:
@@ -140,6 +151,8 @@ def _run_suite(model: Any, suite: str, data_root: Path | None, *, json_out: bool
             print(f"{result.title}: R@1 {100 * result.metrics['recall@1']:.1f}", file=sys.stderr)
 
     results = evaluate_suite(model, data_root, suite=suite, on_result=announce, **kwargs)
+    if not print_results:
+        return
     if json_out:
         print_json([r.to_dict() for r in results])
         return

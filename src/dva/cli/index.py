@@ -8,7 +8,9 @@ from pathlib import Path
 import typer
 
 from dva.cli._common import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt, print_json, print_table
+from dva.distributed import barrier, init_distributed, launched_by_torchrun
 from dva.errors import ConfigError
+from dva.runtime import resolve_device
 
 #: Unreadable images listed in the human-readable report (``--json`` lists them all).
 SHOWN_FAILURES = 10
@@ -37,6 +39,12 @@ def index(
     check: Path | None = typer.Option(
         None, "--check", help="Check INDEX_DIR instead: file integrity and recall@10 against exact search."
     ),
+    shard: str | None = typer.Option(
+        None, "--shard", help="Embed only shard I/N of the new images into OUT.shards/ (e.g. one job of an array)."
+    ),
+    merge_shards: bool = typer.Option(
+        False, "--merge-shards", help="Build the index from the shards of OUT.shards/ (same options as the shards)."
+    ),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = WorkersOpt,
     device: str = DeviceOpt,
@@ -48,8 +56,13 @@ def index(
 
     Images whose path is already indexed are not embedded again; unreadable ones are skipped
     and listed. The index records the model, so `dva search` and `dva serve` need only the index.
+
+    Large galleries: torchrun --nproc-per-node N -m dva index ... embeds N shards in parallel
+    (one per GPU) and rank 0 builds the same index one process would; or --shard I/N per job,
+    then --merge-shards.
     """
     from dva.index import IndexModel, check_index, index_gallery, read_gallery
+    from dva.index.shards import embed_shard, merge_shards as merge, parse_shard
 
     if check is not None:
         report = check_index(check)
@@ -70,11 +83,26 @@ def index(
         model = IndexModel.frozen(backbone, pretrained=pretrained, img_size=img_size)
     elif run is not None:
         model = IndexModel.from_run(run, weights)
-    report = index_gallery(
-        out, read_gallery(images, folder_labels=folder_labels), model=model, index_type=index_type,
-        approx_threshold=approx_threshold, batch_size=batch_size, num_workers=workers, device=device,
-        precision=precision, progress=not quiet,
-    )
+    if shard is not None and merge_shards:
+        raise ConfigError("--shard embeds one shard, --merge-shards merges them: pass one")
+    items = read_gallery(images, folder_labels=folder_labels)
+    embed = dict(batch_size=batch_size, num_workers=workers, precision=precision, progress=not quiet)
+    build = dict(model=model, index_type=index_type, approx_threshold=approx_threshold)
+    if shard is not None:
+        path = embed_shard(out, items, shard=parse_shard(shard), model=model, device=device, **embed)
+        print(f"shard {shard} written to {path}; when all are done: the same command with --merge-shards")
+        return
+    if merge_shards:
+        report = merge(out, items, **build)
+    elif launched_by_torchrun():
+        info, rank_device = init_distributed(resolve_device(device))
+        embed_shard(out, items, shard=(info.rank, info.world_size), model=model, device=rank_device, **embed)
+        barrier()  # every shard is written
+        if not info.is_main:
+            return
+        report = merge(out, items, **build)
+    else:
+        report = index_gallery(out, items, device=device, **build, **embed)
     if json_out:
         print_json(report.to_dict())
         return

@@ -26,6 +26,7 @@ from dva.cli.opa import (
     cli_detector_options,
 )
 from dva.config import RunConfig, from_dict, load_overrides
+from dva.distributed import current
 from dva.errors import ConfigError
 
 
@@ -81,6 +82,9 @@ def train(
     ),
     config_file: Path | None = typer.Option(None, "--config", help="YAML/JSON file with model/data/train/opa sections."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
+    compile_model: bool | None = typer.Option(
+        None, "--compile/--no-compile", help="torch.compile the training forward (costs start-up time; docs/speed.md)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -88,6 +92,10 @@ def train(
 
     Writes config.json, per-epoch weights (safetensors), a resume checkpoint and
     metrics.jsonl into --out. Ctrl-C stops cleanly after the current step; --resume continues.
+
+    Several GPUs (or CPU processes): torchrun --nproc-per-node N -m dva train ...
+    --batch-size stays the global batch; rank 0 writes the run; the result equals a
+    single-process run with the same global batch (docs/speed.md).
     """
     from dva.train import Trainer
 
@@ -115,6 +123,7 @@ def train(
             "device": device,
             "seed": seed,
             "checkpoint_every": checkpoint_every,
+            "compile": compile_model,
         },
         "opa": {
             "boxes": str(boxes) if boxes is not None else None,
@@ -130,6 +139,8 @@ def train(
     config = build_config(out, overrides, config_file, resume)
     _check_opa(config, out)
     summary = Trainer(config, out, progress=not quiet).fit(resume=resume)
+    if not current().is_main:
+        return
     if json_out:
         print_json(summary)
     else:

@@ -1,4 +1,9 @@
-"""Batched embedding extraction: inference mode, DataLoader workers, unreadable files skipped."""
+"""Batched embedding extraction: inference mode, DataLoader workers, unreadable files skipped.
+
+A large gallery can be split into contiguous shards embedded by separate processes
+(``shard=(i, n)``, e.g. one per GPU under torchrun); :meth:`Embeddings.concat` joins the
+shards back into exactly what one process would have produced.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +12,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from dva.data.loaders import ImageDataset, ImageView, collate_images
 from dva.data.records import ImageRecord
 from dva.data.transforms import eval_transform
+from dva.distributed import shard_bounds
 from dva.models.retrieval import RetrievalModel
 from dva.runtime import autocast, resolve_device
 
@@ -27,6 +33,23 @@ class Embeddings:
     indices: np.ndarray
     #: ``(position, message)`` of the images that could not be decoded.
     failures: list[tuple[int, str]] = field(default_factory=list)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Embeddings]) -> Embeddings:
+        """Join shards of one dataset, rows in position order; a position seen twice is an error."""
+        indices = np.concatenate([p.indices for p in parts])
+        order = np.argsort(indices, kind="stable")
+        seen = np.concatenate([indices, [i for p in parts for i, _ in p.failures]]).astype(np.int64)
+        if len(np.unique(seen)) != len(seen):
+            raise ValueError("shards overlap: some positions were embedded twice")
+        # Empty shards may not know the embedding width: their (0, 0) blocks are left out.
+        vectors = [p.vectors for p in parts if len(p.indices)] or [parts[0].vectors]
+        return cls(
+            np.concatenate(vectors)[order],
+            np.concatenate([p.labels for p in parts])[order],
+            indices[order],
+            sorted(f for p in parts for f in p.failures),
+        )
 
 
 def embedding_transform(model: RetrievalModel, img_size: int, resize_size: int | None = None):
@@ -45,9 +68,14 @@ def embed_dataset(
     precision: str = "auto",
     progress: bool = True,
     desc: str = "embedding",
+    shard: tuple[int, int] | None = None,
 ) -> Embeddings:
+    """Embed ``dataset`` (or, with ``shard=(i, n)``, its ``i``-th of ``n`` contiguous slices;
+    ``indices`` stay positions in the whole ``dataset``)."""
     device = resolve_device(device) if isinstance(device, str) else device
     model = model.to(device).eval()
+    if shard is not None:
+        dataset = Subset(dataset, range(*shard_bounds(len(dataset), *shard)))
     loader = DataLoader(
         dataset,
         batch_size=batch_size,

@@ -7,7 +7,8 @@ from collections.abc import Sequence
 
 from dva.data.loaders import ImageView
 from dva.data.records import SplitSide
-from dva.evaluate.embed import embed_records
+from dva.distributed import all_gather_objects, broadcast_object, current
+from dva.evaluate.embed import Embeddings, embed_records
 from dva.metrics import retrieval_metrics
 from dva.models.retrieval import RetrievalModel
 
@@ -28,11 +29,23 @@ def evaluate_side(
 
     Images that fail to decode are left out and counted in ``"skipped"`` (a warning names them).
     ``view`` replaces each image before embedding (``dva eval --opa-test``: OPA at test time).
+
+    Under torchrun each rank embeds one contiguous shard of the side (no image twice, none
+    left out), rank 0 computes the metrics on the joined embeddings, and every rank returns them.
     """
+    info = current()
+    if not info.is_main:
+        embed_kwargs["progress"] = False  # one progress bar per job
     embeddings = embed_records(
-        model, side.records, img_size=img_size, resize_size=resize_size, view=view, **embed_kwargs
+        model, side.records, img_size=img_size, resize_size=resize_size, view=view,
+        shard=(info.rank, info.world_size) if info.enabled else None, **embed_kwargs,
     )
-    for _, message in embeddings.failures[:5]:
-        print(f"warning: skipped {message}", file=sys.stderr)
-    metrics = retrieval_metrics(embeddings.vectors, embeddings.labels, ks)
-    return {**metrics, "images": int(len(embeddings.labels)), "skipped": len(embeddings.failures)}
+    if info.enabled:
+        embeddings = Embeddings.concat(all_gather_objects(embeddings))
+    metrics = None
+    if info.is_main:
+        for _, message in embeddings.failures[:5]:
+            print(f"warning: skipped {message}", file=sys.stderr)
+        metrics = retrieval_metrics(embeddings.vectors, embeddings.labels, ks)
+        metrics = {**metrics, "images": int(len(embeddings.labels)), "skipped": len(embeddings.failures)}
+    return broadcast_object(metrics)

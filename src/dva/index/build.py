@@ -4,7 +4,7 @@ Building is incremental: images whose path is already in the index are not embed
 again, new ones are appended (ids of old images never change), and the FAISS index is
 extended, or rebuilt from the stored embeddings when the gallery has grown into another
 index type. Unreadable images are skipped and reported, never fatal, unless nothing at all
-could be read.
+could be read. The embedding step can also be split over processes (:mod:`dva.index.shards`).
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ import numpy as np
 
 from dva import __version__
 from dva.data.loaders import ImageDataset
+from dva.distributed import shard_bounds
 from dva.errors import ConfigError, DataError
 from dva.evaluate.embed import Embeddings, embed_dataset, embedding_transform
 from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, build_index, plan_index, recall_vs_exact
@@ -31,6 +32,9 @@ from dva.index.store import GalleryIndex, is_index_dir, update_lock, write_versi
 
 #: Recall of approximate indexes is measured at build time for the manifest, like ``--check``.
 RECALL_K = 10
+
+#: The embedding step: ``(model, images to add) -> (embeddings, seconds)``.
+Embedder = Callable[[IndexModel, Sequence[GalleryItem]], tuple[Embeddings, float]]
 
 
 @dataclass
@@ -72,20 +76,66 @@ def index_gallery(
     ``index_type`` (auto, flat, hnsw, ivf) and ``approx_threshold`` default to the index's
     recorded settings, else to auto and :data:`DEFAULT_APPROX_THRESHOLD`.
     """
-    out = Path(out)
     embed = dict(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision, progress=progress)
+    return build_index_dir(
+        out, items, model=model, index_type=index_type, approx_threshold=approx_threshold,
+        embedder=lambda own, todo: embed_items(own, todo, **embed),
+    )
+
+
+def build_index_dir(
+    out: str | Path,
+    items: Sequence[GalleryItem],
+    *,
+    model: IndexModel | None,
+    index_type: str | None,
+    approx_threshold: int | None,
+    embedder: Embedder,
+) -> IndexReport:
+    """:func:`index_gallery` with the embedding step given (the merge of sharded embeddings gives its own)."""
+    out = Path(out)
     if is_index_dir(out):
         with update_lock(out):
-            return _update(out, items, model, index_type, approx_threshold, embed)
+            return _update(out, items, model, index_type, approx_threshold, embedder)
+    _check_new_index(out, model)
+    return _create(out, items, model, index_type or "auto", approx_threshold or DEFAULT_APPROX_THRESHOLD, embedder)
+
+
+def pending_items(
+    out: str | Path, items: Sequence[GalleryItem], model: IndexModel | None
+) -> tuple[list[GalleryItem], IndexModel]:
+    """The images an index run would embed into ``out`` (those it lacks), and the model that embeds them."""
+    out = Path(out)
+    if is_index_dir(out):
+        index = GalleryIndex.load(out)
+        return _new_items(index, items), _own_model(out, index, model)
+    _check_new_index(out, model)
+    return list(items), model
+
+
+def _check_new_index(out: Path, model: IndexModel | None) -> None:
     if model is None:
         raise ConfigError(f"{out} is not an index yet: say which model embeds it (--run RUN_DIR or --frozen --backbone NAME)")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not a dva index (no manifest.json); choose a new or empty folder")
-    return _create(out, items, model, index_type or "auto", approx_threshold or DEFAULT_APPROX_THRESHOLD, embed)
+
+
+def _own_model(out: Path, index: GalleryIndex, model: IndexModel | None) -> IndexModel:
+    """The index's recorded model; another ``model`` would give incomparable embeddings."""
+    if model is not None and model.fingerprint() != index.manifest["model"]["fingerprint"]:
+        raise ConfigError(
+            f"{out} was built with {index.manifest['model']['source']}; {model.source} gives other embeddings. "
+            "Add images without --run/--frozen (the index's own model is used) or build a new index"
+        )
+    return IndexModel.from_index(out)
+
+
+def _new_items(index: GalleryIndex, items: Sequence[GalleryItem]) -> list[GalleryItem]:
+    return [item for item in items if str(item.path) not in index.ids_by_path]
 
 
 def _create(
-    out: Path, items: Sequence[GalleryItem], model: IndexModel, index_type: str, threshold: int, embed: dict
+    out: Path, items: Sequence[GalleryItem], model: IndexModel, index_type: str, threshold: int, embedder: Embedder
 ) -> IndexReport:
     start = time.perf_counter()
     plan_index(0, index_type=index_type, approx_threshold=threshold)  # validate options before embedding
@@ -94,7 +144,7 @@ def _create(
     partial.mkdir(parents=True)
     try:
         model.save(partial)
-        embeddings, seconds = _embed(model, items, embed)
+        embeddings, seconds = embedder(model, items)
         if not len(embeddings.vectors):
             first = embeddings.failures[0][1] if embeddings.failures else "the gallery is empty"
             raise DataError(f"no image of the gallery could be read (first: {first})")
@@ -127,22 +177,17 @@ def _update(
     model: IndexModel | None,
     index_type: str | None,
     threshold: int | None,
-    embed: dict,
+    embedder: Embedder,
 ) -> IndexReport:
     start = time.perf_counter()
     index = GalleryIndex.load(out)
-    own = IndexModel.from_index(out)
-    if model is not None and model.fingerprint() != index.manifest["model"]["fingerprint"]:
-        raise ConfigError(
-            f"{out} was built with {index.manifest['model']['source']}; {model.source} gives other embeddings. "
-            "Add images without --run/--frozen (the index's own model is used) or build a new index"
-        )
+    own = _own_model(out, index, model)
     settings = {
         "index_type": index_type or index.manifest["settings"]["index_type"],
         "approx_threshold": threshold or index.manifest["settings"]["approx_threshold"],
     }
-    new = [item for item in items if str(item.path) not in index.ids_by_path]
-    embeddings, seconds = _embed(own, new, embed)
+    new = _new_items(index, items)
+    embeddings, seconds = embedder(own, new)
     vectors = np.concatenate([np.asarray(index.embeddings), embeddings.vectors.reshape(-1, index.embed_dim)])
     rows = index.rows + [_row(new[i]) for i in embeddings.indices]
     unchanged = not len(embeddings.vectors) and settings == index.manifest["settings"]
@@ -172,15 +217,19 @@ def _write(
     return write_version(path, manifest, vectors, rows, faiss_index)
 
 
-def _embed(model: IndexModel, items: Sequence[GalleryItem], embed: dict) -> tuple[Embeddings, float]:
+def embed_items(
+    model: IndexModel, items: Sequence[GalleryItem], *, shard: tuple[int, int] | None = None, **embed: Any
+) -> tuple[Embeddings, float]:
+    """Embed ``items`` (or shard ``(i, n)`` of them; positions stay those in ``items``), timed."""
     start = time.perf_counter()
-    if not items:  # nothing new: do not pay for building the model
+    first, stop = shard_bounds(len(items), *shard) if shard else (0, len(items))
+    if first == stop:  # nothing to embed: do not pay for building the model
         return Embeddings(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)), 0.0
     net = model.load_model()
     dataset = ImageDataset(
         [item.path for item in items], embedding_transform(net, model.img_size, model.resize_size)
     )
-    embeddings = embed_dataset(net, dataset, desc="indexing", **embed)
+    embeddings = embed_dataset(net, dataset, desc="indexing", shard=shard, **embed)
     return embeddings, time.perf_counter() - start
 
 

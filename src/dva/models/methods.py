@@ -54,6 +54,9 @@ class Method:
     options: type | None = None
     #: Injects ICA adapters, so ``ModelConfig.targets``, ``rank`` and ``scale`` matter.
     uses_ica: bool = False
+    #: Whatever it trains folds into the backbone's own weights, so a run exports as a plain
+    #: timm model (``dva export``). False for adapters with their own non-linear modules.
+    mergeable: bool = True
 
     def parse_options(self, raw: Mapping[str, Any]) -> Any:
         """``method_options`` as the method's options dataclass, defaults filled in; errors name the option."""
@@ -80,11 +83,12 @@ def register_method(
     trains: bool = True,
     options: type | None = None,
     uses_ica: bool = False,
+    mergeable: bool = True,
 ) -> Callable[[ApplyFn], ApplyFn]:
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(name, fn, description, uses_opa, trains, options, uses_ica)
+        _METHODS[name] = Method(name, fn, description, uses_opa, trains, options, uses_ica, mergeable)
         return fn
 
     return decorator
@@ -156,6 +160,7 @@ def _ica(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     "adaptformer",
     description="AdaptFormer's parallel MLP adapters, bottleneck 64, scale 0.1 (Table 10)",
     options=AdaptFormerConfig,
+    mergeable=False,
 )
 def _adaptformer(model: RetrievalModel, config: ModelConfig, options: AdaptFormerConfig) -> None:
     inject_adaptformer(model.backbone, options)
@@ -165,6 +170,7 @@ def _adaptformer(model: RetrievalModel, config: ModelConfig, options: AdaptForme
     "clip-adapter",
     description="CLIP-Adapter on the final embedding, reduction 4, ratio 0.2 (Table 10)",
     options=CLIPAdapterConfig,
+    mergeable=False,
 )
 def _clip_adapter(model: RetrievalModel, config: ModelConfig, options: CLIPAdapterConfig) -> None:
     model.head = CLIPAdapter(model.embed_dim, options)

@@ -6,12 +6,17 @@ parameters (adapters or unfrozen weights) and the proxies are updated, each with
 learning rate. After every epoch the trained weights and an exact resume point are written
 atomically to the run directory; a validation side (classes carved from training, never the
 test split) is evaluated and logged when configured.
+
+Under ``torchrun`` every rank trains on its share of each global batch, the embeddings of the
+whole batch are gathered for the loss (see :mod:`dva.distributed`), and rank 0 alone writes
+the run directory; a distributed step computes what a single-process step computes.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +29,21 @@ from dva._io import append_jsonl, atomic_write_json
 from dva.checkpoint import save_tensors
 from dva.config import RunConfig
 from dva.data import DataSplit, load_catalog, make_split
+from dva.distributed import (
+    DistInfo,
+    all_gather_objects,
+    all_gather_rows,
+    any_rank,
+    barrier,
+    init_distributed,
+    main_first,
+    wrap_ddp,
+)
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
-from dva.errors import ConfigError, DataError, DvaError
+from dva.errors import ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
-from dva.losses import DPTLoss
+from dva.losses import VIEW_KINDS, DPTLoss
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
 from dva.runs import MODEL_PREFIX, Run, weights_metadata
 from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everything
@@ -42,7 +57,8 @@ LOG_EVERY = 10
 #: Config fields that may change between an interrupted run and its resumption: they do
 #: not change what is computed, only where and how fast.
 RESUMABLE_CHANGES = frozenset(
-    {"data.root", "data.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints"}
+    {"data.root", "data.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints",
+     "train.compile"}
 )
 
 
@@ -76,6 +92,7 @@ class Trainer:
     # ------------------------------------------------------------------ set-up
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
         """Train to the configured number of epochs and return the run summary."""
+        self.dist, self.device = init_distributed(resolve_device(self.config.train.device))
         self._check_run_dir(resume)
         if self.split is None:
             catalog = load_catalog(self.config.data.dataset, self.config.data.root)
@@ -83,14 +100,19 @@ class Trainer:
         self._record_classes()
         if resume and self.run.config_path.is_file():
             self._check_resume_config()
-        self.config.save(self.run.config_path)
+        barrier()  # every rank has read the run directory before rank 0 writes to it
+        if self.dist.is_main:
+            self.config.save(self.run.config_path)
         if self.run.finished:
             return self.run.summary()
         if not self.method.trains:
             return self._finish(RetrievalModel(torch.nn.Identity()), train_seconds=0.0, epoch_metrics={})
         self._build()
         position = self._load_resume_point() if resume else Position()
-        return self._train(position)
+        try:
+            return self._train(position)
+        except WriteError as e:  # disk full, no permission: the last checkpoint is intact
+            raise WriteError(f"{e}; once fixed, continue with: dva train --resume {self.run.path}") from e
 
     def _check_run_dir(self, resume: bool) -> None:
         if not resume and self.run.config_path.exists():
@@ -116,7 +138,6 @@ class Trainer:
 
     def _build(self) -> None:
         cfg = self.config
-        self.device = resolve_device(cfg.train.device)
         seed_everything(cfg.train.seed)
         self.model = create_model(cfg.model).to(self.device)
         self.loss_fn = DPTLoss(
@@ -127,6 +148,13 @@ class Trainer:
             alpha=cfg.train.alpha,
             margin=cfg.train.margin,
         ).to(self.device)
+        # What the step calls: the modules themselves, or their DDP wrappers (which keep the
+        # ranks' adapters and proxies identical), compiled on request.
+        self.train_model, self.train_loss = self.model, self.loss_fn
+        if self.dist.enabled:
+            self.train_model, self.train_loss = wrap_ddp(self.model, self.device), wrap_ddp(self.loss_fn, self.device)
+        if cfg.train.compile:
+            self.train_model = torch.compile(self.train_model)
         self.optimizer = build_optimizer(self.model, self.loss_fn, cfg)
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         dtype = autocast_dtype(self.device, cfg.train.precision)
@@ -134,10 +162,14 @@ class Trainer:
 
         mean, std = self.model.normalization
         transform = train_transform(cfg.model.img_size, mean, std, cfg.data.resize_size)
-        views = self.views or self._default_views()
+        with main_first():  # rank 0 detects (and caches) boxes first, the others read its cache
+            views = self.views or self._default_views()
         self.dataset = TrainDataset(self.split.train.records, transform, views, self.loss_fn.background_label)
         try:
-            self.sampler = TrainBatchSampler(len(self.dataset), cfg.train.batch_size, seed=cfg.train.seed)
+            self.sampler = TrainBatchSampler(
+                len(self.dataset), cfg.train.batch_size, seed=cfg.train.seed,
+                rank=self.dist.rank, world_size=self.dist.world_size,
+            )
         except ValueError as e:
             raise ConfigError(f"train.batch_size: {e}") from None
         self.loader = DataLoader(
@@ -146,6 +178,7 @@ class Trainer:
             num_workers=cfg.data.num_workers,
             collate_fn=collate_train,
             pin_memory=self.device.type == "cuda",
+            persistent_workers=cfg.data.num_workers > 0,  # no worker start-up at every epoch
         )
         self.total_steps = cfg.train.epochs * self.sampler.batches_per_epoch
         self.warmup_steps = round(cfg.train.warmup_epochs * self.sampler.batches_per_epoch)
@@ -181,12 +214,12 @@ class Trainer:
         self.model.train()
         self.sampler.set_epoch(position.epoch, start_batch=position.batch)
         desc = f"epoch {position.epoch + 1}/{self.config.train.epochs}"
-        bar = tqdm(self.loader, desc=desc, unit="batch", disable=not self.progress, leave=False, initial=position.batch,
-                   total=self.sampler.batches_per_epoch)
+        bar = tqdm(self.loader, desc=desc, unit="batch", disable=not (self.progress and self.dist.is_main),
+                   leave=False, initial=position.batch, total=self.sampler.batches_per_epoch)
         for batch in bar:
-            self._count_problems(batch, position)
-            if batch.num_images:
-                parts = self._step(batch, position.global_step)
+            sizes = self._count_problems(batch, position)
+            if any(sum(per_rank) for per_rank in sizes.values()):
+                parts = self._step(batch, sizes, position.global_step)
                 position.epoch_loss_sum += parts["loss"]
                 position.epoch_steps += 1
                 if position.global_step % LOG_EVERY == 0:
@@ -195,46 +228,68 @@ class Trainer:
             position.batch += 1
             position.global_step += 1
             every = self.config.train.checkpoint_every
-            if (every and position.global_step % every == 0) or interrupt.requested:
+            stop = any_rank(interrupt.requested, self.device)  # all ranks stop at the same step
+            if (every and position.global_step % every == 0) or stop:
                 self._save_resume(position)
-            if interrupt.requested:
+            if stop:
                 bar.close()
                 raise TrainingInterrupted(
                     f"stopped at epoch {position.epoch + 1}, batch {position.batch}; "
                     f"continue with: dva train --resume {self.run.path}"
                 )
 
-    def _step(self, batch: TrainBatch, step: int) -> dict[str, float]:
+    def _step(self, batch: TrainBatch, sizes: dict[str, list[int]], step: int) -> dict[str, float]:
+        """One optimizer step; ``sizes[kind][rank]``: images of each view kind on each rank."""
         factor = lr_factor(step, self.total_steps, self.warmup_steps)
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
         kinds = list(batch.views)
-        images = torch.cat([batch.views[k][0] for k in kinds]).to(self.device, non_blocking=True)
+        if kinds:
+            images = torch.cat([batch.views[k][0] for k in kinds]).to(self.device, non_blocking=True)
+        else:  # every image of this rank failed to decode: a dummy image keeps DDP's ranks in step
+            images = torch.zeros(1, 3, self.config.model.img_size, self.config.model.img_size, device=self.device)
         with autocast(self.device, self.config.train.precision):
-            embeddings = self.model(images)
-        chunks = embeddings.split([len(batch.views[k][1]) for k in kinds])
-        views = {k: (e, batch.views[k][1].to(self.device)) for k, e in zip(kinds, chunks)}
-        out = self.loss_fn(views)
+            embeddings = self.train_model(images)
+        chunks = dict(zip(kinds, embeddings.split([len(batch.views[k][1]) for k in kinds]))) if kinds else {}
+        empty_labels = torch.zeros(0, dtype=torch.long, device=self.device)
+        views = {
+            k: (chunks.get(k, embeddings[:0]), batch.views[k][1].to(self.device) if k in chunks else empty_labels)
+            for k in sizes
+        }
+        if self.dist.enabled:  # the loss of the global batch, not the mean of per-rank losses
+            views = {k: (all_gather_rows(e, sizes[k]), all_gather_rows(y, sizes[k])) for k, (e, y) in views.items()}
+        out = self.train_loss(views)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"loss": out.total.item(), **{k: v.item() for k, v in out.parts.items()}, "lr": self.base_lrs[0] * factor}
 
-    def _count_problems(self, batch: TrainBatch, position: Position) -> None:
-        for kind, n in batch.events.items():
+    def _count_problems(self, batch: TrainBatch, position: Position) -> dict[str, list[int]]:
+        """Count the global batch's decode failures and view events; return its view sizes per rank."""
+        local = (batch.failures, dict(batch.events), {k: len(y) for k, (_, y) in batch.views.items()})
+        ranks = all_gather_objects(local)
+        failures = [message for rank_failures, _, _ in ranks for message in rank_failures]
+        events = Counter()
+        for _, rank_events, _ in ranks:
+            events.update(rank_events)
+        kinds = [k for k in VIEW_KINDS if any(k in rank_sizes for _, _, rank_sizes in ranks)]
+        sizes = {k: [rank_sizes.get(k, 0) for _, _, rank_sizes in ranks] for k in kinds}
+        for kind, n in events.items():
             position.events[kind] = position.events.get(kind, 0) + n
-        if not batch.failures:
-            return
-        position.decode_failures += len(batch.failures)
-        for message in batch.failures:
-            print(f"warning: skipped {message}", file=sys.stderr)
+        if not failures:
+            return sizes
+        position.decode_failures += len(failures)
+        if self.dist.is_main:
+            for message in failures:
+                print(f"warning: skipped {message}", file=sys.stderr)
         if position.decode_failures > self.max_failures:
             raise DataError(
                 f"{position.decode_failures} training images failed to decode, more than "
                 f"data.max_decode_errors={self.config.data.max_decode_errors} of {len(self.dataset)} allows "
-                f"(last: {batch.failures[-1]})"
+                f"(last: {failures[-1]})"
             )
+        return sizes
 
     # ------------------------------------------------------------------ saving
     def _trainable_tensors(self) -> dict[str, torch.Tensor]:
@@ -243,6 +298,8 @@ class Trainer:
         return tensors
 
     def _save_resume(self, position: Position) -> None:
+        if not self.dist.is_main:
+            return
         save_training_state(
             self.run.resume_path,
             self._trainable_tensors(),
@@ -288,12 +345,13 @@ class Trainer:
                 progress=self.progress,
             )
             record["val"] = val
-        tensors = self._trainable_tensors()
-        metadata = weights_metadata(self.config, epoch=epoch)
-        save_tensors(self.run.epoch_path(epoch), tensors, metadata)
-        save_tensors(self.run.weights_path, tensors, metadata)
-        self._prune_checkpoints(epoch)
-        self._log(record)
+        if self.dist.is_main:
+            tensors = self._trainable_tensors()
+            metadata = weights_metadata(self.config, epoch=epoch)
+            save_tensors(self.run.epoch_path(epoch), tensors, metadata)
+            save_tensors(self.run.weights_path, tensors, metadata)
+            self._prune_checkpoints(epoch)
+            self._log(record)
         return record
 
     def _prune_checkpoints(self, epoch: int) -> None:
@@ -312,11 +370,15 @@ class Trainer:
             "trainable_params": params.trainable if params else 0,
             "last_epoch": epoch_metrics,
         }
-        atomic_write_json(self.run.summary_path, summary)
+        if self.method.trains:
+            summary["processes"] = self.dist.world_size
+        if self.dist.is_main:
+            atomic_write_json(self.run.summary_path, summary)
         return summary
 
     def _log(self, record: dict[str, Any]) -> None:
-        append_jsonl(self.run.metrics_path, {"time": round(time.time(), 3), **record})
+        if self.dist.is_main:
+            append_jsonl(self.run.metrics_path, {"time": round(time.time(), 3), **record})
 
 
 def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
