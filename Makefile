@@ -32,6 +32,10 @@ test: $(STAMP) chromium
 demo: $(STAMP)
 	SHARED=$(SHARED) PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
 
+# The quality table of the README (about 75 minutes on 2 CPU cores, +10 the first time for boxes).
+bench-quality: $(STAMP)
+	SHARED=$(SHARED) $(PY) bench/quality.py
+
 # Speed and memory rows of docs/speed.md (about 15 minutes on 2 CPU cores; --quick: 5).
 bench-speed: $(STAMP)
 	$(PY) bench/speed.py

@@ -22,6 +22,20 @@ SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CUB100 = SHARED / "data" / "cub100"
 
 
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run ``dva ARGS`` in this process (what the entry point runs, without a new interpreter's
+    start-up, which costs seconds of imports); returns the exit code, stdout and stderr."""
+    from dva.cli import main
+
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 def class_image(label: int, index: int, size: int = 40, noise: float = 40.0) -> Image.Image:
     """An image whose class shows in its mean colour and stripe direction, under heavy jitter.
 

@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, write_gallery
+from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
 
 import dva
 import dva.index.build as build_module
@@ -31,18 +31,6 @@ from dva.runs import Run
 FROZEN = dict(pretrained=False, img_size=TINY_IMG)
 QUIET = dict(num_workers=0, progress=False)
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``dva ARGS`` in this process (a subprocess per command would cost seconds of imports)."""
-    from dva.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def frozen_model(**overrides) -> IndexModel:
@@ -277,22 +265,22 @@ def test_index_search_and_check_commands(tmp_path, capsys):
     out = tmp_path / "index"
     common = ["--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG),
               "--workers", "0", "--quiet"]
-    code, stdout, _ = cli(capsys, "index", "--images", str(gallery.root), "--out", str(out), *common, "--json")
+    code, stdout, _ = run_cli(capsys, "index", "--images", str(gallery.root), "--out", str(out), *common, "--json")
     report = json.loads(stdout)
     assert code == 0 and report["count"] == 6 and len(report["unreadable"]) == 1
 
-    code, stdout, stderr = cli(capsys, "index", "--images", str(gallery.root), "--out", str(out), "--workers", "0", "--quiet")
+    code, stdout, stderr = run_cli(capsys, "index", "--images", str(gallery.root), "--out", str(out), "--workers", "0", "--quiet")
     assert code == 0 and "warning: skipped" in stderr and "| 6 " in stdout  # the broken file is retried, still skipped
 
-    code, stdout, _ = cli(capsys, "search", "--index", str(out), str(gallery.paths[4]), "-k", "2", "--json")
+    code, stdout, _ = run_cli(capsys, "search", "--index", str(out), str(gallery.paths[4]), "-k", "2", "--json")
     [result] = json.loads(stdout)
     assert result["query"] == str(gallery.paths[4]) and len(result["results"]) == 2
     assert result["results"][0]["path"] == str(gallery.paths[4]) and result["results"][0]["label"] == "class_1"
 
-    code, stdout, _ = cli(capsys, "index", "--check", str(out), "--json")
+    code, stdout, _ = run_cli(capsys, "index", "--check", str(out), "--json")
     assert code == 0 and json.loads(stdout)["recall@10"] == 1.0
 
-    code, _, stderr = cli(capsys, "search", "--index", str(tmp_path / "nope"), str(gallery.paths[0]))
+    code, _, stderr = run_cli(capsys, "search", "--index", str(tmp_path / "nope"), str(gallery.paths[0]))
     assert code == 2 and stderr.startswith("error: ") and "manifest.json: not found" in stderr
-    code, _, stderr = cli(capsys, "index", "--images", str(gallery.root), "--out", str(tmp_path / "new"))
+    code, _, stderr = run_cli(capsys, "index", "--images", str(gallery.root), "--out", str(tmp_path / "new"))
     assert code == 2 and "not an index yet" in stderr

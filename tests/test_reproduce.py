@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TINY_BACKBONE, TINY_IMG, tiny_run_config, write_cub
+from conftest import TINY_BACKBONE, TINY_IMG, run_cli, tiny_run_config
 from dva.errors import ConfigError
 from dva.evaluate.latency import compare_latency, measure_detector_latency
 from dva.models import create_model
@@ -27,18 +27,6 @@ from dva.reproduce import (
 from dva.train.trainer import Trainer
 from test_cli import dva
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    """Run ``dva ARGS`` in this process (what the entry point runs, without a new interpreter's start-up)."""
-    from dva.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = int(e.code or 0)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def write_box_file(path: Path, root: Path, paths: list[Path], *, detector: str = "dataset") -> Path:
@@ -151,7 +139,7 @@ def test_cli_table8_end_to_end_then_nothing_is_trained_again(cub_root, tmp_path,
     args = ("reproduce", "table8", "--dataset", "cub", "--data", str(cub_root.root), "--backbone", TINY_BACKBONE,
             "--no-pretrained", "--image-size", str(TINY_IMG), "--epochs", "1", "--batch-size", "8", "--workers", "0",
             "--boxes", str(boxes), "--test-boxes", str(boxes), "--out", str(tmp_path / "out"), "--quiet")
-    code, out, err = cli(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0 and err.count(": training") == 4
     table = (tmp_path / "out" / "table8.md").read_text()
     assert table in out
@@ -163,7 +151,7 @@ def test_cli_table8_end_to_end_then_nothing_is_trained_again(cub_root, tmp_path,
     assert saved["rows"][2]["ours"]["latency"]["detector"].startswith("dataset detector")
     assert all(row["ours"]["latency"]["model_ms"] > 0 for row in saved["rows"])
 
-    code, out, err = cli(capsys, *args)
+    code, out, err = run_cli(capsys, *args)
     assert code == 0 and ": training" not in err and err.count("done earlier") == 4
 
 
@@ -171,7 +159,7 @@ def test_cli_dry_run_prints_the_paper_counts_of_table9(capsys):
     out = dva("reproduce", "table9", "--dry-run", "--backbone", "vit_base_patch16_224").stdout  # as users run it
     for count in ("294,912", "589,824", "884,736"):
         assert count in out
-    code, out, _ = cli(capsys, "reproduce", "table9", "--dry-run", "--backbone", "vit_base_patch16_224", "--json")
+    code, out, _ = run_cli(capsys, "reproduce", "table9", "--dry-run", "--backbone", "vit_base_patch16_224", "--json")
     rows = json.loads(out)
     assert [r["trainable"] for r in rows] == [294_912] * 3 + [589_824] * 3 + [884_736]
     assert [round(r["trainable"] / 1e6, 3) for r in rows] == [r["paper_params_m"] for r in rows]
@@ -179,15 +167,15 @@ def test_cli_dry_run_prints_the_paper_counts_of_table9(capsys):
 
 
 def test_cli_errors_name_the_missing_option(tmp_path, capsys):
-    code, _, err = cli(capsys, "reproduce", "table4", "--dry-run")
+    code, _, err = run_cli(capsys, "reproduce", "table4", "--dry-run")
     assert code == 2 and "unknown table 'table4'" in err
-    code, _, err = cli(capsys, "reproduce", "table9", "--out", str(tmp_path / "o"))
+    code, _, err = run_cli(capsys, "reproduce", "table9", "--out", str(tmp_path / "o"))
     assert code == 2 and "--dataset NAME --data ROOT" in err
-    code, _, err = cli(capsys, "reproduce", "table9", "--seeds", "0,0", "--dry-run")
+    code, _, err = run_cli(capsys, "reproduce", "table9", "--seeds", "0,0", "--dry-run")
     assert code == 2 and "--seeds expects distinct integers" in err
-    code, out, _ = cli(capsys, "params", "--method", "adaptformer", "--method-option", "bottleneck=32", "--json")
+    code, out, _ = run_cli(capsys, "params", "--method", "adaptformer", "--method-option", "bottleneck=32", "--json")
     assert code == 0 and json.loads(out)["trainable"] == 599_424
-    code, _, err = cli(capsys, "params", "--method", "adaptformer", "--method-option", "bottleneck")
+    code, _, err = run_cli(capsys, "params", "--method", "adaptformer", "--method-option", "bottleneck")
     assert code == 2 and "KEY=VALUE" in err
 
 

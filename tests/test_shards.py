@@ -10,9 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, write_gallery
+from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
 from dva.index import IndexModel, index_gallery, read_gallery
 from dva.index.shards import shard_dir
 from dva.index.store import GalleryIndex
@@ -21,17 +20,6 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 MODEL = ["--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG)]
 QUIET = dict(num_workers=0, progress=False)
 
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    from dva.cli import main
-
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code or 0
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def gallery_with_a_broken_image(root: Path):
@@ -58,13 +46,13 @@ def test_shards_merge_into_the_index_one_process_builds_and_grow_it_too(tmp_path
     quiet = ["--workers", "0", "--quiet"]
     common = ["index", "--images", str(tmp_path / "photos"), "--out", out, *MODEL, *quiet]
     for shard in ("2/3", "0/3"):
-        code, stdout, _ = cli(capsys, *common, "--shard", shard)
+        code, stdout, _ = run_cli(capsys, *common, "--shard", shard)
         assert code == 0 and "--merge-shards" in stdout
-    code, _, err = cli(capsys, *common, "--merge-shards")
+    code, _, err = run_cli(capsys, *common, "--merge-shards")
     assert code == 2 and "shard(s) 1 of 3 missing" in err and not (tmp_path / "sharded").exists()
 
-    assert cli(capsys, *common, "--shard", "1/3")[0] == 0
-    code, stdout, _ = cli(capsys, *common, "--merge-shards", "--json")
+    assert run_cli(capsys, *common, "--shard", "1/3")[0] == 0
+    code, stdout, _ = run_cli(capsys, *common, "--merge-shards", "--json")
     report = json.loads(stdout)
     assert code == 0 and (report["count"], report["added"]) == (single.count, single.added) == (20, 20)
     assert [p for p, _ in report["unreadable"]] == [p for p, _ in single.unreadable] == [
@@ -79,8 +67,8 @@ def test_shards_merge_into_the_index_one_process_builds_and_grow_it_too(tmp_path
     assert index_gallery(tmp_path / "single", items, **QUIET).added == 3
     grow = ["index", "--images", str(tmp_path / "photos"), "--out", out, *quiet]  # the index's own model
     for shard in ("0/2", "1/2"):
-        assert cli(capsys, *grow, "--shard", shard)[0] == 0
-    code, stdout, _ = cli(capsys, *grow, "--merge-shards", "--json")
+        assert run_cli(capsys, *grow, "--shard", shard)[0] == 0
+    code, stdout, _ = run_cli(capsys, *grow, "--merge-shards", "--json")
     assert code == 0 and json.loads(stdout)["added"] == 3 and json.loads(stdout)["version"] == 2
     assert_same_index(tmp_path / "sharded", tmp_path / "single")
 
@@ -89,17 +77,17 @@ def test_shards_of_another_gallery_or_split_are_refused(tmp_path, capsys):
     write_gallery(tmp_path / "photos", num_classes=2, per_class=4)
     out = str(tmp_path / "index")
     common = ["index", "--images", str(tmp_path / "photos"), "--out", out, *MODEL, "--workers", "0", "--quiet"]
-    assert cli(capsys, *common, "--shard", "0/2")[0] == 0
-    assert cli(capsys, *common, "--shard", "1/2")[0] == 0
+    assert run_cli(capsys, *common, "--shard", "0/2")[0] == 0
+    assert run_cli(capsys, *common, "--shard", "1/2")[0] == 0
     class_image(1, 9).save(tmp_path / "photos" / "class_1" / "late.jpg")  # the gallery changed meanwhile
-    code, _, err = cli(capsys, *common, "--merge-shards")
+    code, _, err = run_cli(capsys, *common, "--merge-shards")
     assert code == 2 and "another list of images (8 to add, now 9)" in err
 
-    assert cli(capsys, *common, "--shard", "0/3")[0] == 0
-    code, _, err = cli(capsys, *common, "--merge-shards")
+    assert run_cli(capsys, *common, "--shard", "0/3")[0] == 0
+    code, _, err = run_cli(capsys, *common, "--merge-shards")
     assert code == 2 and "different splits (2, 3 shards)" in err
     for bad in ("2/2", "1", "a/b"):
-        code, _, err = cli(capsys, *common, "--shard", bad)
+        code, _, err = run_cli(capsys, *common, "--shard", bad)
         assert code == 2 and "--shard expects I/N" in err
 
 

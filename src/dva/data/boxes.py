@@ -19,7 +19,11 @@ above differ by one pixel and publishers do not always follow their own.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dva.data.records import Box
+from dva.data.tables import parse_float, read_table
+from dva.errors import DataError
 
 #: Overshoot (pixels) clipped without a warning: one-pixel convention mismatches.
 EDGE_SLACK = 1.0
@@ -56,3 +60,17 @@ def fit_box(box: Box, size: tuple[int, int] | None, where: str) -> tuple[Box | N
 
 def _fmt(box: Box) -> str:
     return "(" + ", ".join(f"{v:g}" for v in box) + ")"
+
+
+def read_xywh_boxes(path: Path, problems: list[str], sep: str | None = None) -> dict[str, tuple[int, Box]]:
+    """A CUB-style ``bounding_boxes.txt`` (``<image id> <x> <y> <width> <height>``, also NABirds')
+    as ``image id -> (line, (x0, y0, x1, y1))``; malformed lines go to ``problems``."""
+    if not path.is_file():
+        return {}
+    boxes: dict[str, tuple[int, Box]] = {}
+    for image_id, (line, values) in read_table(path, 5, sep, problems).items():
+        try:
+            boxes[image_id] = (line, xywh_box(*(parse_float(v, path, line, "box coordinate") for v in values)))
+        except DataError as e:
+            problems.append(str(e))
+    return boxes

@@ -12,11 +12,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dva.data.boxes import fit_box, xywh_box
-from dva.data.records import Box, Catalog, ImageRecord, empty_classes
+from dva.data.boxes import fit_box, read_xywh_boxes
+from dva.data.records import Catalog, ImageRecord, empty_classes
 from dva.data.registry import register_dataset
-from dva.data.tables import find_root, parse_float, parse_int, read_mapping, read_table, require_files
-from dva.errors import DataError
+from dva.data.tables import find_root, parse_int, read_mapping, require_files
 
 
 @register_dataset(
@@ -50,7 +49,7 @@ def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1
     labels = read_mapping(root / "image_class_labels.txt", sep, problems)
     flags = read_mapping(root / "train_test_split.txt", sep, problems)
     classes = read_mapping(root / "classes.txt", sep, problems)
-    boxes = _read_boxes(root / "bounding_boxes.txt", sep, problems)
+    boxes = read_xywh_boxes(root / "bounding_boxes.txt", problems, sep)
 
     class_ids = sorted(classes, key=lambda k: parse_int(k, root / "classes.txt", classes[k][0], "class id"))
     label_of = {cid: i for i, cid in enumerate(class_ids)}
@@ -86,18 +85,6 @@ def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1
     problems += empty_classes(catalog)
     return catalog
 
-
-def _read_boxes(path: Path, sep: str | None, problems: list[str]) -> dict[str, tuple[int, Box]]:
-    """``bounding_boxes.txt``: ``<image id> <x> <y> <width> <height>`` -> ``id: (line, (x0, y0, x1, y1))``."""
-    if not path.is_file():
-        return {}
-    boxes: dict[str, tuple[int, Box]] = {}
-    for image_id, (line, values) in read_table(path, 5, sep, problems).items():
-        try:
-            boxes[image_id] = (line, xywh_box(*(parse_float(v, path, line, "box coordinate") for v in values)))
-        except DataError as e:
-            problems.append(str(e))
-    return boxes
 
 
 def _clean_class_name(raw: str) -> str:

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dva.data.boxes import fit_box, xywh_box
-from dva.data.records import Box, Catalog, ImageRecord, duplicate_ids
+from dva.data.boxes import fit_box, read_xywh_boxes
+from dva.data.records import Catalog, ImageRecord, duplicate_ids
 from dva.data.registry import register_dataset
-from dva.data.tables import find_root, parse_float, read_mapping, read_table, require_files
-from dva.errors import DataError
+from dva.data.tables import find_root, read_mapping, read_table, require_files
 
 REQUIRED = ("images.txt", "image_class_labels.txt", "classes.txt", "train_test_split.txt")
 
@@ -49,7 +48,7 @@ def read_nabirds(root: Path) -> Catalog:
     flags = read_mapping(root / "train_test_split.txt", problems=problems)
     classes = read_mapping(root / "classes.txt", problems=problems)
     sizes = _read_sizes(root / "sizes.txt", problems)
-    boxes = _read_boxes(root / "bounding_boxes.txt", problems)
+    boxes = read_xywh_boxes(root / "bounding_boxes.txt", problems)
 
     used_ids = sorted({cid for _, cid in labels.values() if cid in classes}, key=_class_key)
     label_of = {cid: i for i, cid in enumerate(used_ids)}
@@ -101,18 +100,6 @@ def _read_sizes(path: Path, problems: list[str]) -> dict[str, tuple[int, int]]:
         sizes[image_id] = (int(w), int(h))
     return sizes
 
-
-def _read_boxes(path: Path, problems: list[str]) -> dict[str, tuple[int, Box]]:
-    """``image id -> (line, box)``."""
-    if not path.is_file():
-        return {}
-    boxes = {}
-    for image_id, (line, values) in read_table(path, 5, problems=problems).items():
-        try:
-            boxes[image_id] = (line, xywh_box(*(parse_float(v, path, line, "box coordinate") for v in values)))
-        except DataError as e:
-            problems.append(str(e))
-    return boxes
 
 
 def _non_leaf_labels(path: Path, used_ids: list[str], classes: dict[str, tuple[int, str]]) -> list[str]:

@@ -23,28 +23,26 @@ def default_resize(img_size: int) -> int:
 def train_transform(
     img_size: int, mean: Sequence[float], std: Sequence[float], resize_size: int | None = None
 ) -> Transform:
-    resize = resize_size or default_resize(img_size)
-    return v2.Compose(
-        [
-            v2.PILToTensor(),
-            v2.Resize((resize, resize), antialias=True),
-            v2.RandomCrop(img_size),
-            v2.RandomHorizontalFlip(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(mean), list(std)),
-        ]
-    )
+    """Resize, random crop, horizontal flip, normalise."""
+    return _pipeline([v2.RandomCrop(img_size), v2.RandomHorizontalFlip()], img_size, mean, std, resize_size)
 
 
 def eval_transform(
     img_size: int, mean: Sequence[float], std: Sequence[float], resize_size: int | None = None
+) -> Transform:
+    """Resize, center crop, normalise: what every embedding at test and search time sees."""
+    return _pipeline([v2.CenterCrop(img_size)], img_size, mean, std, resize_size)
+
+
+def _pipeline(
+    crop: list[torch.nn.Module], img_size: int, mean: Sequence[float], std: Sequence[float], resize_size: int | None
 ) -> Transform:
     resize = resize_size or default_resize(img_size)
     return v2.Compose(
         [
             v2.PILToTensor(),
             v2.Resize((resize, resize), antialias=True),
-            v2.CenterCrop(img_size),
+            *crop,
             v2.ToDtype(torch.float32, scale=True),
             v2.Normalize(list(mean), list(std)),
         ]

@@ -30,7 +30,6 @@ from dva.checkpoint import save_tensors
 from dva.config import RunConfig
 from dva.data import DataSplit, load_catalog, make_split
 from dva.distributed import (
-    DistInfo,
     all_gather_objects,
     all_gather_rows,
     any_rank,

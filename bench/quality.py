@@ -1,0 +1,168 @@
+"""Quality benchmark: does the method work in this code? cub100, open split, real DINOv2 weights.
+
+Every row trains on cub100's classes 0-49 and is tested on the unseen classes 50-99, with the
+offline DINOv2 ViT-S/14 (``dinov2_vits14.imgfocus``), at the same image size and epochs:
+
+    frozen backbone            no training (Table 8 "Base")
+    ICA                        q,v adapters, rank 16, Proxy-Anchor on the original images
+    ICA + OPA (test detector)  DVA trained with lambda 0, test images replaced by their
+                               discriminative views (Table 8's third row)
+    DVA                        ICA + OPA + DPT (lambda 3); the detector is not used at test time
+    full fine-tuning           every backbone weight, lr 1e-5
+
+Trained rows run under several seeds (mean ± sample standard deviation). Boxes come from the
+offline saliency detector, detected once into ``OUT/boxes/`` (resumable); runs live in
+``OUT/runs/`` and are reused, so an interrupted benchmark continues where it stopped.
+Learning rates are the defaults chosen on a validation split of the training classes
+(bench/lr_sweep.py), never on the test classes.
+
+    python bench/quality.py                      # about 75 minutes on 2 CPU cores (+10 for boxes)
+    python bench/quality.py --epochs 1 --seeds 0 # a quicker look
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from dva._io import atomic_write_json, atomic_write_text
+from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig
+from dva.data import load_catalog, make_split
+from dva.reproduce import (
+    DVA,
+    FULL_FINE_TUNING,
+    PARAMS,
+    RECALL_COLUMNS,
+    RowResult,
+    Table,
+    run_rows,
+    setting_line,
+    summarize,
+    to_markdown,
+)
+from dva.reproduce.tables import TABLE8
+
+SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+FROZEN, ICA, ICA_OPA = TABLE8.rows[0], TABLE8.rows[1], TABLE8.rows[2]
+
+QUALITY = Table(
+    "quality",
+    "Quality benchmark: cub100 open split (test classes 50-99 unseen in training)",
+    (FROZEN, ICA, ICA_OPA, DVA, FULL_FINE_TUNING),
+    (*RECALL_COLUMNS, "map@r", PARAMS),
+    label="Setting",
+    notes=(
+        "Paper column: CUB-200-2011 (200 classes), ViT-B/16 at 224 px, 10 epochs (Tables 8 and 10); "
+        "a direction to compare with, not a target for this smaller setting.",
+    ),
+)
+
+
+def detect_once(data: str, side: str, out: Path) -> Path:
+    """Saliency boxes of cub100's ``side`` images ("train" or "test" of the open split), cached in ``out``."""
+    from dva.opa import create_detector
+    from dva.opa.detect import detect_boxes
+
+    split = make_split(load_catalog("cub100", data), "open")
+    sides = {"train": split.train} if side == "train" else {"test": split.test}
+    cached = 0
+    if out.is_file():
+        cached = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip()) - 1
+    if cached < len(sides[side].records):
+        print(f"boxes: detecting the {side} images into {out} (resumable)", file=sys.stderr)
+        detect_boxes(create_detector("saliency"), sides, out, dataset="cub100", root=data)
+    return out
+
+
+def epoch_seconds(run_dir: Path) -> list[float]:
+    """Wall-clock seconds of every epoch the run logged (its metrics.jsonl)."""
+    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    events = [json.loads(line) for line in lines if line.strip()]
+    return [e["seconds"] for e in events if e.get("type") == "epoch"]
+
+
+def verdicts(summary: dict[str, Any]) -> list[str]:
+    """The comparisons the benchmark exists for, stated from the measured numbers."""
+    r1 = {row["name"]: row["ours"]["recall@1"] for row in summary["rows"] if "recall@1" in row["ours"]}
+    lines = []
+
+    def compare(a: str, b: str) -> None:
+        if a not in r1 or b not in r1:
+            return
+        diff = r1[a]["mean"] - r1[b]["mean"]
+        spread = max(r1[a]["std"], r1[b]["std"])
+        seeds = min(len(r1[a]["values"]), len(r1[b]["values"]))
+        if seeds < 2:
+            judged = "one seed: spread unknown"
+        else:
+            judged = "larger than" if abs(diff) > spread else "within"
+            judged = f"{judged} the larger seed spread ({spread:.1f})"
+        lines.append(f"{a} minus {b}: {diff:+.1f} R@1 ({judged})")
+
+    compare(DVA.name, ICA.name)
+    compare(DVA.name, FULL_FINE_TUNING.name)
+    compare(ICA.name, FULL_FINE_TUNING.name)
+    compare(ICA_OPA.name, ICA.name)
+    compare(ICA.name, FROZEN.name)
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=str(SHARED / "data" / "cub100"), help="cub100 root")
+    parser.add_argument("--out", default="bench/results/quality", help="runs, boxes and the table go here")
+    parser.add_argument("--backbone", default="dinov2_vits14.imgfocus")
+    parser.add_argument("--img-size", type=int, default=112)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--seeds", default="0,1", help="seeds of the trained rows (the frozen row needs one)")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    args = parser.parse_args()
+
+    out = Path(args.out)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    boxes = out / "boxes"
+    train_boxes = detect_once(args.data, "train", boxes / "cub100_saliency_train.jsonl")
+    test_boxes = detect_once(args.data, "test", boxes / "cub100_saliency_test.jsonl")
+
+    base = RunConfig(
+        model=ModelConfig(backbone=args.backbone, img_size=args.img_size),
+        data=DataConfig(dataset="cub100", root=args.data, split="open", num_workers=args.workers),
+        train=TrainConfig(epochs=args.epochs),
+        opa=OPAConfig(boxes=str(train_boxes)),
+    )
+    wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
+    rows = [row for row in QUALITY.rows if not wanted or row.name in wanted]
+    start = time.perf_counter()
+    results: list[RowResult] = []
+    for row in rows:  # row by row: the frozen row trains nothing, so one seed is all it needs
+        row_seeds = seeds[:1] if row is FROZEN else seeds
+        results += run_rows([row], base, out, row_seeds, test_boxes=test_boxes, progress=sys.stderr.isatty())
+    minutes = (time.perf_counter() - start) / 60
+
+    summary = summarize(QUALITY, results)
+    for row in summary["rows"]:
+        seconds = [s for run in row["runs"] for s in epoch_seconds(Path(run))]
+        row["ours"]["seconds_per_epoch"] = statistics.fmean(seconds) if seconds else 0.0
+    summary["verdicts"] = verdicts(summary)
+    summary["setting"] = setting_line(base, seeds)
+    summary["minutes_this_call"] = minutes
+    markdown = to_markdown(summary, summary["setting"])
+    timing = " | ".join(f"{row['name']} {row['ours']['seconds_per_epoch']:.0f} s" for row in summary["rows"]
+                        if row["ours"]["seconds_per_epoch"])
+    markdown += f"\nSeconds per training epoch: {timing}.\n\n" + "\n".join(f"- {v}" for v in summary["verdicts"])
+    markdown += f"\n\nThis call took {minutes:.1f} minutes (finished runs are reused, not retrained).\n"
+    atomic_write_json(out / "quality.json", summary)
+    atomic_write_text(out / "quality.md", markdown)
+    print(markdown)
+    print(f"written: {out / 'quality.md'}, {out / 'quality.json'}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
