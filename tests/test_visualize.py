@@ -6,9 +6,8 @@ import numpy as np
 import pytest
 import timm
 import torch
-from conftest import TINY_IMG, class_image
+from conftest import TINY_IMG, class_image, run_cli
 from PIL import Image
-from test_index import cli
 
 from dva.errors import ConfigError
 from dva.index import IndexModel, Searcher
@@ -67,7 +66,7 @@ def test_gradcam_comparison_of_a_trained_run(trained_run, tmp_path, capsys):
     out = tmp_path / "cam.png"
     image = tmp_path / "bird.png"
     images[1].save(image)
-    code, stdout, _ = cli(capsys, "visualize", "gradcam", str(image), "--run", str(trained_run), "--out", str(out),
+    code, stdout, _ = run_cli(capsys, "visualize", "gradcam", str(image), "--run", str(trained_run), "--out", str(out),
                           "--cell", "48")
     assert code == 0 and Image.open(out).size == (6 + 3 * 54, 12 + 10 + 54)
 
@@ -95,7 +94,7 @@ def test_retrieval_grid_marks_matches_by_label(gallery_index, tmp_path, capsys):
     assert figure.shape[0] == header + 4 * cell_h + gap
 
     out = tmp_path / "grid.png"
-    code, stdout, _ = cli(capsys, "visualize", "grid", "--index", str(index), "--sample", "3", "-k", "4",
+    code, stdout, _ = run_cli(capsys, "visualize", "grid", "--index", str(index), "--sample", "3", "-k", "4",
                           "--out", str(out))
     assert code == 0 and "3 queries x top-4" in stdout and "/12 matches share the query's label" in stdout
     assert Image.open(out).size[0] == 2 * gap + 5 * (128 + gap)

@@ -32,9 +32,11 @@ RUNS_DIR = "runs"
 EVAL_DIR = "reproduce"
 
 #: Config fields that do not change what a run computes (where data lives, how fast it is read,
-#: where it runs, how often it is saved) or that training fills in: not part of a run's identity.
+#: where and how it runs, how often it is saved) or that training fills in: not part of a run's
+#: identity. ``compile`` is an execution detail like ``device``: both change only the order of
+#: floating-point operations.
 NOT_IDENTITY = (
-    ("data", "root"), ("data", "num_workers"), ("train", "device"), ("train", "checkpoint_every"),
+    ("data", "root"), ("data", "num_workers"), ("train", "device"), ("train", "compile"), ("train", "checkpoint_every"),
     ("train", "keep_checkpoints"), ("class_names",), ("num_classes",), ("dva_version",),
 )
 
