@@ -65,8 +65,8 @@ def test_run_key_ignores_what_does_not_change_the_result(base):
     row = TABLES["table8"].rows[1]  # Base + ICA
     key = run_key(row_config(row, base, 0))
     moved = tiny_run_config("/elsewhere/cub", epochs=1)
-    moved.data.num_workers, moved.train.device = 4, "cuda"
-    assert run_key(row_config(row, moved, 0)) == key  # data location, workers, device
+    moved.data.num_workers, moved.train.device, moved.train.compile = 4, "cuda", True
+    assert run_key(row_config(row, moved, 0)) == key  # data location, workers, device, compile
     assert run_key(row_config(row, base, 1)) != key  # the seed
     base.train.epochs = 2
     assert run_key(row_config(row, base, 0)) != key
