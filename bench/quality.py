@@ -81,8 +81,11 @@ def detect_once(data: str, side: str, out: Path) -> Path:
 
 
 def epoch_seconds(run_dir: Path) -> list[float]:
-    """Wall-clock seconds of every epoch the run logged (its metrics.jsonl)."""
-    lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    """Wall-clock seconds of every epoch the run logged (its metrics.jsonl; none for the frozen row)."""
+    path = run_dir / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
     events = [json.loads(line) for line in lines if line.strip()]
     return [e["seconds"] for e in events if e.get("type") == "epoch"]
 
