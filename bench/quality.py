@@ -150,17 +150,21 @@ def main() -> None:
     minutes = (time.perf_counter() - start) / 60
 
     summary = summarize(QUALITY, results)
+    train_seconds = 0.0
     for row in summary["rows"]:
         seconds = [s for run in row["runs"] for s in epoch_seconds(Path(run))]
         row["ours"]["seconds_per_epoch"] = statistics.fmean(seconds) if seconds else 0.0
+        train_seconds += sum(seconds)
     summary["verdicts"] = verdicts(summary)
     summary["setting"] = setting_line(base, seeds)
     summary["minutes_this_call"] = minutes
+    summary["training_minutes_all_runs"] = train_seconds / 60
     markdown = to_markdown(summary, summary["setting"])
     timing = " | ".join(f"{row['name']} {row['ours']['seconds_per_epoch']:.0f} s" for row in summary["rows"]
                         if row["ours"]["seconds_per_epoch"])
     markdown += f"\nSeconds per training epoch: {timing}.\n\n" + "\n".join(f"- {v}" for v in summary["verdicts"])
-    markdown += f"\n\nThis call took {minutes:.1f} minutes (finished runs are reused, not retrained).\n"
+    markdown += (f"\n\nTraining time of all runs: {train_seconds / 60:.0f} minutes (their logged epochs); "
+                 f"this call: {minutes:.1f} minutes (finished runs are reused, not retrained).\n")
     atomic_write_json(out / "quality.json", summary)
     atomic_write_text(out / "quality.md", markdown)
     print(markdown)

@@ -191,3 +191,13 @@ def test_compare_latency_times_every_model_and_leaves_them_unmerged():
     seen = []
     latency = measure_detector_latency(seen.append, ["a", "b", "c"], warmup=2)
     assert seen == ["a", "a", "a", "b", "c"] and latency.repeats == 3
+
+
+def test_one_box_file_is_one_run_however_its_path_is_spelled(base, tmp_path, monkeypatch):
+    row = TABLES["table8"].rows[3]  # the full DVA reads the training boxes
+    key = run_key(row_config(row, base, 0))
+    monkeypatch.chdir(tmp_path)
+    base.opa.boxes = "boxes.jsonl"  # the same file, relative to the working directory
+    assert run_key(row_config(row, base, 0)) == key
+    base.opa.boxes = "other.jsonl"
+    assert run_key(row_config(row, base, 0)) != key

@@ -80,6 +80,8 @@ def row_config(row: Row, base: RunConfig, seed: int) -> RunConfig:
     if not method.uses_opa:
         config.opa = OPAConfig()
         config.train.lambda_dist = TrainConfig().lambda_dist
+    elif config.opa.boxes:  # one box file, however its path was spelled, is one run
+        config.opa.boxes = str(Path(config.opa.boxes).resolve())
     return config
 
 
@@ -237,7 +239,7 @@ def evaluate_run(
     from dva.evaluate import evaluate_side
 
     path = eval_path(run, view)
-    boxes = str(test_boxes) if view == DISCRIMINATIVE else None
+    boxes = str(Path(test_boxes).resolve()) if view == DISCRIMINATIVE and test_boxes else None
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("test_boxes") == boxes:
