@@ -122,6 +122,19 @@ def test_box_files_naming_missing_images_are_refused(cub_root, split, tmp_path):
         load_boxes(boxes, split.train.records, root=str(cub_root.root), dataset="cub")
 
 
+@pytest.mark.parametrize("text, message", [
+    ('{"path": "images/001.Species_0/0000.jpg", "box": [1, 1, 9, 9]}\n{"format": "dva-boxes", "version": 1}\n',
+     r"b.jsonl:2: unexpected header"),
+    ('{"path": "images/001.Species_0/0000.jpg", "box": [1, 1, 9, 9]}\n[1, 2, 3, 4]\n', r"b.jsonl:2: expected a JSON object"),
+    ('{"path": "images/001.Species_0/0000.jpg", "box": [1, 1, 9, 9]}\n{"path": \n', r"b.jsonl:2: not valid JSON"),
+])
+def test_malformed_box_file_lines_are_refused_naming_the_line(cub_root, split, tmp_path, text, message):
+    boxes = tmp_path / "b.jsonl"
+    boxes.write_text(text)
+    with pytest.raises(DataError, match=message):
+        load_boxes(boxes, split.train.records, root=str(cub_root.root), dataset="cub")
+
+
 @pytest.mark.parametrize("row, message", [
     ({"box": [0, 0, 50, 20]}, r"b.jsonl:1: box \[0.0, 0.0, 50.0, 20.0\] lies outside the 40x40 image"),
     ({"box": [5, 5, 5, 20]}, r"b.jsonl:1: box \[5.0, 5.0, 5.0, 20.0\] has zero area"),

@@ -13,11 +13,11 @@ import contextlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from dva.errors import WriteError
+from dva.errors import DataError, WriteError
 
 
 @contextlib.contextmanager
@@ -80,3 +80,21 @@ def file_mode() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return 0o666 & ~mask
+
+
+def jsonl_objects(lines: Iterable[str], path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` for every non-blank line of a JSON-lines text read from ``path``.
+
+    A line that is not JSON, or not a JSON object, raises :class:`DataError` naming the file
+    and line: a list of images or boxes with a broken line is a mistake to fix, not to skip.
+    """
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object, got {line.strip()[:60]!r}")
+        yield number, obj

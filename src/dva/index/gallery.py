@@ -9,11 +9,11 @@ id, a URL, ...). Relative paths in a list are relative to the list file.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dva._io import jsonl_objects
 from dva.data.folder import IMAGE_SUFFIXES, is_image_file
 from dva.errors import DataError
 
@@ -73,22 +73,11 @@ def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object with a 'path' field")
-        rows.append((number, row))
-    return rows
+    return list(jsonl_objects(lines, path))
 
 
 def _items_from_rows(source: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[GalleryItem]:

@@ -34,7 +34,7 @@ from typing import Any
 from PIL import Image
 
 from dva import __version__
-from dva._io import append_jsonl
+from dva._io import append_jsonl, jsonl_objects
 from dva.data.records import Box
 from dva.errors import ConfigError, DataError
 from dva.opa.detectors.base import Detection
@@ -145,18 +145,10 @@ def _complete_lines(data: bytes, path: Path) -> tuple[str, int, bool]:
 
 
 def _jsonl_rows(text: str, path: Path, result: BoxFile) -> Iterator[tuple[int, dict[str, Any]]]:
-    for number, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-        if not isinstance(raw, dict):
-            raise DataError(f"{path}:{number}: expected a JSON object, got {line.strip()[:60]!r}")
+    for number, raw in jsonl_objects(text.split("\n"), path):
         if "format" in raw:
             if number != 1 or raw["format"] != FORMAT:
-                raise DataError(f"{path}:{number}: unexpected header {line.strip()[:80]!r}")
+                raise DataError(f"{path}:{number}: unexpected header {json.dumps(raw)[:80]!r}")
             if raw.get("version") != FORMAT_VERSION:
                 raise DataError(f"{path}:1: box file version {raw.get('version')!r}; this dva reads {FORMAT_VERSION}")
             result.header = raw
