@@ -65,18 +65,14 @@ QUALITY = Table(
 
 
 def detect_once(data: str, side: str, out: Path) -> Path:
-    """Saliency boxes of cub100's ``side`` images ("train" or "test" of the open split), cached in ``out``."""
+    """Saliency boxes of cub100's ``side`` images ("train" or "test" of the open split), cached in ``out``:
+    ``detect_boxes`` skips the images the cache holds, so a second call detects nothing."""
     from dva.opa import create_detector
     from dva.opa.detect import detect_boxes
 
     split = make_split(load_catalog("cub100", data), "open")
     sides = {"train": split.train} if side == "train" else {"test": split.test}
-    cached = 0
-    if out.is_file():
-        cached = sum(1 for line in out.read_text(encoding="utf-8").splitlines() if line.strip()) - 1
-    if cached < len(sides[side].records):
-        print(f"boxes: detecting the {side} images into {out} (resumable)", file=sys.stderr)
-        detect_boxes(create_detector("saliency"), sides, out, dataset="cub100", root=data)
+    detect_boxes(create_detector("saliency"), sides, out, dataset="cub100", root=data, progress=sys.stderr.isatty())
     return out
 
 
