@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from dva.data.boxes import fit_box, read_xywh_boxes
-from dva.data.records import Catalog, ImageRecord, empty_classes
+from dva.data.records import Box, Catalog, ImageRecord, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, parse_int, read_mapping, require_files
 
@@ -54,6 +54,30 @@ def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1
     class_ids = sorted(classes, key=lambda k: parse_int(k, root / "classes.txt", classes[k][0], "class id"))
     label_of = {cid: i for i, cid in enumerate(class_ids)}
     catalog = Catalog(name, root, [_clean_class_name(classes[cid][1]) for cid in class_ids], [], problems)
+    add_cub_style_records(catalog, images, labels, flags, boxes, label_of, train_flag=train_flag)
+    problems += empty_classes(catalog)
+    return catalog
+
+
+
+def add_cub_style_records(
+    catalog: Catalog,
+    images: dict[str, tuple[int, str]],
+    labels: dict[str, tuple[int, str]],
+    flags: dict[str, tuple[int, str]],
+    boxes: dict[str, tuple[int, Box]],
+    label_of: dict[str, int],
+    *,
+    train_flag: str = "1",
+    sizes: dict[str, tuple[int, int]] | None = None,
+) -> None:
+    """Join the id-keyed files of the CUB layout (also NABirds') into ``catalog.records``.
+
+    Every image that lacks a class, a 0/1 flag or its file becomes a problem naming the file
+    and line, as does a labelled image missing from ``images.txt``; boxes are checked against
+    ``sizes`` where the dataset ships them (NABirds), else against nothing here.
+    """
+    root, problems = catalog.root, catalog.problems
     for image_id, (line, rel_path) in images.items():
         where = f"{root / 'images.txt'}:{line}"
         if image_id not in labels:
@@ -74,7 +98,7 @@ def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1
         box = None
         if image_id in boxes:
             box_line, raw = boxes[image_id]
-            box, warning = fit_box(raw, None, f"{root / 'bounding_boxes.txt'}:{box_line}")
+            box, warning = fit_box(raw, (sizes or {}).get(image_id), f"{root / 'bounding_boxes.txt'}:{box_line}")
             if warning:
                 catalog.warnings.append(warning)
         catalog.records.append(ImageRecord(path, label_of[class_id], image_id, is_train=flag[1] == train_flag, box=box))
@@ -82,9 +106,6 @@ def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1
     for image_id, (line, _) in labels.items():
         if image_id not in images:
             problems.append(f"{root / 'image_class_labels.txt'}:{line}: image {image_id} is not in images.txt")
-    problems += empty_classes(catalog)
-    return catalog
-
 
 
 def _clean_class_name(raw: str) -> str:

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dva.data.boxes import fit_box, read_xywh_boxes
-from dva.data.records import Catalog, ImageRecord, duplicate_ids
+from dva.data.boxes import read_xywh_boxes
+from dva.data.cub import add_cub_style_records
+from dva.data.records import Catalog, duplicate_ids
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, read_mapping, read_table, require_files
 
@@ -53,33 +54,7 @@ def read_nabirds(root: Path) -> Catalog:
     used_ids = sorted({cid for _, cid in labels.values() if cid in classes}, key=_class_key)
     label_of = {cid: i for i, cid in enumerate(used_ids)}
     catalog = Catalog("nabirds", root, [classes[cid][1] for cid in used_ids], [], problems)
-    for image_id, (line, rel_path) in images.items():
-        where = f"{root / 'images.txt'}:{line}"
-        label = labels.get(image_id)
-        if label is None:
-            problems.append(f"{where}: image {image_id} has no class in image_class_labels.txt")
-            continue
-        if label[1] not in label_of:
-            problems.append(f"{root / 'image_class_labels.txt'}:{label[0]}: class {label[1]} is not in classes.txt")
-            continue
-        flag = flags.get(image_id, (0, None))[1]
-        if flag not in ("0", "1"):
-            problems.append(f"{root / 'train_test_split.txt'}: image {image_id} needs a 0/1 flag, got {flag!r}")
-            continue
-        path = root / "images" / rel_path
-        if not path.is_file():
-            problems.append(f"{where}: {path} does not exist")
-            continue
-        box = None
-        if image_id in boxes:
-            box, warning = fit_box(boxes[image_id][1], sizes.get(image_id), f"{root / 'bounding_boxes.txt'}:{boxes[image_id][0]}")
-            if warning:
-                catalog.warnings.append(warning)
-        catalog.records.append(ImageRecord(path, label_of[label[1]], image_id, is_train=flag == "1", box=box))
-
-    for image_id, (line, _) in labels.items():
-        if image_id not in images:
-            problems.append(f"{root / 'image_class_labels.txt'}:{line}: image {image_id} is not in images.txt")
+    add_cub_style_records(catalog, images, labels, flags, boxes, label_of, sizes=sizes)
     catalog.warnings += _non_leaf_labels(root / "hierarchy.txt", used_ids, classes)
     problems += duplicate_ids(catalog)
     return catalog
