@@ -81,3 +81,80 @@ def test_dpt_without_object_views_is_plain_proxy_anchor():
     out = dpt({ORIGINAL: (x, y)})
     assert torch.allclose(out.total, dpt.proxy_anchor(x, y))
     assert dpt.background_label is None and dpt.proxy_anchor.num_classes == 3
+
+
+# ----------------------------------------------------------------- DPT transfer variants
+def _grads(dpt: DPTLoss, views):
+    """Gradients of the transfer term alone w.r.t. the proxies and each view: the gradient of
+    the total at ``lambda_dist`` minus that at 0, divided by ``lambda_dist``."""
+
+    def total_grads(lambda_dist: float) -> list[torch.Tensor]:
+        dpt.lambda_dist = lambda_dist
+        leaves = {k: e.clone().requires_grad_(True) for k, (e, _) in views.items()}
+        out = dpt({k: (leaves[k], y) for k, (_, y) in views.items()})
+        targets = [dpt.proxy_anchor.proxies, *leaves.values()]
+        grads = torch.autograd.grad(out.total, targets, allow_unused=True)
+        return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, targets)]
+
+    with_transfer, without = total_grads(3.0), total_grads(0.0)
+    return dict(zip(["proxies", *views], [(a - b) / 3.0 for a, b in zip(with_transfer, without)]))
+
+
+@pytest.mark.parametrize("transfer", ["proxy", "teacher", "embedding", "relation"])
+def test_transfer_term_moves_only_what_its_reading_allows(transfer):
+    dpt = DPTLoss(3, 8, background=True, lambda_dist=3.0, transfer=transfer)
+    g = _grads(dpt, _views())
+    # The originals always learn from the transfer term; the background views never do.
+    assert g[ORIGINAL].abs().sum() > 0
+    assert torch.all(g[BACKGROUND] == 0)
+    # Only the paper-literal "proxy" reading lets the originals move the proxies ...
+    assert (g["proxies"].abs().sum() > 0) == (transfer == "proxy")
+    # ... and the object views are a stop-gradient teacher in every reading.
+    assert torch.all(g[DISCRIMINATIVE] == 0)
+
+
+def test_teacher_proxies_are_learned_from_the_object_views_alone():
+    views = _views()
+    teacher = DPTLoss(3, 8, transfer="teacher")
+    proxy_only = DPTLoss(3, 8, lambda_dist=0.0)
+    proxy_only.load_state_dict(teacher.state_dict())
+    g_teacher = torch.autograd.grad(teacher(views).total, teacher.proxy_anchor.proxies)[0]
+    g_proxy = torch.autograd.grad(proxy_only(views).total, proxy_only.proxy_anchor.proxies)[0]
+    assert torch.allclose(g_teacher, g_proxy)
+
+
+def test_embedding_transfer_is_zero_when_originals_point_where_their_views_do():
+    dpt = DPTLoss(3, 8, transfer="embedding")
+    views = dict(_views())
+    e, y = views[DISCRIMINATIVE]
+    views[ORIGINAL] = (2.5 * e, y)  # same directions, other lengths
+    out = dpt(views)
+    assert out.parts["dist"].abs() < 1e-6
+    views[ORIGINAL] = (-e, y)
+    assert torch.isclose(dpt(views).parts["dist"], torch.tensor(2.0))
+
+
+def test_relational_transfer_ignores_rotation_and_scale_but_not_structure():
+    from dva.losses.dpt import relational_distillation
+
+    torch.manual_seed(0)
+    teacher = torch.randn(10, 8)
+    rotation, _ = torch.linalg.qr(torch.randn(8, 8))
+    assert relational_distillation(3.0 * teacher @ rotation, teacher) < 1e-6
+    assert relational_distillation(torch.randn(10, 8), teacher) > 1e-2
+
+
+def test_transfer_needs_each_original_paired_with_its_view():
+    dpt = DPTLoss(3, 8, transfer="embedding")
+    views = dict(_views())
+    views[DISCRIMINATIVE] = (views[DISCRIMINATIVE][0][:4], views[DISCRIMINATIVE][1][:4])
+    with pytest.raises(ValueError, match="pairs each original"):
+        dpt(views)
+
+
+def test_unknown_transfer_is_refused_naming_the_choices():
+    from dva.errors import ConfigError
+    from dva.losses import DPTOptions
+
+    with pytest.raises(ConfigError, match="teacher"):
+        DPTOptions(transfer="teachr")

@@ -59,6 +59,27 @@ def test_dva_step_trains_on_original_discriminative_and_background_views(cub_roo
     assert "events" not in epoch_log(tmp_path / "run")  # nothing fell back
 
 
+@pytest.mark.parametrize("transfer", ["teacher", "embedding", "relation"])
+def test_dva_transfer_option_reaches_the_loss_and_background_can_be_dropped(cub_root, tmp_path, monkeypatch, transfer):
+    config = dva_config(cub_root.root, tmp_path / "boxes.jsonl")
+    config.opa.detector = "dataset"
+    config.model.method_options = {"transfer": transfer, "background": False}
+    received = []
+    real_forward = DPTLoss.forward
+
+    def spy(self, views):
+        received.append((self.transfer, set(views)))
+        return real_forward(self, views)
+
+    monkeypatch.setattr(DPTLoss, "forward", spy)
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    assert received[0] == (transfer, {ORIGINAL, DISCRIMINATIVE})  # no background views made ...
+    proxies = load_file(tmp_path / "run" / "model.safetensors")["loss.proxy_anchor.proxies"]
+    assert proxies.shape == (3, 64)  # ... and no background proxy
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["model"]["method_options"]
+    assert saved == {"transfer": transfer, "background": False}
+
+
 def test_fallbacks_are_counted_in_the_epoch_log(cub_root, tmp_path, capsys):
     from dva.opa import create_detector, detect_boxes
 

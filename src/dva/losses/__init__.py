@@ -1,14 +1,26 @@
 """Losses: Proxy-Anchor and the DVA objective (L_proxy + lambda * L_dist)."""
 
-from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE, ORIGINAL, VIEW_KINDS, DPTLoss, LossOutput, ViewEmbeddings
+from dva.losses.dpt import (
+    BACKGROUND,
+    DISCRIMINATIVE,
+    ORIGINAL,
+    TRANSFERS,
+    VIEW_KINDS,
+    DPTLoss,
+    DPTOptions,
+    LossOutput,
+    ViewEmbeddings,
+)
 from dva.losses.proxy_anchor import ProxyAnchorLoss
 
 __all__ = [
     "BACKGROUND",
     "DISCRIMINATIVE",
     "ORIGINAL",
+    "TRANSFERS",
     "VIEW_KINDS",
     "DPTLoss",
+    "DPTOptions",
     "LossOutput",
     "ProxyAnchorLoss",
     "ViewEmbeddings",

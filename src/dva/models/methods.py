@@ -16,6 +16,7 @@ method              trained                                                     
 ``adaptformer``     AdaptFormer's parallel MLP adapters                             Table 10
 ``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
 ``dva``             ICA adapters, trained on OPA's object views with DPT            all
+                    (options: ``transfer``, ``background``, see ``DPTOptions``)
 ==================  ==============================================================  =========
 
 Method-specific settings go in ``ModelConfig.method_options`` (``--method-option KEY=VALUE``)
@@ -32,6 +33,7 @@ from typing import Any
 
 from dva.config import ModelConfig, from_dict
 from dva.errors import ConfigError
+from dva.losses.dpt import DPTOptions
 from dva.models.adaptformer import AdaptFormerConfig, inject_adaptformer
 from dva.models.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from dva.models.ica import ICAConfig, inject_ica
@@ -181,6 +183,8 @@ def _clip_adapter(model: RetrievalModel, config: ModelConfig, options: CLIPAdapt
     description="ICA adapters trained on OPA's object views with the DPT loss (the paper's full method)",
     uses_opa=True,
     uses_ica=True,
+    options=DPTOptions,
 )
-def _dva(model: RetrievalModel, config: ModelConfig, options: None) -> None:
+def _dva(model: RetrievalModel, config: ModelConfig, options: DPTOptions) -> None:
+    # The model is ICA's; DPTOptions choose the loss, which the trainer builds from them.
     inject_ica(model.backbone, ica_config(config))

@@ -29,7 +29,8 @@ from dva.config import RunConfig
 from dva.data.loaders import Views
 from dva.data.records import ImageRecord, SplitSide
 from dva.errors import ConfigError, DataError
-from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE, ORIGINAL
+from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE, ORIGINAL, DPTOptions
+from dva.models.methods import get_method
 from dva.opa.boxes import BoxFile, check_box_file, path_key, read_box_file
 from dva.opa.detectors import Detection
 from dva.opa.views import background_view, discriminative_view
@@ -53,6 +54,8 @@ class ObjectViews:
     enlarge: float = 1.1
     aspect: tuple[int, int] = (3, 4)
     max_area: float = 0.5
+    #: False: no background views at all (the ``dva`` option ``background=false``).
+    background: bool = True
 
     def __call__(self, image: Image.Image, record: ImageRecord) -> Views:
         key = path_key(record.path)
@@ -70,6 +73,8 @@ class ObjectViews:
         }
         # Background views use trusted boxes only: a wrong box would put the object itself
         # into the background class.
+        if not self.background:
+            return Views(images)
         background = background_view(image, detection.box, max_area=self.max_area)
         if background is None:
             return Views(images, (LARGE_BOX,))
@@ -95,7 +100,13 @@ def object_view_maker(config: RunConfig, train_side: SplitSide, *, progress: boo
         enlarge=opa.enlarge,
         aspect=tuple(opa.aspect),
         max_area=opa.max_area,
+        background=_trains_background(config),
     )
+
+
+def _trains_background(config: RunConfig) -> bool:
+    options = get_method(config.model.method).parse_options(config.model.method_options)
+    return options.background if isinstance(options, DPTOptions) else True
 
 
 def load_boxes(path: str | Path, records: Sequence[ImageRecord], *, root: str, dataset: str) -> BoxFile:

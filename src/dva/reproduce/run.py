@@ -101,6 +101,8 @@ def run_key(config: RunConfig) -> str:
         parts.append("".join(m.targets))
     if method.uses_opa:
         parts.append(f"lam{t.lambda_dist:g}")
+    defaults = method.resolve_options({})
+    parts += [f"{k}-{v}" for k, v in sorted(m.method_options.items()) if defaults.get(k) != v]
     parts += [f"e{t.epochs}", f"img{m.img_size}", f"s{t.seed}", digest]
     return "-".join(parts)
 

@@ -42,7 +42,7 @@ from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMa
 from dva.data.transforms import train_transform
 from dva.errors import ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
-from dva.losses import VIEW_KINDS, DPTLoss
+from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
 from dva.runs import MODEL_PREFIX, Run, weights_metadata
 from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everything
@@ -139,14 +139,7 @@ class Trainer:
         cfg = self.config
         seed_everything(cfg.train.seed)
         self.model = create_model(cfg.model).to(self.device)
-        self.loss_fn = DPTLoss(
-            cfg.num_classes,
-            self.model.embed_dim,
-            background=self.method.uses_opa,
-            lambda_dist=cfg.train.lambda_dist,
-            alpha=cfg.train.alpha,
-            margin=cfg.train.margin,
-        ).to(self.device)
+        self.loss_fn = build_loss(cfg, self.model.embed_dim).to(self.device)
         # What the step calls: the modules themselves, or their DDP wrappers (which keep the
         # ranks' adapters and proxies identical), compiled on request.
         self.train_model, self.train_loss = self.model, self.loss_fn
@@ -380,6 +373,22 @@ class Trainer:
             append_jsonl(self.run.metrics_path, {"time": round(time.time(), 3), **record})
 
 
+def build_loss(config: RunConfig, embed_dim: int) -> DPTLoss:
+    """The method's objective: DPT (with its options) for OPA methods, else plain Proxy-Anchor."""
+    method = get_method(config.model.method)
+    options = method.parse_options(config.model.method_options)
+    dpt = options if isinstance(options, DPTOptions) else DPTOptions(background=False)
+    return DPTLoss(
+        config.num_classes,
+        embed_dim,
+        background=method.uses_opa and dpt.background,
+        lambda_dist=config.train.lambda_dist,
+        alpha=config.train.alpha,
+        margin=config.train.margin,
+        transfer=dpt.transfer,
+    )
+
+
 def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """Two parameter groups: what the method trains (``lr``) and the proxies (``proxy_lr``)."""
     cfg = config.train
@@ -412,4 +421,4 @@ def train(config: RunConfig, run_dir: str | Path, *, resume: bool = False, **kwa
     return Trainer(config, run_dir, **kwargs).fit(resume=resume)
 
 
-__all__ = ["Trainer", "TrainingInterrupted", "build_optimizer", "train"]
+__all__ = ["Trainer", "TrainingInterrupted", "build_loss", "build_optimizer", "train"]
