@@ -1,26 +1,47 @@
-"""Choose the adapter and proxy learning rates (and DPT's lambda) by measurement, never on test classes.
+"""Choose settings by measurement on validation classes, never on test classes.
 
 cub100 open split: the training classes 0-49 are divided again, classes 40-49 held out as a
-validation side (``--val-classes 10``); test classes 50-99 are not read. Each (lr, proxy_lr)
-pair trains ICA (q,v, r16) on the offline DINOv2 ViT-S/14 and reports validation Recall@1.
+validation side (``--val-classes 10``); test classes 50-99 are not read. Every combination of
+the swept settings trains on classes 0-39 and reports validation Recall@1 and MAP@R after
+every epoch. Runs are kept under ``--out`` and reused, so an interrupted sweep continues.
 
     python bench/lr_sweep.py --lrs 1e-4,3e-4,1e-3,3e-3,1e-2 --proxy-lrs 1e-1 --epochs 1
     python bench/lr_sweep.py --method dva --boxes boxes/cub100_train.jsonl --lambdas 0,1,3 --lrs 1e-3
+    python bench/lr_sweep.py --method dva --boxes boxes/cub100_train.jsonl --epochs 3 \\
+        --variants "transfer=proxy;transfer=teacher;transfer=embedding;transfer=relation"
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+import yaml
 
 from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig
 from dva.train import Trainer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+
+
+def parse_variants(text: str) -> list[dict]:
+    """``"transfer=teacher,background=false;transfer=embedding"`` -> two method-option dicts."""
+    variants = []
+    for chunk in (c.strip() for c in text.split(";")):
+        options = {}
+        for item in (i.strip() for i in chunk.split(",") if i.strip()):
+            key, _, value = item.partition("=")
+            options[key.strip()] = yaml.safe_load(value.strip())
+        variants.append(options)
+    return variants or [{}]
+
+
+def variant_name(options: dict) -> str:
+    return ",".join(f"{k}={v}" for k, v in options.items()) or "default"
 
 
 def main() -> None:
@@ -30,42 +51,53 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, default=112)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--method", default="ica")
-    parser.add_argument("--lrs", default="1e-4,3e-4,1e-3,3e-3,1e-2")
+    parser.add_argument("--variants", default="", help="method-option sets separated by ';' (KEY=VALUE,...)")
+    parser.add_argument("--lrs", default="1e-3")
     parser.add_argument("--proxy-lrs", default="1e-1")
-    parser.add_argument("--lambdas", default="3", help="DPT weights to try (--method dva only)")
-    parser.add_argument("--boxes", default=None, help="training boxes (--method dva)")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="bench/results/lr_sweep.json")
+    parser.add_argument("--lambdas", default="3", help="DPT weights to try (OPA methods only)")
+    parser.add_argument("--boxes", default=None, help="training boxes (OPA methods)")
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--out", default="bench/results/val", help="runs and sweep.json go here")
     args = parser.parse_args()
 
+    out = Path(args.out)
     rows = []
-    lambdas = [float(x) for x in args.lambdas.split(",")] if args.method == "dva" else [3.0]
-    for lambda_dist in lambdas:
-        for proxy_lr in map(float, args.proxy_lrs.split(",")):
-            for lr in map(float, args.lrs.split(",")):
-                config = RunConfig(
-                    model=ModelConfig(backbone=args.backbone, img_size=args.img_size, method=args.method),
-                    data=DataConfig(dataset="cub100", root=args.data, split="open", val_classes=10),
-                    train=TrainConfig(epochs=args.epochs, lr=lr, proxy_lr=proxy_lr, seed=args.seed,
-                                      lambda_dist=lambda_dist),
-                    opa=OPAConfig(boxes=args.boxes),
-                )
-                start = time.perf_counter()
-                with tempfile.TemporaryDirectory() as run_dir:
-                    summary = Trainer(config, run_dir, progress=False).fit()
-                val = summary["last_epoch"]["val"]
-                rows.append({"lr": lr, "proxy_lr": proxy_lr, "lambda": lambda_dist, "val_recall@1": val["recall@1"],
-                             "val_map@r": val["map@r"], "minutes": (time.perf_counter() - start) / 60})
-                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print(f"| method | lambda | lr | proxy lr | val R@1 | val MAP@R |  (cub100 classes 40-49, {args.epochs} epoch(s), "
-          f"{args.img_size} px)")
-    print("|---|---|---|---|---|---|")
+    grid = itertools.product(
+        parse_variants(args.variants), map(float, args.lambdas.split(",")), map(float, args.proxy_lrs.split(",")),
+        map(float, args.lrs.split(",")), map(int, args.seeds.split(",")),
+    )
+    for options, lambda_dist, proxy_lr, lr, seed in grid:
+        config = RunConfig(
+            model=ModelConfig(backbone=args.backbone, img_size=args.img_size, method=args.method,
+                              method_options=dict(options)),
+            data=DataConfig(dataset="cub100", root=args.data, split="open", val_classes=10,
+                            num_workers=args.workers),
+            train=TrainConfig(epochs=args.epochs, lr=lr, proxy_lr=proxy_lr, seed=seed, lambda_dist=lambda_dist),
+            opa=OPAConfig(boxes=args.boxes),
+        )
+        name = (f"{args.method}-{variant_name(options).replace('=', '-').replace(',', '_')}-lam{lambda_dist:g}"
+                f"-lr{lr:g}-plr{proxy_lr:g}-e{args.epochs}-img{args.img_size}-s{seed}")
+        run_dir = out / "runs" / name
+        start = time.perf_counter()
+        summary = Trainer(config, run_dir, progress=sys.stderr.isatty()).fit(resume=run_dir.exists())
+        lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n")
+        per_epoch = [json.loads(x)["val"] for x in lines if x.strip() and json.loads(x).get("type") == "epoch"]
+        val = summary["last_epoch"]["val"]
+        rows.append({"method": args.method, "variant": variant_name(options), "lr": lr, "proxy_lr": proxy_lr,
+                     "lambda": lambda_dist, "seed": seed, "val_recall@1": val["recall@1"], "val_map@r": val["map@r"],
+                     "val_recall@1_per_epoch": [v["recall@1"] for v in per_epoch],
+                     "seconds_per_epoch": summary["seconds_per_epoch"], "minutes": (time.perf_counter() - start) / 60})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    print(f"| method | variant | lambda | lr | proxy lr | seed | val R@1 per epoch | val R@1 | val MAP@R |  "
+          f"(cub100 classes 40-49, {args.epochs} epoch(s), {args.img_size} px)")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        lam = f"{r['lambda']:g}" if args.method == "dva" else "-"
-        print(f"| {args.method} | {lam} | {r['lr']:g} | {r['proxy_lr']:g} | {100 * r['val_recall@1']:.1f} | "
-              f"{100 * r['val_map@r']:.1f} |")
+        curve = " / ".join(f"{100 * v:.1f}" for v in r["val_recall@1_per_epoch"])
+        print(f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | "
+              f"{curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |")
 
 
 if __name__ == "__main__":

@@ -54,10 +54,14 @@ def dva_row(
     targets: tuple[str, ...] = ("q", "v"),
     lambda_dist: float = PAPER_LAMBDA,
     test_view: str = ORIGINAL,
+    options: dict[str, Any] | None = None,
     note: str = "",
 ) -> Row:
-    """A row of the full method with its ICA targets or DPT weight changed."""
-    overrides = {"model": {"method": "dva", "targets": list(targets)}, "train": {"lambda_dist": lambda_dist}}
+    """A row of the full method with its ICA targets, DPT weight or DPT options (``transfer``, ...) changed."""
+    model: dict[str, Any] = {"method": "dva", "targets": list(targets)}
+    if options:
+        model["method_options"] = dict(options)
+    overrides = {"model": model, "train": {"lambda_dist": lambda_dist}}
     return Row(name, overrides, test_view=test_view, paper=paper, note=note)
 
 
