@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 
@@ -28,6 +29,7 @@ TRAINED: dict[str, Callable[[str], bool]] = {
     "dva": lambda n: ".qkv.down." in n or ".qkv.up." in n,
     "adaptformer": lambda n: ".mlp.down." in n or ".mlp.up." in n,
     "clip-adapter": lambda n: n.startswith("head."),
+    "vpt-deep": lambda n: n.endswith(".prompts"),
 }
 FINE_TUNING = ("full", "partial-attn", "partial-proj", "partial-mlp")
 
@@ -117,11 +119,14 @@ def test_trained_adapters_change_the_output_and_survive_merge_adapters():
         ("clip-adapter", {}, 294_912),  # the paper's 0.295M exactly
         ("adaptformer", {}, 1_189_632),  # 12 x (768*64 + 64 + 64*768 + 768); the paper says 0.590M
         ("adaptformer", {"bottleneck": 32}, 599_424),
+        ("vpt-deep", {}, 92_160),  # 12 blocks x 10 prompts x 768
+        ("vpt-deep", {"bitfit": True}, 92_160 + 102_912),  # + 12 x 8,448 block biases + 2 x 768
     ],
 )
 def test_vit_b16_counts(method, options, expected):
     report = parameter_report(backbone="vit_base_patch16_224", method=method, method_options=options)
-    assert report.trainable == expected and report.total == 85_798_656 + (expected if method not in FINE_TUNING else 0)
+    added = 0 if method in FINE_TUNING else expected - (102_912 if options.get("bitfit") else 0)
+    assert report.trainable == expected and report.total == 85_798_656 + added
 
 
 def test_parameter_report_counts_what_create_model_builds():
@@ -187,3 +192,52 @@ def test_train_cli_passes_method_options_into_the_run(cub_root, tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["trainable_params"] == 2 * 64 * 8
     head = Run(tmp_path / "run").load_model().head
     assert head.config.ratio == 0.5 and head.config.reduction == 8
+
+
+# ---------------------------------------------------------------- PEFT peers (issue 12)
+
+
+def test_vpt_deep_with_no_prompts_is_exactly_the_frozen_model():
+    x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(tiny("vpt-deep", num_prompts=0).eval()(x), tiny("frozen").eval()(x))
+
+
+@pytest.mark.parametrize("backbone, img_size, prefix", [(TINY_BACKBONE, TINY_IMG, 1),
+                                                        ("vit_small_patch14_dinov2", 28, 1),
+                                                        ("vit_small_patch14_reg4_dinov2", 28, 5)])
+def test_vpt_deep_prompts_sit_after_the_prefix_tokens_and_leave_before_the_norm(backbone, img_size, prefix):
+    from dva.models.vpt import PromptedBlock
+
+    model = create_model(backbone=backbone, pretrained=False, img_size=img_size, method="vpt-deep",
+                         method_options={"num_prompts": 3}).eval()
+    block = model.backbone.blocks[0]
+    assert isinstance(block, PromptedBlock) and block.num_prefix_tokens == prefix
+    seen = []
+    block.block.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    final = []
+    model.backbone.norm.register_forward_pre_hook(lambda m, args: final.append(args[0]))
+    x = torch.randn(2, 3, img_size, img_size)
+    with torch.no_grad():
+        out = model(x)
+    tokens = prefix + (img_size // model.backbone.patch_embed.patch_size[0]) ** 2
+    assert seen[0].shape[1] == tokens + 3 and final[0].shape[1] == tokens
+    assert torch.equal(seen[0][:, prefix:prefix + 3], block.prompts.expand(2, -1, -1))  # right after the prefix
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+    with torch.no_grad():  # the embedding is the CLS token after the final norm
+        cls = torch.nn.functional.normalize(model.backbone.norm(final[0])[:, 0], dim=-1)
+    torch.testing.assert_close(out, cls)
+    bound = math.sqrt(6 / (3 * 14 * 14 + 384)) if "dinov2" in backbone else None
+    if bound is not None:  # VPT's init: uniform in +-sqrt(6 / (patch_dim + d))
+        prompts = torch.cat([b.prompts for b in model.backbone.blocks])
+        assert prompts.abs().max() <= bound and prompts.abs().max() > 0.9 * bound
+
+
+def test_vpt_deep_bitfit_trains_prompts_and_every_bias_and_refuses_export(tmp_path):
+    model = tiny("vpt-deep", bitfit=True)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in model.named_parameters() if n.endswith(".prompts") or n.endswith(".bias")}
+    assert any(".norm1.bias" in n for n in trained) and "backbone.patch_embed.proj.bias" in trained
+    from dva.models import get_method
+
+    assert not get_method("vpt-deep").mergeable

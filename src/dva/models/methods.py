@@ -16,7 +16,11 @@ method              trained                                                     
 ``adaptformer``     AdaptFormer's parallel MLP adapters                             Table 10
 ``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
 ``dva``             ICA adapters, trained on OPA's object views with DPT            all
+``vpt-deep``        VPT-deep prompts in every block (``bitfit``: and every bias)    peer
 ==================  ==============================================================  =========
+
+"peer": a PEFT method the paper does not compare with, run in the same harness (issue 12,
+docs/reproduce.md "PEFT peers").
 
 Method-specific settings go in ``ModelConfig.method_options`` (``--method-option KEY=VALUE``)
 and are checked against the method's options dataclass; ICA's ``targets``, ``rank`` and
@@ -36,6 +40,7 @@ from dva.models.adaptformer import AdaptFormerConfig, inject_adaptformer
 from dva.models.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from dva.models.ica import ICAConfig, inject_ica
 from dva.models.retrieval import RetrievalModel
+from dva.models.vpt import VPTConfig, inject_vpt
 
 #: ``apply(model, model_config, options)``; ``options`` is the method's parsed options dataclass (or None).
 ApplyFn = Callable[[RetrievalModel, ModelConfig, Any], None]
@@ -184,3 +189,13 @@ def _clip_adapter(model: RetrievalModel, config: ModelConfig, options: CLIPAdapt
 )
 def _dva(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     inject_ica(model.backbone, ica_config(config))
+
+
+@register_method(
+    "vpt-deep",
+    description="VPT-deep: learnable prompt tokens in every block (Jia et al. 2022); bitfit=true adds every bias",
+    options=VPTConfig,
+    mergeable=False,
+)
+def _vpt_deep(model: RetrievalModel, config: ModelConfig, options: VPTConfig) -> None:
+    inject_vpt(model.backbone, options)
