@@ -30,6 +30,7 @@ TRAINED: dict[str, Callable[[str], bool]] = {
     "adaptformer": lambda n: ".mlp.down." in n or ".mlp.up." in n,
     "clip-adapter": lambda n: n.startswith("head."),
     "vpt-deep": lambda n: n.endswith(".prompts"),
+    "vptsp-g": lambda n: n.endswith(".prompts") or n.endswith(".bias"),  # VPT-deep + BitFit; the rest is in the loss
 }
 FINE_TUNING = ("full", "partial-attn", "partial-proj", "partial-mlp")
 
@@ -121,11 +122,13 @@ def test_trained_adapters_change_the_output_and_survive_merge_adapters():
         ("adaptformer", {"bottleneck": 32}, 599_424),
         ("vpt-deep", {}, 92_160),  # 12 blocks x 10 prompts x 768
         ("vpt-deep", {"bitfit": True}, 92_160 + 102_912),  # + 12 x 8,448 block biases + 2 x 768
+        ("vptsp-g", {}, 184_320 + 102_912),  # 12 x 20 x 768 prompts + BitFit; class prompts and GRU: loss side
     ],
 )
 def test_vit_b16_counts(method, options, expected):
     report = parameter_report(backbone="vit_base_patch16_224", method=method, method_options=options)
-    added = 0 if method in FINE_TUNING else expected - (102_912 if options.get("bitfit") else 0)
+    bitfit = options.get("bitfit", method == "vptsp-g")
+    added = 0 if method in FINE_TUNING else expected - (102_912 if bitfit else 0)
     assert report.trainable == expected and report.total == 85_798_656 + added
 
 
@@ -241,3 +244,66 @@ def test_vpt_deep_bitfit_trains_prompts_and_every_bias_and_refuses_export(tmp_pa
     from dva.models import get_method
 
     assert not get_method("vpt-deep").mergeable
+
+
+def _tiny_vptsp(num_classes: int = 3):
+    from dva.models.vptsp import SemanticProxies, VPTSPConfig
+
+    model = tiny("vptsp-g").train()
+    loss_fn = DPTLoss(num_classes, model.embed_dim, background=False)
+    return model, loss_fn, SemanticProxies(model, loss_fn.proxy_anchor, VPTSPConfig())
+
+
+def test_vptsp_semantic_proxies_train_the_prompts_of_the_batch_classes_the_gru_and_the_biases():
+    model, loss_fn, source = _tiny_vptsp(num_classes=4)
+    assert source.class_prompts.shape == (1, 4, 5, model.embed_dim)
+    assert sum(p.numel() for p in source.gru.parameters()) == 6 * 64**2 + 3 * 64  # test_vit is 64 wide
+    torch.manual_seed(0)
+    images, labels = torch.randn(6, 3, TINY_IMG, TINY_IMG), torch.tensor([2, 0, 2, 0, 2, 1])
+    before = source.container.clone()
+    proxies = source(model, images, labels, loss_fn.proxy_anchor.proxies)
+    assert proxies.shape == (4, model.embed_dim)
+    loss_fn.proxy_anchor(model(images), labels, proxies=proxies).backward()
+
+    grad = source.class_prompts.grad[0].abs().sum(dim=(1, 2))
+    assert (grad[:3] > 0).all() and grad[3] == 0  # class 3 is not in the batch: its prompts get nothing
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in source.gru.parameters())
+    assert loss_fn.proxy_anchor.proxies.grad.abs().sum() > 0
+    assert model.backbone.blocks[0].block.attn.qkv.bias.grad.abs().sum() > 0  # BitFit through both branches
+    # the container moved for the batch's classes only, stays unit-norm and carries no graph
+    moved = (source.container - before).abs().sum(dim=1) > 0
+    assert moved.tolist() == [True, True, True, False] and not source.container.requires_grad
+    torch.testing.assert_close(source.container.norm(dim=1), torch.ones(4))
+
+
+def test_vptsp_semantic_embedding_uses_class_prompts_in_place_of_the_shared_ones():
+    model, _, source = _tiny_vptsp()
+    x, labels = torch.randn(2, 3, TINY_IMG, TINY_IMG), torch.tensor([0, 1])
+    with torch.no_grad():
+        semantic = source.semantic_embeddings(model.eval(), x, labels)
+        source.class_prompts.zero_()
+        for block in model.backbone.blocks:  # same prompts in both paths: the same embedding
+            block.prompts.data = torch.zeros(1, 0, model.embed_dim)
+        block0 = model.backbone.blocks[0]
+        block0.prompts.data = torch.zeros(1, 5, model.embed_dim)
+        torch.testing.assert_close(source.semantic_embeddings(model, x, labels), model(x))
+    assert not torch.allclose(semantic, model(x), atol=1e-4)
+
+
+def test_a_vptsp_run_trains_and_saves_its_proxy_generator_and_rebuilds(tmp_path):
+    from dva.checkpoint import load_tensors
+
+    config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
+    config.model.method = "vptsp-g"
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    source = trainer.loss_fn.proxy_source
+    model_group = next(g for g in trainer.optimizer.param_groups if g["name"] == "model")
+    assert any(p is source.class_prompts for p in model_group["params"])  # at lr, like the authors' code
+    assert trainer.optimizer.state[source.class_prompts]["step"] > 0
+    tensors, _ = load_tensors(tmp_path / "run" / "model.safetensors")
+    assert torch.equal(tensors["loss.proxy_source.class_prompts"], source.class_prompts.detach())
+    assert "loss.proxy_source.gru.w_i" in tensors and "loss.proxy_anchor.proxies" in tensors
+    x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))

@@ -29,12 +29,17 @@ class ProxyAnchorLoss(nn.Module):
         # The authors' initialisation (kaiming normal, fan_out).
         nn.init.kaiming_normal_(self.proxies, mode="fan_out")
 
-    def forward(self, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, embeddings: torch.Tensor, labels: torch.Tensor, *, proxies: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The loss of ``embeddings`` against ``proxies`` (default: this loss's own, trained ones;
+        DPT's teacher transfer passes them detached, so that term cannot move them)."""
+        proxies = self.proxies if proxies is None else proxies
         if embeddings.shape[0] != labels.shape[0]:
             raise ValueError(f"{embeddings.shape[0]} embeddings but {labels.shape[0]} labels")
         if labels.numel() and (labels.min() < 0 or labels.max() >= self.num_classes):
             raise ValueError(f"labels must lie in [0, {self.num_classes}), got [{labels.min()}, {labels.max()}]")
-        cos = F.normalize(embeddings.float(), dim=-1) @ F.normalize(self.proxies.float(), dim=-1).T  # (B, C)
+        cos = F.normalize(embeddings.float(), dim=-1) @ F.normalize(proxies.float(), dim=-1).T  # (B, C)
         positive = F.one_hot(labels, self.num_classes).bool()
 
         pos_logits = (-self.alpha * (cos - self.margin)).masked_fill(~positive, float("-inf"))

@@ -17,6 +17,7 @@ method              trained                                                     
 ``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
 ``dva``             ICA adapters, trained on OPA's object views with DPT            all
 ``vpt-deep``        VPT-deep prompts in every block (``bitfit``: and every bias)    peer
+``vptsp-g``         VPT-deep + BitFit; proxies made from class prompts and a GRU    peer
 ==================  ==============================================================  =========
 
 "peer": a PEFT method the paper does not compare with, run in the same harness (issue 12,
@@ -34,6 +35,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from dva.config import ModelConfig, from_dict
 from dva.errors import ConfigError
 from dva.models.adaptformer import AdaptFormerConfig, inject_adaptformer
@@ -41,6 +44,7 @@ from dva.models.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from dva.models.ica import ICAConfig, inject_ica
 from dva.models.retrieval import RetrievalModel
 from dva.models.vpt import VPTConfig, inject_vpt
+from dva.models.vptsp import SemanticProxies, VPTSPConfig
 
 #: ``apply(model, model_config, options)``; ``options`` is the method's parsed options dataclass (or None).
 ApplyFn = Callable[[RetrievalModel, ModelConfig, Any], None]
@@ -62,6 +66,12 @@ class Method:
     #: Whatever it trains folds into the backbone's own weights, so a run exports as a plain
     #: timm model (``dva export``). False for adapters with their own non-linear modules.
     mergeable: bool = True
+    #: Where the loss's proxies come from when not from Proxy-Anchor's own learnable ones:
+    #: ``proxy_source(model, proxy_anchor, options)`` builds a module that the trainer attaches
+    #: to the loss (so it is optimised, saved and resumed with the proxies) and calls every step
+    #: as ``source(model, images, labels, proxy_anchor.proxies) -> (num_classes, d) proxies``.
+    #: VPTSP-G's semantic proxies; None (every other method): the learnable proxies as they are.
+    proxy_source: Callable[[RetrievalModel, Any, Any], nn.Module] | None = None
 
     def parse_options(self, raw: Mapping[str, Any]) -> Any:
         """``method_options`` as the method's options dataclass, defaults filled in; errors name the option."""
@@ -89,11 +99,14 @@ def register_method(
     options: type | None = None,
     uses_ica: bool = False,
     mergeable: bool = True,
+    proxy_source: Callable[[RetrievalModel, Any, Any], nn.Module] | None = None,
 ) -> Callable[[ApplyFn], ApplyFn]:
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(name, fn, description, uses_opa, trains, options, uses_ica, mergeable)
+        _METHODS[name] = Method(
+            name, fn, description, uses_opa, trains, options, uses_ica, mergeable, proxy_source=proxy_source
+        )
         return fn
 
     return decorator
@@ -199,3 +212,14 @@ def _dva(model: RetrievalModel, config: ModelConfig, options: None) -> None:
 )
 def _vpt_deep(model: RetrievalModel, config: ModelConfig, options: VPTConfig) -> None:
     inject_vpt(model.backbone, options)
+
+
+@register_method(
+    "vptsp-g",
+    description="VPTSP-G: VPT-deep + BitFit, proxies generated from class-wise prompts and a GRU (Ren et al. 2024)",
+    options=VPTSPConfig,
+    mergeable=False,
+    proxy_source=SemanticProxies,
+)
+def _vptsp_g(model: RetrievalModel, config: ModelConfig, options: VPTSPConfig) -> None:
+    inject_vpt(model.backbone, VPTConfig(num_prompts=options.num_prompts, bitfit=options.bitfit))
