@@ -29,6 +29,7 @@ TRAINED: dict[str, Callable[[str], bool]] = {
     "dva": lambda n: ".qkv.down." in n or ".qkv.up." in n,
     "adaptformer": lambda n: ".mlp.down." in n or ".mlp.up." in n,
     "clip-adapter": lambda n: n.startswith("head."),
+    "lora": lambda n: ".qkv.down." in n or ".qkv.up." in n,
     "vpt-deep": lambda n: n.endswith(".prompts"),
     "vptsp-g": lambda n: n.endswith(".prompts") or n.endswith(".bias"),  # VPT-deep + BitFit; the rest is in the loss
 }
@@ -120,6 +121,8 @@ def test_trained_adapters_change_the_output_and_survive_merge_adapters():
         ("clip-adapter", {}, 294_912),  # the paper's 0.295M exactly
         ("adaptformer", {}, 1_189_632),  # 12 x (768*64 + 64 + 64*768 + 768); the paper says 0.590M
         ("adaptformer", {"bottleneck": 32}, 599_424),
+        ("lora", {}, 589_824),  # ICA's count at rank 16: 12 x 2 x (768*16 + 16*768)
+        ("lora", {"rank": 8}, 294_912),
         ("vpt-deep", {}, 92_160),  # 12 blocks x 10 prompts x 768
         ("vpt-deep", {"bitfit": True}, 92_160 + 102_912),  # + 12 x 8,448 block biases + 2 x 768
         ("vptsp-g", {}, 184_320 + 102_912),  # 12 x 20 x 768 prompts + BitFit; class prompts and GRU: loss side
@@ -307,3 +310,29 @@ def test_a_vptsp_run_trains_and_saves_its_proxy_generator_and_rebuilds(tmp_path)
     x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
     with torch.no_grad():
         assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
+
+
+def test_lora_is_icas_layer_scaled_by_alpha_over_rank_and_merges():
+    from dva.models.ica import ICALinear
+
+    lora = tiny("lora", rank=4, alpha=8.0).eval()
+    ica = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica", rank=4,
+                       scale=2.0).eval()
+    layer = lora.backbone.blocks[0].attn.qkv
+    assert isinstance(layer, ICALinear) and layer.config.targets == ("q", "v") and layer.config.scale == 2.0
+    x = torch.randn(2, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(lora(x), tiny("frozen").eval()(x))  # up starts at zero
+        torch.manual_seed(1)
+        for name, p in lora.named_parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1)
+        ica.load_state_dict(lora.state_dict())
+        before = lora(x)
+        assert torch.equal(before, ica(x))  # ICA with scale alpha/r is the same model
+        lora.merge_adapters()
+        assert lora.is_merged
+        torch.testing.assert_close(lora(x), before, rtol=0, atol=1e-5)
+    from dva.models import get_method
+
+    assert get_method("lora").mergeable and not get_method("lora").uses_ica

@@ -16,6 +16,7 @@ method              trained                                                     
 ``adaptformer``     AdaptFormer's parallel MLP adapters                             Table 10
 ``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
 ``dva``             ICA adapters, trained on OPA's object views with DPT            all
+``lora``            LoRA on q and v: ICA's layer with scale ``alpha / rank``           peer
 ``vpt-deep``        VPT-deep prompts in every block (``bitfit``: and every bias)    peer
 ``vptsp-g``         VPT-deep + BitFit; proxies made from class prompts and a GRU    peer
 ==================  ==============================================================  =========
@@ -42,6 +43,7 @@ from dva.errors import ConfigError
 from dva.models.adaptformer import AdaptFormerConfig, inject_adaptformer
 from dva.models.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from dva.models.ica import ICAConfig, inject_ica
+from dva.models.lora import LoRAConfig
 from dva.models.retrieval import RetrievalModel
 from dva.models.vpt import VPTConfig, inject_vpt
 from dva.models.vptsp import SemanticProxies, VPTSPConfig
@@ -223,3 +225,12 @@ def _vpt_deep(model: RetrievalModel, config: ModelConfig, options: VPTConfig) ->
 )
 def _vptsp_g(model: RetrievalModel, config: ModelConfig, options: VPTSPConfig) -> None:
     inject_vpt(model.backbone, VPTConfig(num_prompts=options.num_prompts, bitfit=options.bitfit))
+
+
+@register_method(
+    "lora",
+    description="LoRA on the q and v slices (Hu et al. 2021): ICA's layer with scale alpha/rank (rank 16, alpha 8)",
+    options=LoRAConfig,
+)
+def _lora(model: RetrievalModel, config: ModelConfig, options: LoRAConfig) -> None:
+    inject_ica(model.backbone, options.ica_config())
