@@ -153,7 +153,7 @@ def test_method_options_are_checked_by_name_and_type():
         tiny("clip-adapter", reduction=5)
 
 
-@pytest.mark.parametrize("method", ["partial-proj", "adaptformer", "clip-adapter"])
+@pytest.mark.parametrize("method", ["partial-proj", "adaptformer", "clip-adapter", "vpt-deep"])
 def test_a_trained_run_rebuilds_to_the_trained_model(method, tmp_path):
     config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
     config.model.method = method
@@ -163,6 +163,12 @@ def test_a_trained_run_rebuilds_to_the_trained_model(method, tmp_path):
     x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
     with torch.no_grad():
         assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
+
+    if method == "vpt-deep":  # prompts are tokens, not weights: no plain timm form to export
+        from dva.models.export import export_run
+
+        with pytest.raises(ConfigError, match="'vpt-deep' adds modules that cannot be merged"):
+            export_run(tmp_path / "run", tmp_path / "exported")
 
     # weights trained with other method options are refused, naming the field
     if method == "clip-adapter":
@@ -336,3 +342,21 @@ def test_lora_is_icas_layer_scaled_by_alpha_over_rank_and_merges():
     from dva.models import get_method
 
     assert get_method("lora").mergeable and not get_method("lora").uses_ica
+
+
+@pytest.mark.parametrize(
+    "backbone, method, options, trainable",
+    [
+        ("vit_base_patch16_224", "vpt-deep", ["num_prompts=10"], 92_160),
+        ("vit_base_patch16_224", "vpt-deep", ["num_prompts=5", "bitfit=true"], 46_080 + 102_912),
+        ("vit_base_patch16_224", "lora", ["rank=8", "alpha=16"], 294_912),
+        ("vit_small_patch14_dinov2", "vptsp-g", [], 12 * 20 * 384 + 51_456),  # 143,616 (any img size)
+    ],
+)
+def test_params_cli_counts_the_peers_with_their_options(capsys, backbone, method, options, trainable):
+    from conftest import run_cli
+
+    args = [a for o in options for a in ("--method-option", o)]
+    code, out, _ = run_cli(capsys, "params", "--backbone", backbone, "--img-size", "112" if "dinov2" in backbone
+                           else "224", "--method", method, *args, "--json")
+    assert code == 0 and json.loads(out)["trainable"] == trainable
