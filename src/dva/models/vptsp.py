@@ -144,22 +144,27 @@ class SemanticProxies(nn.Module):
     ) -> torch.Tensor:
         """All ``num_classes`` proxies for this batch; ``learnable``: Proxy-Anchor's trained proxies."""
         s = self.semantic_embeddings(model, images, labels)
+        with torch.autocast(s.device.type, enabled=False):  # the GRU and the mix are small: float32
+            return self._mix(s, labels, learnable.float())
+
+    def _mix(self, s: torch.Tensor, labels: torch.Tensor, learnable: torch.Tensor) -> torch.Tensor:
+        """Steps 2 and 3 on the semantic embeddings ``s``."""
         classes, inverse = labels.unique(return_inverse=True)
         # Step 2: fold each class's images into its container row, in batch order.
         counts = torch.bincount(inverse, minlength=len(classes))
         order = torch.argsort(inverse, stable=True)
         position = torch.arange(len(labels), device=labels.device) - (counts.cumsum(0) - counts)[inverse[order]]
-        h = self.container[classes].to(s.dtype)
+        h = self.container[classes]
         for step in range(int(counts.max())):
             rows = order[position == step]
             slot = inverse[rows]
             h = h.index_copy(0, slot, self.gru(s[rows], h[slot]))
-        container = F.normalize(self.container.to(s.dtype).index_copy(0, classes, h), dim=-1)
+        container = F.normalize(self.container.index_copy(0, classes, h), dim=-1)
         with torch.no_grad():
             self.container.copy_(container.detach())
         # Step 3: mix with the learnable proxies.
         r = self.config.proxy_ratio
-        return r * learnable.float() + (1 - r) * container
+        return r * learnable + (1 - r) * container
 
     def extra_repr(self) -> str:
         c = self.config
