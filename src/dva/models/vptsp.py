@@ -50,9 +50,9 @@ Differences from the authors' code (stated in docs/reproduce.md):
 Counts (``dva params`` counts the retrieval network only; the generator is class-dependent
 and lives with the loss): ViT-B/16 ``12 * 20 * 768 = 184,320`` prompts + 102,912 biases =
 287,232; the generator adds the GRU ``6 * 768^2 + 3 * 768 = 3,541,248``, ``5 * 768 = 3,840``
-per class of class prompts and Proxy-Anchor's 768 per class (C = 100 on CUB: 3,998,848 more).
+per class of class prompts (C = 100 on CUB: 3,925,248 more), besides Proxy-Anchor's 768 per class.
 DINOv2 ViT-S/14: ``12 * 20 * 384 + 51,456 = 143,616``; GRU ``6 * 384^2 + 3 * 384 = 885,888``,
-``1,920 + 384`` per class (C = 50: 1,001,088 more).
+``1,920`` per class (C = 50: 981,888 more), besides the 384 per class of the proxies.
 """
 
 from __future__ import annotations
