@@ -16,13 +16,18 @@ method              trained                                                     
 ``adaptformer``     AdaptFormer's parallel MLP adapters                             Table 10
 ``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
 ``dva``             ICA adapters, trained on OPA's object views with DPT            all
-``lora``            LoRA on q and v: ICA's layer with scale ``alpha / rank``           peer
-``vpt-deep``        VPT-deep prompts in every block (``bitfit``: and every bias)    peer
-``vptsp-g``         VPT-deep + BitFit; proxies made from class prompts and a GRU    peer
 ==================  ==============================================================  =========
 
-"peer": a PEFT method the paper does not compare with, run in the same harness (issue 12,
-docs/reproduce.md "PEFT peers").
+PEFT peers the paper does not compare with, run in the same harness (issue 12,
+docs/reproduce.md "PEFT peers"):
+
+==================  ==============================================================  ===========
+method              trained                                                         source
+==================  ==============================================================  ===========
+``lora``            LoRA on q and v: ICA's layer with scale ``alpha / rank``        Hu 2022
+``vpt-deep``        VPT-deep prompts in every block (``bitfit``: and every bias)    Jia 2022
+``vptsp-g``         VPT-deep + BitFit; proxies made from class prompts and a GRU    Ren 2024
+==================  ==============================================================  ===========
 
 Method-specific settings go in ``ModelConfig.method_options`` (``--method-option KEY=VALUE``)
 and are checked against the method's options dataclass; ICA's ``targets``, ``rank`` and
