@@ -159,7 +159,8 @@ class SemanticProxies(nn.Module):
             rows = order[position == step]
             slot = inverse[rows]
             h = h.index_copy(0, slot, self.gru(s[rows], h[slot]))
-        container = F.normalize(self.container.index_copy(0, classes, h), dim=-1)
+        # Their code renormalises the whole container; the other rows are unit vectors already.
+        container = self.container.index_copy(0, classes, F.normalize(h, dim=-1))
         with torch.no_grad():
             self.container.copy_(container.detach())
         # Step 3: mix with the learnable proxies.
