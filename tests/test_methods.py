@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from collections.abc import Callable
 
@@ -28,6 +29,9 @@ TRAINED: dict[str, Callable[[str], bool]] = {
     "dva": lambda n: ".qkv.down." in n or ".qkv.up." in n,
     "adaptformer": lambda n: ".mlp.down." in n or ".mlp.up." in n,
     "clip-adapter": lambda n: n.startswith("head."),
+    "lora": lambda n: ".qkv.down." in n or ".qkv.up." in n,
+    "vpt-deep": lambda n: n.endswith(".prompts"),
+    "vptsp-g": lambda n: n.endswith(".prompts") or n.endswith(".bias"),  # VPT-deep + BitFit; the rest is in the loss
 }
 FINE_TUNING = ("full", "partial-attn", "partial-proj", "partial-mlp")
 
@@ -117,11 +121,18 @@ def test_trained_adapters_change_the_output_and_survive_merge_adapters():
         ("clip-adapter", {}, 294_912),  # the paper's 0.295M exactly
         ("adaptformer", {}, 1_189_632),  # 12 x (768*64 + 64 + 64*768 + 768); the paper says 0.590M
         ("adaptformer", {"bottleneck": 32}, 599_424),
+        ("lora", {}, 589_824),  # ICA's count at rank 16: 12 x 2 x (768*16 + 16*768)
+        ("lora", {"rank": 8}, 294_912),
+        ("vpt-deep", {}, 92_160),  # 12 blocks x 10 prompts x 768
+        ("vpt-deep", {"bitfit": True}, 92_160 + 102_912),  # + 12 x 8,448 block biases + 2 x 768
+        ("vptsp-g", {}, 184_320 + 102_912),  # 12 x 20 x 768 prompts + BitFit; class prompts and GRU: loss side
     ],
 )
 def test_vit_b16_counts(method, options, expected):
     report = parameter_report(backbone="vit_base_patch16_224", method=method, method_options=options)
-    assert report.trainable == expected and report.total == 85_798_656 + (expected if method not in FINE_TUNING else 0)
+    bitfit = options.get("bitfit", method == "vptsp-g")
+    added = 0 if method in FINE_TUNING else expected - (102_912 if bitfit else 0)
+    assert report.trainable == expected and report.total == 85_798_656 + added
 
 
 def test_parameter_report_counts_what_create_model_builds():
@@ -142,7 +153,7 @@ def test_method_options_are_checked_by_name_and_type():
         tiny("clip-adapter", reduction=5)
 
 
-@pytest.mark.parametrize("method", ["partial-proj", "adaptformer", "clip-adapter"])
+@pytest.mark.parametrize("method", ["partial-proj", "adaptformer", "clip-adapter", "vpt-deep"])
 def test_a_trained_run_rebuilds_to_the_trained_model(method, tmp_path):
     config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
     config.model.method = method
@@ -152,6 +163,12 @@ def test_a_trained_run_rebuilds_to_the_trained_model(method, tmp_path):
     x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
     with torch.no_grad():
         assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
+
+    if method == "vpt-deep":  # prompts are tokens, not weights: no plain timm form to export
+        from dva.models.export import export_run
+
+        with pytest.raises(ConfigError, match="'vpt-deep' adds modules that cannot be merged"):
+            export_run(tmp_path / "run", tmp_path / "exported")
 
     # weights trained with other method options are refused, naming the field
     if method == "clip-adapter":
@@ -187,3 +204,159 @@ def test_train_cli_passes_method_options_into_the_run(cub_root, tmp_path, capsys
     assert json.loads(capsys.readouterr().out)["trainable_params"] == 2 * 64 * 8
     head = Run(tmp_path / "run").load_model().head
     assert head.config.ratio == 0.5 and head.config.reduction == 8
+
+
+# ---------------------------------------------------------------- PEFT peers (issue 12)
+
+
+def test_vpt_deep_with_no_prompts_is_exactly_the_frozen_model():
+    x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(tiny("vpt-deep", num_prompts=0).eval()(x), tiny("frozen").eval()(x))
+
+
+@pytest.mark.parametrize("backbone, img_size, prefix", [(TINY_BACKBONE, TINY_IMG, 1),
+                                                        ("vit_small_patch14_dinov2", 28, 1),
+                                                        ("vit_small_patch14_reg4_dinov2", 28, 5)])
+def test_vpt_deep_prompts_sit_after_the_prefix_tokens_and_leave_before_the_norm(backbone, img_size, prefix):
+    from dva.models.vpt import PromptedBlock
+
+    model = create_model(backbone=backbone, pretrained=False, img_size=img_size, method="vpt-deep",
+                         method_options={"num_prompts": 3}).eval()
+    block = model.backbone.blocks[0]
+    assert isinstance(block, PromptedBlock) and block.num_prefix_tokens == prefix
+    seen = []
+    block.block.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    final = []
+    model.backbone.norm.register_forward_pre_hook(lambda m, args: final.append(args[0]))
+    x = torch.randn(2, 3, img_size, img_size)
+    with torch.no_grad():
+        out = model(x)
+    tokens = prefix + (img_size // model.backbone.patch_embed.patch_size[0]) ** 2
+    assert seen[0].shape[1] == tokens + 3 and final[0].shape[1] == tokens
+    assert torch.equal(seen[0][:, prefix:prefix + 3], block.prompts.expand(2, -1, -1))  # right after the prefix
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+    with torch.no_grad():  # the embedding is the CLS token after the final norm
+        cls = torch.nn.functional.normalize(model.backbone.norm(final[0])[:, 0], dim=-1)
+    torch.testing.assert_close(out, cls)
+    bound = math.sqrt(6 / (3 * 14 * 14 + 384)) if "dinov2" in backbone else None
+    if bound is not None:  # VPT's init: uniform in +-sqrt(6 / (patch_dim + d))
+        prompts = torch.cat([b.prompts for b in model.backbone.blocks])
+        assert prompts.abs().max() <= bound and prompts.abs().max() > 0.9 * bound
+
+
+def test_vpt_deep_bitfit_trains_prompts_and_every_bias_and_refuses_export(tmp_path):
+    model = tiny("vpt-deep", bitfit=True)
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in model.named_parameters() if n.endswith(".prompts") or n.endswith(".bias")}
+    assert any(".norm1.bias" in n for n in trained) and "backbone.patch_embed.proj.bias" in trained
+    from dva.models import get_method
+
+    assert not get_method("vpt-deep").mergeable
+
+
+def _tiny_vptsp(num_classes: int = 3):
+    from dva.models.vptsp import SemanticProxies, VPTSPConfig
+
+    model = tiny("vptsp-g").train()
+    loss_fn = DPTLoss(num_classes, model.embed_dim, background=False)
+    return model, loss_fn, SemanticProxies(model, loss_fn.proxy_anchor, VPTSPConfig())
+
+
+def test_vptsp_semantic_proxies_train_the_prompts_of_the_batch_classes_the_gru_and_the_biases():
+    model, loss_fn, source = _tiny_vptsp(num_classes=4)
+    assert source.class_prompts.shape == (1, 4, 5, model.embed_dim)
+    assert sum(p.numel() for p in source.gru.parameters()) == 6 * 64**2 + 3 * 64  # test_vit is 64 wide
+    torch.manual_seed(0)
+    images, labels = torch.randn(6, 3, TINY_IMG, TINY_IMG), torch.tensor([2, 0, 2, 0, 2, 1])
+    before = source.container.clone()
+    proxies = source(model, images, labels, loss_fn.proxy_anchor.proxies)
+    assert proxies.shape == (4, model.embed_dim)
+    loss_fn.proxy_anchor(model(images), labels, proxies=proxies).backward()
+
+    grad = source.class_prompts.grad[0].abs().sum(dim=(1, 2))
+    assert (grad[:3] > 0).all() and grad[3] == 0  # class 3 is not in the batch: its prompts get nothing
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in source.gru.parameters())
+    assert loss_fn.proxy_anchor.proxies.grad.abs().sum() > 0
+    assert model.backbone.blocks[0].block.attn.qkv.bias.grad.abs().sum() > 0  # BitFit through both branches
+    # the container moved for the batch's classes only, stays unit-norm and carries no graph
+    moved = (source.container - before).abs().sum(dim=1) > 0
+    assert moved.tolist() == [True, True, True, False] and not source.container.requires_grad
+    torch.testing.assert_close(source.container.norm(dim=1), torch.ones(4))
+
+
+def test_vptsp_semantic_embedding_uses_class_prompts_in_place_of_the_shared_ones():
+    model, _, source = _tiny_vptsp()
+    x, labels = torch.randn(2, 3, TINY_IMG, TINY_IMG), torch.tensor([0, 1])
+    with torch.no_grad():
+        semantic = source.semantic_embeddings(model.eval(), x, labels)
+        source.class_prompts.zero_()
+        for block in model.backbone.blocks:  # same prompts in both paths: the same embedding
+            block.prompts.data = torch.zeros(1, 0, model.embed_dim)
+        block0 = model.backbone.blocks[0]
+        block0.prompts.data = torch.zeros(1, 5, model.embed_dim)
+        torch.testing.assert_close(source.semantic_embeddings(model, x, labels), model(x))
+    assert not torch.allclose(semantic, model(x), atol=1e-4)
+
+
+def test_a_vptsp_run_trains_and_saves_its_proxy_generator_and_rebuilds(tmp_path):
+    from dva.checkpoint import load_tensors
+
+    config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
+    config.model.method = "vptsp-g"
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    source = trainer.loss_fn.proxy_source
+    model_group = next(g for g in trainer.optimizer.param_groups if g["name"] == "model")
+    assert any(p is source.class_prompts for p in model_group["params"])  # at lr, like the authors' code
+    assert trainer.optimizer.state[source.class_prompts]["step"] > 0
+    tensors, _ = load_tensors(tmp_path / "run" / "model.safetensors")
+    assert torch.equal(tensors["loss.proxy_source.class_prompts"], source.class_prompts.detach())
+    assert "loss.proxy_source.gru.w_i" in tensors and "loss.proxy_anchor.proxies" in tensors
+    x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
+
+
+def test_lora_is_icas_layer_scaled_by_alpha_over_rank_and_merges():
+    from dva.models.ica import ICALinear
+
+    lora = tiny("lora", rank=4, alpha=8.0).eval()
+    ica = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica", rank=4,
+                       scale=2.0).eval()
+    layer = lora.backbone.blocks[0].attn.qkv
+    assert isinstance(layer, ICALinear) and layer.config.targets == ("q", "v") and layer.config.scale == 2.0
+    x = torch.randn(2, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(lora(x), tiny("frozen").eval()(x))  # up starts at zero
+        torch.manual_seed(1)
+        for name, p in lora.named_parameters():
+            if p.requires_grad:
+                torch.nn.init.normal_(p, std=0.1)
+        ica.load_state_dict(lora.state_dict())
+        before = lora(x)
+        assert torch.equal(before, ica(x))  # ICA with scale alpha/r is the same model
+        lora.merge_adapters()
+        assert lora.is_merged
+        torch.testing.assert_close(lora(x), before, rtol=0, atol=1e-5)
+    from dva.models import get_method
+
+    assert get_method("lora").mergeable and not get_method("lora").uses_ica
+
+
+@pytest.mark.parametrize(
+    "backbone, method, options, trainable",
+    [
+        ("vit_base_patch16_224", "vpt-deep", ["num_prompts=10"], 92_160),
+        ("vit_base_patch16_224", "vpt-deep", ["num_prompts=5", "bitfit=true"], 46_080 + 102_912),
+        ("vit_base_patch16_224", "lora", ["rank=8", "alpha=16"], 294_912),
+        ("vit_small_patch14_dinov2", "vptsp-g", [], 12 * 20 * 384 + 51_456),  # 143,616 (any img size)
+    ],
+)
+def test_params_cli_counts_the_peers_with_their_options(capsys, backbone, method, options, trainable):
+    from conftest import run_cli
+
+    args = [a for o in options for a in ("--method-option", o)]
+    code, out, _ = run_cli(capsys, "params", "--backbone", backbone, "--img-size", "112" if "dinov2" in backbone
+                           else "224", "--method", method, *args, "--json")
+    assert code == 0 and json.loads(out)["trainable"] == trainable

@@ -201,3 +201,15 @@ def test_one_box_file_is_one_run_however_its_path_is_spelled(base, tmp_path, mon
     assert run_key(row_config(row, base, 0)) == key
     base.opa.boxes = "other.jsonl"
     assert run_key(row_config(row, base, 0)) != key
+
+
+def test_peers_table_shares_ica_and_dva_runs_and_trains_each_peer_as_documented(base):
+    peers, t8 = keys("peers", base), keys("table8", base)
+    assert peers["ICA"] == t8["Base + ICA"] and peers["DVA (Ours)"] == t8["Base + ICA + OPA + DPT"]
+    assert len(set(peers.values())) == 6  # VPT-deep with and without BitFit are two runs
+    configs = {row.name: row_config(row, base, 0) for row in TABLES["peers"].rows}
+    assert configs["VPT-deep + BitFit"].model.method_options == {"num_prompts": 10, "bitfit": True}
+    assert configs["VPT-deep"].train.lr == configs["VPT-deep + BitFit"].train.lr == 1e-2
+    assert configs["LoRA (q, v; r 16, alpha 8)"].train.lr == configs["ICA"].train.lr
+    vptsp = configs["VPTSP-G"].train
+    assert (vptsp.optimizer, vptsp.lr, vptsp.proxy_lr, vptsp.weight_decay) == ("sgd", 1e-3, 1e-2, 1e-6)

@@ -18,7 +18,8 @@ JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
 MethodOptionOpt = typer.Option(
     None, "--method-option", metavar="KEY=VALUE",
     help="A method-specific option, repeatable: adaptformer bottleneck=64 scale=0.1 dropout=0.1; "
-    "clip-adapter reduction=4 ratio=0.2.",
+    "clip-adapter reduction=4 ratio=0.2; lora rank=16 alpha=8; vpt-deep num_prompts=10 bitfit=false; "
+    "vptsp-g num_prompts=20 bitfit=true class_prompts=5 class_prompt_depth=1 proxy_ratio=0.4.",
 )
 
 

@@ -42,7 +42,8 @@ def train(
     pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Random weights with --no-pretrained."),
     method: str | None = typer.Option(
         None, "--method", help="dva (ICA + OPA + DPT, needs --boxes or --detector), ica, adaptformer, clip-adapter, "
-        "full, partial-attn, partial-proj, partial-mlp, frozen (fine-tuning wants a small --lr, e.g. 1e-5)."
+        "full, partial-attn, partial-proj, partial-mlp, frozen (fine-tuning wants a small --lr, e.g. 1e-5); "
+        "PEFT peers: lora, vpt-deep, vptsp-g (docs/reproduce.md)."
     ),
     method_option: list[str] | None = MethodOptionOpt,
     targets: str | None = typer.Option(None, "--targets", help="ICA targets, a subset of q,k,v. Paper: q,v."),

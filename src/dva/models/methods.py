@@ -19,6 +19,17 @@ method              trained                                                     
                     (options: ``transfer``, ``background``, see ``DPTOptions``)
 ==================  ==============================================================  =========
 
+PEFT peers the paper does not compare with, run in the same harness (issue 12,
+docs/reproduce.md "PEFT peers"):
+
+==================  ==============================================================  ===========
+method              trained                                                         source
+==================  ==============================================================  ===========
+``lora``            LoRA on q and v: ICA's layer with scale ``alpha / rank``        Hu 2022
+``vpt-deep``        VPT-deep prompts in every block (``bitfit``: and every bias)    Jia 2022
+``vptsp-g``         VPT-deep + BitFit; proxies made from class prompts and a GRU    Ren 2024
+==================  ==============================================================  ===========
+
 Method-specific settings go in ``ModelConfig.method_options`` (``--method-option KEY=VALUE``)
 and are checked against the method's options dataclass; ICA's ``targets``, ``rank`` and
 ``scale`` are ModelConfig fields of their own.
@@ -31,13 +42,18 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from torch import nn
+
 from dva.config import ModelConfig, from_dict
 from dva.errors import ConfigError
 from dva.losses.dpt import DPTOptions
 from dva.models.adaptformer import AdaptFormerConfig, inject_adaptformer
 from dva.models.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from dva.models.ica import ICAConfig, inject_ica
+from dva.models.lora import LoRAConfig
 from dva.models.retrieval import RetrievalModel
+from dva.models.vpt import VPTConfig, inject_vpt
+from dva.models.vptsp import SemanticProxies, VPTSPConfig
 
 #: ``apply(model, model_config, options)``; ``options`` is the method's parsed options dataclass (or None).
 ApplyFn = Callable[[RetrievalModel, ModelConfig, Any], None]
@@ -59,6 +75,12 @@ class Method:
     #: Whatever it trains folds into the backbone's own weights, so a run exports as a plain
     #: timm model (``dva export``). False for adapters with their own non-linear modules.
     mergeable: bool = True
+    #: Where the loss's proxies come from when not from Proxy-Anchor's own learnable ones:
+    #: ``proxy_source(model, proxy_anchor, options)`` builds a module that the trainer attaches
+    #: to the loss (so it is optimised, saved and resumed with the proxies) and calls every step
+    #: as ``source(model, images, labels, proxy_anchor.proxies) -> (num_classes, d) proxies``.
+    #: VPTSP-G's semantic proxies; None (every other method): the learnable proxies as they are.
+    proxy_source: Callable[[RetrievalModel, Any, Any], nn.Module] | None = None
 
     def parse_options(self, raw: Mapping[str, Any]) -> Any:
         """``method_options`` as the method's options dataclass, defaults filled in; errors name the option."""
@@ -86,11 +108,14 @@ def register_method(
     options: type | None = None,
     uses_ica: bool = False,
     mergeable: bool = True,
+    proxy_source: Callable[[RetrievalModel, Any, Any], nn.Module] | None = None,
 ) -> Callable[[ApplyFn], ApplyFn]:
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(name, fn, description, uses_opa, trains, options, uses_ica, mergeable)
+        _METHODS[name] = Method(
+            name, fn, description, uses_opa, trains, options, uses_ica, mergeable, proxy_source=proxy_source
+        )
         return fn
 
     return decorator
@@ -188,3 +213,33 @@ def _clip_adapter(model: RetrievalModel, config: ModelConfig, options: CLIPAdapt
 def _dva(model: RetrievalModel, config: ModelConfig, options: DPTOptions) -> None:
     # The model is ICA's; DPTOptions choose the loss, which the trainer builds from them.
     inject_ica(model.backbone, ica_config(config))
+
+
+@register_method(
+    "vpt-deep",
+    description="VPT-deep: learnable prompt tokens in every block (Jia et al. 2022); bitfit=true adds every bias",
+    options=VPTConfig,
+    mergeable=False,
+)
+def _vpt_deep(model: RetrievalModel, config: ModelConfig, options: VPTConfig) -> None:
+    inject_vpt(model.backbone, options)
+
+
+@register_method(
+    "vptsp-g",
+    description="VPTSP-G: VPT-deep + BitFit, proxies generated from class-wise prompts and a GRU (Ren et al. 2024)",
+    options=VPTSPConfig,
+    mergeable=False,
+    proxy_source=SemanticProxies,
+)
+def _vptsp_g(model: RetrievalModel, config: ModelConfig, options: VPTSPConfig) -> None:
+    inject_vpt(model.backbone, VPTConfig(num_prompts=options.num_prompts, bitfit=options.bitfit))
+
+
+@register_method(
+    "lora",
+    description="LoRA on the q and v slices (Hu et al. 2021): ICA's layer with scale alpha/rank (rank 16, alpha 8)",
+    options=LoRAConfig,
+)
+def _lora(model: RetrievalModel, config: ModelConfig, options: LoRAConfig) -> None:
+    inject_ica(model.backbone, options.ica_config())

@@ -49,6 +49,7 @@ from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everythin
 from dva.train.interrupt import GracefulInterrupt
 from dva.train.schedule import lr_factor
 from dva.train.state import Position, load_training_state, save_training_state
+from dva.losses.dpt import ORIGINAL, LossOutput
 
 LOSS_PREFIX = "loss."
 LOG_EVERY = 10
@@ -143,6 +144,7 @@ class Trainer:
         # What the step calls: the modules themselves, or their DDP wrappers (which keep the
         # ranks' adapters and proxies identical), compiled on request.
         self.train_model, self.train_loss = self.model, self.loss_fn
+        self.proxy_source = self._attach_proxy_source()
         if self.dist.enabled:
             self.train_model, self.train_loss = wrap_ddp(self.model, self.device), wrap_ddp(self.loss_fn, self.device)
         if cfg.train.compile:
@@ -250,12 +252,32 @@ class Trainer:
         }
         if self.dist.enabled:  # the loss of the global batch, not the mean of per-rank losses
             views = {k: (all_gather_rows(e, sizes[k]), all_gather_rows(y, sizes[k])) for k, (e, y) in views.items()}
-        out = self.train_loss(views)
+        out = self.train_loss(views) if self.proxy_source is None else self._semantic_proxy_loss(batch, views)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(out.total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {"loss": out.total.item(), **{k: v.item() for k, v in out.parts.items()}, "lr": self.base_lrs[0] * factor}
+
+    def _attach_proxy_source(self) -> torch.nn.Module | None:
+        """The method's proxy generator (VPTSP-G), attached to the loss; None for every other method."""
+        if self.method.proxy_source is None:
+            return None
+        if self.dist.enabled:
+            raise ConfigError(f"method {self.method.name!r} generates its proxies per process; train it in one process")
+        options = self.method.parse_options(self.config.model.method_options)
+        self.loss_fn.proxy_source = self.method.proxy_source(self.model, self.loss_fn.proxy_anchor, options)
+        self.loss_fn.proxy_source.to(self.device)
+        return self.loss_fn.proxy_source
+
+    def _semantic_proxy_loss(self, batch: TrainBatch, views: dict) -> LossOutput:
+        """Proxy-Anchor on the original images against the proxies the method generates this step."""
+        images, labels = batch.views[ORIGINAL]
+        images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
+        with autocast(self.device, self.config.train.precision):
+            proxies = self.proxy_source(self.model, images, labels, self.loss_fn.proxy_anchor.proxies)
+        loss = self.loss_fn.proxy_anchor(*views[ORIGINAL], proxies=proxies)
+        return LossOutput(loss, {"proxy": loss.detach()})
 
     def _count_problems(self, batch: TrainBatch, position: Position) -> dict[str, list[int]]:
         """Count the global batch's decode failures and view events; return its view sizes per rank."""
@@ -392,9 +414,13 @@ def build_loss(config: RunConfig, embed_dim: int) -> DPTLoss:
 def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: RunConfig) -> torch.optim.Optimizer:
     """Two parameter groups: what the method trains (``lr``) and the proxies (``proxy_lr``)."""
     cfg = config.train
+    # A method's proxy generator (VPTSP-G: class prompts, GRU) trains like the model, at ``lr``.
+    source = getattr(loss_fn, "proxy_source", None)
+    generator = list(source.parameters()) if source is not None else []
+    in_generator = {id(p) for p in generator}
     groups = [
-        {"params": [p for p in model.parameters() if p.requires_grad], "lr": cfg.lr, "name": "model"},
-        {"params": list(loss_fn.parameters()), "lr": cfg.proxy_lr, "name": "proxies"},
+        {"params": [p for p in model.parameters() if p.requires_grad] + generator, "lr": cfg.lr, "name": "model"},
+        {"params": [p for p in loss_fn.parameters() if id(p) not in in_generator], "lr": cfg.proxy_lr, "name": "proxies"},
     ]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adam":
