@@ -56,6 +56,8 @@ def main() -> None:
     parser.add_argument("--proxy-lrs", default="1e-1")
     parser.add_argument("--lambdas", default="3", help="DPT weights to try (OPA methods only)")
     parser.add_argument("--boxes", default=None, help="training boxes (OPA methods)")
+    parser.add_argument("--optimizer", default="adam")
+    parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="bench/results/val", help="runs and sweep.json go here")
@@ -73,11 +75,12 @@ def main() -> None:
                               method_options=dict(options)),
             data=DataConfig(dataset="cub100", root=args.data, split="open", val_classes=10,
                             num_workers=args.workers),
-            train=TrainConfig(epochs=args.epochs, lr=lr, proxy_lr=proxy_lr, seed=seed, lambda_dist=lambda_dist),
+            train=TrainConfig(epochs=args.epochs, lr=lr, proxy_lr=proxy_lr, seed=seed, lambda_dist=lambda_dist,
+                              optimizer=args.optimizer, weight_decay=args.weight_decay),
             opa=OPAConfig(boxes=args.boxes),
         )
         name = (f"{args.method}-{variant_name(options).replace('=', '-').replace(',', '_')}-lam{lambda_dist:g}"
-                f"-lr{lr:g}-plr{proxy_lr:g}-e{args.epochs}-img{args.img_size}-s{seed}")
+                f"-{args.optimizer}-lr{lr:g}-plr{proxy_lr:g}-e{args.epochs}-img{args.img_size}-s{seed}")
         run_dir = out / "runs" / name
         start = time.perf_counter()
         summary = Trainer(config, run_dir, progress=sys.stderr.isatty()).fit(resume=run_dir.exists())

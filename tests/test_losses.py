@@ -158,3 +158,13 @@ def test_unknown_transfer_is_refused_naming_the_choices():
 
     with pytest.raises(ConfigError, match="teacher"):
         DPTOptions(transfer="teachr")
+
+
+def test_transfer_can_be_switched_off_for_a_first_stage_on_object_views_alone():
+    dpt = DPTLoss(3, 8, transfer="teacher")
+    views = _views()
+    full = dpt(views)
+    dpt.transfer_on = False
+    first_stage = dpt(views)
+    assert torch.allclose(first_stage.total, full.parts["proxy"])
+    assert torch.allclose(first_stage.parts["dist"], full.parts["dist"])  # still logged

@@ -80,6 +80,24 @@ def test_dva_transfer_option_reaches_the_loss_and_background_can_be_dropped(cub_
     assert saved == {"transfer": transfer, "background": False}
 
 
+def test_two_stage_schedule_trains_object_views_alone_first(cub_root, tmp_path, monkeypatch):
+    config = dva_config(cub_root.root, tmp_path / "boxes.jsonl")
+    config.train.epochs = 2
+    config.opa.detector = "dataset"
+    config.model.method_options = {"transfer": "teacher", "object_first": 0.5}
+    stages = []
+    real_forward = DPTLoss.forward
+
+    def spy(self, views):
+        stages.append(self.transfer_on)
+        return real_forward(self, views)
+
+    monkeypatch.setattr(DPTLoss, "forward", spy)
+    Trainer(config, tmp_path / "run", progress=False).fit()
+    half = len(stages) // 2
+    assert len(stages) >= 2 and stages == [False] * half + [True] * (len(stages) - half)
+
+
 def test_fallbacks_are_counted_in_the_epoch_log(cub_root, tmp_path, capsys):
     from dva.opa import create_detector, detect_boxes
 

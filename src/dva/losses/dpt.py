@@ -65,10 +65,15 @@ class DPTOptions:
     transfer: str = "proxy"
     #: Train a background class on background views (METHOD.md 3). False drops both.
     background: bool = True
+    #: Two-stage schedule: this fraction of the training steps learns from the object views
+    #: alone (lambda 0) before the transfer term is switched on; 0 trains both from the start.
+    object_first: float = 0.0
 
     def __post_init__(self) -> None:
         if self.transfer not in TRANSFERS:
             raise ConfigError(f"dva option transfer: choose from {', '.join(TRANSFERS)}, got {self.transfer!r}")
+        if not 0.0 <= self.object_first < 1.0:
+            raise ConfigError(f"dva option object_first: a fraction of training in [0, 1), got {self.object_first!r}")
 
 
 @dataclass
@@ -100,6 +105,9 @@ class DPTLoss(nn.Module):
         self.background = background
         self.lambda_dist = lambda_dist
         self.transfer = transfer
+        #: Multiplies ``lambda_dist``; the trainer sets it to 0 during a two-stage schedule's
+        #: first stage (``DPTOptions.object_first``).
+        self.transfer_on = True
         self.proxy_anchor = ProxyAnchorLoss(num_classes + int(background), embedding_dim, alpha=alpha, margin=margin)
 
     @property
@@ -116,7 +124,7 @@ class DPTLoss(nn.Module):
         labels = torch.cat([y for _, y in object_views])
         loss_proxy = self.proxy_anchor(embeddings, labels)
         loss_dist = self._transfer(originals, views.get(DISCRIMINATIVE))
-        total = loss_proxy + self.lambda_dist * loss_dist
+        total = loss_proxy + (self.lambda_dist if self.transfer_on else 0.0) * loss_dist
         return LossOutput(total, {"proxy": loss_proxy.detach(), "dist": loss_dist.detach()})
 
     def _transfer(

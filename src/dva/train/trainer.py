@@ -176,6 +176,9 @@ class Trainer:
         )
         self.total_steps = cfg.train.epochs * self.sampler.batches_per_epoch
         self.warmup_steps = round(cfg.train.warmup_epochs * self.sampler.batches_per_epoch)
+        options = self.method.parse_options(self.config.model.method_options)
+        object_first = options.object_first if isinstance(options, DPTOptions) else 0.0
+        self.transfer_from_step = round(object_first * self.total_steps)
         self.max_failures = int(cfg.data.max_decode_errors * len(self.dataset))
 
     def _default_views(self) -> ViewMaker:
@@ -235,6 +238,7 @@ class Trainer:
     def _step(self, batch: TrainBatch, sizes: dict[str, list[int]], step: int) -> dict[str, float]:
         """One optimizer step; ``sizes[kind][rank]``: images of each view kind on each rank."""
         factor = lr_factor(step, self.total_steps, self.warmup_steps)
+        self.loss_fn.transfer_on = step >= self.transfer_from_step
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
             group["lr"] = base_lr * factor
         kinds = list(batch.views)
