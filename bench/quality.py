@@ -48,7 +48,7 @@ from dva.reproduce import (
 )
 from dva.losses import TRANSFERS, DPTOptions
 from dva.reproduce import dva_row
-from dva.reproduce.tables import TABLE8
+from dva.reproduce.tables import PEERS, TABLE8
 
 SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FROZEN, ICA, ICA_OPA = TABLE8.rows[0], TABLE8.rows[1], TABLE8.rows[2]
@@ -60,10 +60,13 @@ DVA_VARIANTS = tuple(
     for transfer in TRANSFERS if transfer != DPTOptions().transfer
 )
 
+#: PEFT peers in the same harness (docs/reproduce.md, "PEFT peers"), with their own learning rates.
+PEER_ROWS = tuple(row for row in PEERS.rows if row.name not in ("ICA", DVA.name))
+
 QUALITY = Table(
     "quality",
     "Quality benchmark: cub100 open split (test classes 50-99 unseen in training)",
-    (FROZEN, ICA, ICA_OPA, DVA, *DVA_VARIANTS, FULL_FINE_TUNING),
+    (FROZEN, ICA, ICA_OPA, DVA, *DVA_VARIANTS, FULL_FINE_TUNING, *PEER_ROWS),
     (*RECALL_COLUMNS, "map@r", PARAMS),
     label="Setting",
     notes=(
