@@ -41,6 +41,8 @@ from dva.reproduce import (
     RECALL_COLUMNS,
     RowResult,
     Table,
+    row_config,
+    run_key,
     run_rows,
     setting_line,
     summarize,
@@ -49,6 +51,7 @@ from dva.reproduce import (
 from dva.losses import TRANSFERS, DPTOptions
 from dva.reproduce import dva_row
 from dva.reproduce.tables import PEERS, TABLE8
+from dva.runs import Run
 
 SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 FROZEN, ICA, ICA_OPA = TABLE8.rows[0], TABLE8.rows[1], TABLE8.rows[2]
@@ -137,6 +140,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the trained rows (the frozen row needs one)")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--finished-only", action="store_true",
+                        help="table the runs already trained (evaluating them if needed); train nothing")
     parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     args = parser.parse_args()
 
@@ -161,9 +166,15 @@ def main() -> None:
     )
     start = time.perf_counter()
     results: list[RowResult] = []
+    missing: list[str] = []
     for row in rows:  # row by row: the frozen row trains nothing, so one seed is all it needs
         row_seeds = seeds[:1] if row is FROZEN else seeds
-        results += run_rows([row], base, out, row_seeds, test_boxes=test_boxes, progress=sys.stderr.isatty())
+        if args.finished_only:  # report what is trained, train nothing
+            done = [s for s in row_seeds if Run(out / "runs" / run_key(row_config(row, base, s))).finished]
+            missing += [f"{row.name} (seed {s})" for s in row_seeds if s not in done]
+            row_seeds = tuple(done)
+        if row_seeds:
+            results += run_rows([row], base, out, row_seeds, test_boxes=test_boxes, progress=sys.stderr.isatty())
     minutes = (time.perf_counter() - start) / 60
 
     summary = summarize(QUALITY, results)
@@ -179,9 +190,14 @@ def main() -> None:
     markdown = to_markdown(summary, summary["setting"])
     timing = " | ".join(f"{row['name']} {row['ours']['seconds_per_epoch']:.0f} s" for row in summary["rows"]
                         if row["ours"]["seconds_per_epoch"])
+    counts = " | ".join(f"{row['name']} {len(row['seeds'])}" for row in summary["rows"] if row["name"] != FROZEN.name)
+    markdown += f"\nSeeds per trained row: {counts}.\n"
     markdown += f"\nSeconds per training epoch: {timing}.\n\n" + "\n".join(f"- {v}" for v in summary["verdicts"])
     markdown += (f"\n\nTraining time of all runs: {train_seconds / 60:.0f} minutes (their logged epochs); "
                  f"this call: {minutes:.1f} minutes (finished runs are reused, not retrained).\n")
+    if missing:
+        summary["not_run"] = missing
+        markdown += "\nNot run yet (`--finished-only`): " + ", ".join(missing) + ".\n"
     atomic_write_json(out / "quality.json", summary)
     atomic_write_text(out / "quality.md", markdown)
     print(markdown)
