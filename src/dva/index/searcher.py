@@ -144,4 +144,4 @@ class Searcher:
 def _as_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb(image)
-    return load_image(image)
+    return load_image(image, shrink=True)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import mimetypes
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from importlib.resources import files
@@ -36,7 +37,7 @@ from fastapi_offline import FastAPIOffline
 from pydantic import BaseModel, Field
 
 from dva import __version__
-from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image
+from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image, release_memory
 from dva.errors import DataError
 from dva.index.searcher import Match, Searcher
 from dva.serve.limits import BodySizeLimit
@@ -59,6 +60,9 @@ class ServeSettings:
     default_k: int = 10
     #: When set, every API endpoint requires it in the ``X-API-Key`` header.
     api_key: str | None = None
+    #: Uploads decoded at once. Decoding runs outside the model's lock and a worst-case image
+    #: under the caps costs up to ~200 MB while it decodes: unbounded, 4 at once took 4 GB.
+    decode_slots: int = 2
 
 
 class MatchOut(BaseModel):
@@ -105,6 +109,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     app.state.searcher = searcher
     app.state.settings = settings
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    decode_slots = threading.BoundedSemaphore(max(1, settings.decode_slots))
     api = APIRouter(dependencies=[Depends(_api_key_check(settings.api_key))] if settings.api_key else [])
 
     @api.get("/healthz", response_model=Health, summary="What the index holds")
@@ -126,12 +131,16 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {settings.max_upload_bytes:,} bytes")
         name = file.filename or "upload"
-        try:
-            image = load_image(io.BytesIO(data), max_pixels=settings.max_image_pixels, name=name)
-        except ImageTooLargeError as e:
-            raise HTTPException(413, str(e)) from None
-        except ImageDecodeError as e:
-            raise HTTPException(415, f"{name}: not an image that can be decoded") from e
+        with decode_slots:
+            try:
+                image = load_image(io.BytesIO(data), max_pixels=settings.max_image_pixels, name=name, shrink=True)
+            except ImageTooLargeError as e:
+                raise HTTPException(413, str(e)) from None
+            except ImageDecodeError as e:
+                raise HTTPException(415, f"{name}: not an image that can be decoded") from e
+            finally:
+                del data
+                release_memory()  # the full-size decode is gone: give its pages back
         start = time.perf_counter()
         matches = searcher.search(image, k)
         return _response(matches, k, len(searcher), start)
