@@ -82,11 +82,30 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSON-lines text, split at ``\n`` only.
+
+    ``str.splitlines`` also splits at U+2028, U+2029, U+0085 and other characters that JSON
+    allows raw inside a string: one such character in a label broke an index for good.
+    """
+    return text.split("\n")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of every non-blank line of the JSON-lines file ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    return list(jsonl_objects(jsonl_lines(text), path))
+
+
 def jsonl_objects(lines: Iterable[str], path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line of a JSON-lines text read from ``path``.
 
     A line that is not JSON, or not a JSON object, raises :class:`DataError` naming the file
     and line: a list of images or boxes with a broken line is a mistake to fix, not to skip.
+    Split the text with :func:`jsonl_lines`, not ``str.splitlines``.
     """
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -95,6 +114,8 @@ def jsonl_objects(lines: Iterable[str], path: str | os.PathLike[str]) -> Iterato
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {line.strip()[:60]!r}")
         yield number, obj

@@ -34,7 +34,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dva._io import atomic_write, atomic_write_json
+from dva._io import atomic_write, atomic_write_json, read_jsonl
 from dva.errors import DataError
 from dva.index.faiss_index import IndexSpec, apply_search_params
 
@@ -74,7 +74,7 @@ class GalleryIndex:
             if not (path / files[kind]).is_file():
                 raise DataError(f"{path / files[kind]}: missing (named by {path / MANIFEST})")
         embeddings = np.load(path / files["embeddings"], mmap_mode="r")
-        rows = [json.loads(line) for line in (path / files["metadata"]).read_text(encoding="utf-8").splitlines()]
+        rows = [row for _, row in read_jsonl(path / files["metadata"])]
         faiss_index = faiss.read_index(str(path / files["faiss"]))
         spec = IndexSpec.from_dict(manifest["index"])
         apply_search_params(faiss_index, spec)
@@ -178,8 +178,26 @@ def _save_npy(target: Path, array: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(array, dtype=np.float32))
 
 
+#: Characters ``str.splitlines`` splits at that ``json.dumps(ensure_ascii=False)`` left raw.
+RAW_SEPARATORS = ("\u2028", "\u2029", "\x85")
+
+
+def repair_metadata(path: Path, index: GalleryIndex) -> int:
+    """Rewrite the metadata file of an index written by dva 0.1.0 if it holds raw line
+    separators (older readers, and that version itself, cannot read it); return the rows fixed."""
+    target = path / index.manifest["files"]["metadata"]
+    text = target.read_text(encoding="utf-8")
+    broken = sum(1 for line in text.split("\n") if any(c in line for c in RAW_SEPARATORS))
+    if broken:
+        with update_lock(path):
+            atomic_write(target, lambda tmp: _save_jsonl(tmp, index.rows))
+    return broken
+
+
 def _save_jsonl(target: Path, rows: Sequence[dict[str, Any]]) -> None:
+    # ASCII only: no raw U+2028 & co. that a line splitter could break a row at (dva 0.1.0
+    # read this file with str.splitlines, and still does), and no encoding error late in a run.
     with open(target, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(row, ensure_ascii=True) + "\n")
 
