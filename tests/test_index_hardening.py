@@ -4,15 +4,16 @@ leftovers they left."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
 
 import dva
+import dva.index.store
 from dva.errors import DataError
 from dva.index import IndexModel, check_index, index_gallery, read_gallery
 from dva.index.store import GalleryIndex
@@ -110,3 +111,95 @@ def test_list_files_excel_writes_and_hostile_lines(tmp_path):
         (tmp_path / name).write_text(text)
         with pytest.raises(DataError, match=message):
             read_gallery(tmp_path / name)
+
+
+# --- failed writes and their leftovers -------------------------------------------------------
+
+
+def _cli_index(capsys, photos, out, *extra):
+    return run_cli(capsys, "index", "--images", str(photos), "--out", str(out), "--workers", "0", "--quiet", *extra)
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != ".lock")
+
+
+FROZEN_ARGS = ("--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG))
+
+
+def test_a_full_disk_in_the_faiss_write_is_one_line_and_leaves_no_version_behind(tmp_path, capsys, monkeypatch):
+    gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=2)
+    index_gallery(tmp_path / "index", read_gallery(gallery.root), model=frozen_model(), **QUIET)
+    before = _files(tmp_path / "index")
+    class_image(0, 7).save(gallery.root / "class_0" / "new.jpg")
+
+    def full(index, name):
+        raise RuntimeError("Error in void faiss::write_index: fwrite failed (No space left on device)")
+
+    monkeypatch.setattr(dva.index.store.faiss, "write_index", full)
+    code, _, err = _cli_index(capsys, gallery.root, tmp_path / "index")
+    assert code == 2 and err.count("\n") == 1 and "faiss-000002.index: cannot write" in err and "No space" in err
+    assert _files(tmp_path / "index") == before  # no v2 file, no temporary
+    monkeypatch.undo()
+    assert index_gallery(tmp_path / "index", read_gallery(gallery.root), **QUIET).added == 1
+
+
+def test_read_only_folders_are_one_line_errors(tmp_path, capsys, monkeypatch):
+    gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=2)
+    index_gallery(tmp_path / "index", read_gallery(gallery.root), model=frozen_model(), **QUIET)
+    real_open, real_mkdir = open, Path.mkdir
+
+    def read_only_open(file, *args, **kwargs):  # what a read-only folder answers, even to root
+        if str(file).endswith(".lock"):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+        return real_open(file, *args, **kwargs)
+
+    def read_only_mkdir(self, *args, **kwargs):
+        if ".partial-" in self.name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(dva.index.store, "open", read_only_open, raising=False)
+    code, _, err = _cli_index(capsys, gallery.root, tmp_path / "index")
+    assert code == 2 and err.count("\n") == 1 and ".lock: cannot write (Permission denied)" in err
+    monkeypatch.setattr(Path, "mkdir", read_only_mkdir)
+    code, _, err = _cli_index(capsys, gallery.root, tmp_path / "new", *FROZEN_ARGS)
+    assert code == 2 and err.count("\n") == 1 and "new: cannot create it (Permission denied)" in err
+
+
+def test_leftovers_of_killed_and_failed_runs_are_removed_by_the_next_run(tmp_path):
+    gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=2)
+    abandoned = tmp_path / ".index.partial-0badc0de"  # a new index whose process was killed
+    abandoned.mkdir()
+    (abandoned / "embeddings-000001.npy").write_bytes(b"half")
+    index_gallery(tmp_path / "index", read_gallery(gallery.root), model=frozen_model(), **QUIET)
+    assert not abandoned.exists()
+    expected = _files(tmp_path / "index")
+    # a killed update's temporary file, a failed update's version 2, an old version 0
+    for name in (".metadata-000002.jsonl.x1y2.tmp", "embeddings-000002.npy", "faiss-000002.index",
+                 "metadata-000000.jsonl"):
+        (tmp_path / "index" / name).write_bytes(b"left over")
+    report = index_gallery(tmp_path / "index", read_gallery(gallery.root), **QUIET)  # nothing to add
+    assert report.added == 0 and report.version == 1
+    assert _files(tmp_path / "index") == expected
+
+
+def test_a_partial_folder_in_use_is_left_alone(tmp_path):
+    from dva._io import partial_dir, remove_abandoned_partials
+
+    with partial_dir(tmp_path / "index") as partial:
+        assert remove_abandoned_partials(tmp_path / "index") == [] and partial.is_dir()
+    assert not partial.exists()
+
+
+def test_export_into_a_read_only_parent_is_one_line(trained_run, tmp_path, capsys, monkeypatch):
+    real_mkdir = Path.mkdir
+
+    def read_only_mkdir(self, *args, **kwargs):
+        if ".partial-" in self.name:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", read_only_mkdir)
+    code, _, err = run_cli(capsys, "export", "--run", str(trained_run), "--out", str(tmp_path / "export"))
+    assert code == 2 and err.count("\n") == 1 and "export: cannot create it (Permission denied)" in err

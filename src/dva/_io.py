@@ -10,9 +10,12 @@ naming the file; the previous version stays in place.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,52 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise _write_error(target, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def partial_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden sibling folder ``.NAME.partial-XXXX`` to build ``target`` in, then rename into place.
+
+    It is locked (``flock`` on the folder) while this process builds in it, so the next build of
+    ``target`` can tell a folder left by a killed process from one in use, and removes the
+    former. On exit it is removed unless it was renamed. A parent that cannot be written is a
+    :class:`WriteError`.
+    """
+    target = Path(target)
+    remove_abandoned_partials(target)
+    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise WriteError(f"{target}: cannot create it ({e.strerror or e})") from e
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield partial
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_abandoned_partials(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.NAME.partial-*`` folders of ``target`` that no live process holds."""
+    target = Path(target)
+    removed = []
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        try:
+            fd = os.open(partial, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # being built right now
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:

@@ -10,9 +10,7 @@ could be read. The embedding step can also be split over processes (:mod:`dva.in
 from __future__ import annotations
 
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from dva import __version__
+from dva._io import partial_dir
 from dva.data.loaders import ImageDataset
 from dva.distributed import shard_bounds
 from dva.errors import ConfigError, DataError
@@ -28,7 +27,7 @@ from dva.evaluate.embed import Embeddings, embed_dataset, embedding_transform
 from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, build_index, plan_index, recall_vs_exact
 from dva.index.gallery import GalleryItem, split_storable
 from dva.index.model import IndexModel
-from dva.index.store import GalleryIndex, is_index_dir, update_lock, write_version
+from dva.index.store import GalleryIndex, is_index_dir, remove_stale_files, update_lock, write_version
 
 #: Recall of approximate indexes is measured at build time for the manifest, like ``--check``.
 RECALL_K = 10
@@ -152,10 +151,9 @@ def _create(
 ) -> IndexReport:
     start = time.perf_counter()
     plan_index(0, index_type=index_type, approx_threshold=threshold)  # validate options before embedding
-    # Built beside the target and renamed into place: a crash leaves no half-written index.
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    partial.mkdir(parents=True)
-    try:
+    # Built beside the target and renamed into place: a crash leaves no half-written index,
+    # and the folder a killed run left is removed here.
+    with partial_dir(out) as partial:
         model.save(partial)
         embeddings, seconds = embedder(model, items)
         if not len(embeddings.vectors):
@@ -177,8 +175,6 @@ def _create(
             os.rename(partial, out)
         except OSError as e:
             raise ConfigError(f"{out}: could not move the new index into place ({e}); was it created meanwhile?") from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return IndexReport(
         str(out), 1, len(rows), len(rows), 0, _unreadable(items, embeddings), manifest["index"],
         seconds, time.perf_counter() - start,
@@ -195,6 +191,7 @@ def _update(
 ) -> IndexReport:
     start = time.perf_counter()
     index = GalleryIndex.load(out)
+    remove_stale_files(out, keep=set(index.manifest["files"].values()))  # what killed or failed runs left
     own = _own_model(out, index, model)
     settings = {
         "index_type": index_type or index.manifest["settings"]["index_type"],

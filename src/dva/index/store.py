@@ -35,7 +35,7 @@ import faiss
 import numpy as np
 
 from dva._io import atomic_write, atomic_write_json, read_jsonl
-from dva.errors import DataError
+from dva.errors import DataError, WriteError
 from dva.index.faiss_index import IndexSpec, apply_search_params
 
 FORMAT = "dva-index"
@@ -133,9 +133,14 @@ def write_version(
     """Write the data files of ``manifest["version"]``, then commit by replacing the manifest."""
     version = int(manifest["version"])
     files = {kind: data_file_name(kind, version) for kind in DATA_FILES}
-    atomic_write(path / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings))
-    atomic_write(path / files["metadata"], lambda tmp: _save_jsonl(tmp, rows))
-    atomic_write(path / files["faiss"], lambda tmp: faiss.write_index(faiss_index, str(tmp)))
+    try:
+        atomic_write(path / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings))
+        atomic_write(path / files["metadata"], lambda tmp: _save_jsonl(tmp, rows))
+        atomic_write(path / files["faiss"], lambda tmp: _save_faiss(tmp, faiss_index))
+    except BaseException:
+        for name in files.values():  # a full disk: do not leave half of version v+1 behind
+            (path / name).unlink(missing_ok=True)
+        raise
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = {
         "format": FORMAT,
@@ -152,17 +157,24 @@ def write_version(
 
 
 def remove_stale_files(path: Path, keep: set[str]) -> None:
-    """Delete data files of older versions (and leftovers of a crashed update)."""
+    """Delete data files of older versions, and leftovers of a crashed update: its data files
+    and the hidden temporary files of its atomic writes. Call it holding :func:`update_lock`."""
     for kind in DATA_FILES:
         for stale in path.glob(f"{kind}-*.{_SUFFIXES[kind]}"):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
+    for temporary in path.glob(".*.tmp"):
+        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def update_lock(path: Path) -> Iterator[None]:
     """Serialise writers of one index (two ``dva index`` runs would lose each other's images)."""
-    with open(path / LOCK, "a") as f:
+    try:
+        f = open(path / LOCK, "a")
+    except OSError as e:  # a read-only index folder
+        raise WriteError(f"{path / LOCK}: cannot write ({e.strerror or e}); the index is unchanged") from e
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -192,6 +204,13 @@ def repair_metadata(path: Path, index: GalleryIndex) -> int:
         with update_lock(path):
             atomic_write(target, lambda tmp: _save_jsonl(tmp, index.rows))
     return broken
+
+
+def _save_faiss(target: Path, faiss_index: faiss.Index) -> None:
+    try:
+        faiss.write_index(faiss_index, str(target))
+    except RuntimeError as e:  # FAISS reports a full disk as a C++ exception
+        raise OSError(f"FAISS could not write the index: {str(e).strip().splitlines()[-1]}") from e
 
 
 def _save_jsonl(target: Path, rows: Sequence[dict[str, Any]]) -> None:
