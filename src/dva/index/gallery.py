@@ -94,7 +94,10 @@ def _items_from_rows(source: Path, rows: list[tuple[int, dict[str, Any]]]) -> li
             raise DataError(f"{where}: missing 'path'")
         if "\0" in raw_path:
             raise DataError(f"{where}: 'path' contains a NUL character, which no file name can")
-        path = (source.parent / Path(raw_path).expanduser()).resolve()
+        try:
+            path = (source.parent / Path(raw_path).expanduser()).resolve()
+        except (OSError, RuntimeError, ValueError) as e:  # ~nobody/x.jpg, a symlink loop, ...
+            raise DataError(f"{where}: cannot resolve 'path' {raw_path!r} ({e})") from None
         if path in seen:
             raise DataError(f"{where}: {raw_path} is already listed on line {seen[path]}")
         seen[path] = number
