@@ -56,6 +56,8 @@ def payloads() -> dict[str, bytes]:
         "palette.png": _encode(Image.new("P", (side, side), 3), "PNG", transparency=3),
         "wide.png": _png_rows(20_000, 2_000, 2, 8, b"\x01\x02\x03" * 20_000),
         "big.jpg": _encode(Image.new("RGB", (6000, 6000), (1, 2, 3)), "JPEG", quality=50),
+        # WebP's decoder holds ~3 full-size RGBA buffers: its cap is ~17 MP, so 16 MP is its worst case
+        "big.webp": _encode(Image.new("RGB", (4000, 4000), (9, 9, 9)), "WEBP", lossless=True),
     }
 
 
@@ -95,6 +97,13 @@ def test_each_worst_case_upload_costs_little(server, payloads):
             assert response.status_code == 200, (name, response.text)
             assert extra < ONE_UPLOAD_MB, f"{name}: +{extra:.0f} MB"
             assert seconds < SECONDS, f"{name}: {seconds:.1f} s"
+
+
+def test_webp_above_its_decoder_cap_is_refused(server):
+    webp = _encode(Image.new("RGB", (6324, 6324), (9, 9, 9)), "WEBP", lossless=True)  # cost 580 MB
+    with httpx.Client(base_url=server, timeout=120) as client:
+        response = _post(client, "big.webp", webp)
+    assert response.status_code == 413 and "pixel limit of WEBP images" in response.json()["detail"]
 
 
 def test_a_one_pixel_high_strip_is_refused_at_once(server):

@@ -29,6 +29,11 @@ MAX_ASPECT = 16
 #: Larger images are shrunk (box filter, by an integer factor) until their longest side is at
 #: most this before any tensor is built: every model's resize (at most ~600 px) sees 3x more.
 WORK_SIDE = 2048
+#: Formats whose decoders hold several full-size buffers (bytes a pixel, measured: libwebp ~15,
+#: OpenJPEG ~16, libavif ~8), and the decode memory an untrusted image (``shrink=True``) may
+#: cost: a 40 MP WebP cost 580 MB, so these are capped at about 17, 16 and 33 MP.
+DECODE_BYTES_PER_PIXEL = {"WEBP": 15, "JPEG2000": 16, "AVIF": 8}
+MAX_DECODE_BYTES = 256 * 1024 * 1024
 #: Bytes of one strip when an image is shrunk (see :func:`shrink_large`).
 _STRIP_BYTES = 16 * 1024 * 1024
 _REDUCIBLE = {"L", "LA", "La", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV", "I", "F"}
@@ -64,6 +69,8 @@ def load_image(
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as image:
                 check_size(image.width, image.height, max_pixels=max_pixels, name=name)
+                if shrink:
+                    _check_decode_cost(image, name)
                 if shrink and image.format == "JPEG":
                     factor = work_factor(image.size)
                     if factor > 1:
@@ -89,6 +96,16 @@ def check_size(width: int, height: int, *, max_pixels: int = MAX_IMAGE_PIXELS, n
     if min(width, height) < 1 or max(width, height) > MAX_ASPECT * min(width, height):
         raise ImageTooLargeError(
             f"{name}: {width}x{height} is more elongated than the 1:{MAX_ASPECT} aspect ratio limit"
+        )
+
+
+def _check_decode_cost(image: Image.Image, name: str) -> None:
+    cost = DECODE_BYTES_PER_PIXEL.get(image.format or "")
+    if cost and image.width * image.height * cost > MAX_DECODE_BYTES:
+        limit = MAX_DECODE_BYTES // cost
+        raise ImageTooLargeError(
+            f"{name}: {image.width}x{image.height} exceeds the {limit:,} pixel limit of {image.format} images "
+            "(their decoder needs several full-size buffers)"
         )
 
 
