@@ -10,9 +10,12 @@ naming the file; the previous version stays in place.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +46,52 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         raise _write_error(target, e) from e
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def partial_dir(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden sibling folder ``.NAME.partial-XXXX`` to build ``target`` in, then rename into place.
+
+    It is locked (``flock`` on the folder) while this process builds in it, so the next build of
+    ``target`` can tell a folder left by a killed process from one in use, and removes the
+    former. On exit it is removed unless it was renamed. A parent that cannot be written is a
+    :class:`WriteError`.
+    """
+    target = Path(target)
+    remove_abandoned_partials(target)
+    partial = target.parent / f".{target.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        partial.mkdir(parents=True)
+    except OSError as e:
+        raise WriteError(f"{target}: cannot create it ({e.strerror or e})") from e
+    fd = os.open(partial, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield partial
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+        os.close(fd)
+
+
+def remove_abandoned_partials(target: str | os.PathLike[str]) -> list[Path]:
+    """Remove the ``.NAME.partial-*`` folders of ``target`` that no live process holds."""
+    target = Path(target)
+    removed = []
+    for partial in target.parent.glob(f".{target.name}.partial-*"):
+        try:
+            fd = os.open(partial, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # being built right now
+        else:
+            shutil.rmtree(partial, ignore_errors=True)
+            removed.append(partial)
+        finally:
+            os.close(fd)
+    return removed
 
 
 def atomic_write(target: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
@@ -82,11 +131,30 @@ def file_mode() -> int:
     return 0o666 & ~mask
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of a JSON-lines text, split at ``\n`` only.
+
+    ``str.splitlines`` also splits at U+2028, U+2029, U+0085 and other characters that JSON
+    allows raw inside a string: one such character in a label broke an index for good.
+    """
+    return text.split("\n")
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[tuple[int, dict[str, Any]]]:
+    """``(line number, object)`` of every non-blank line of the JSON-lines file ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    return list(jsonl_objects(jsonl_lines(text), path))
+
+
 def jsonl_objects(lines: Iterable[str], path: str | os.PathLike[str]) -> Iterator[tuple[int, dict[str, Any]]]:
     """``(line number, object)`` for every non-blank line of a JSON-lines text read from ``path``.
 
     A line that is not JSON, or not a JSON object, raises :class:`DataError` naming the file
     and line: a list of images or boxes with a broken line is a mistake to fix, not to skip.
+    Split the text with :func:`jsonl_lines`, not ``str.splitlines``.
     """
     for number, line in enumerate(lines, start=1):
         if not line.strip():
@@ -95,6 +163,8 @@ def jsonl_objects(lines: Iterable[str], path: str | os.PathLike[str]) -> Iterato
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise DataError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        except RecursionError:
+            raise DataError(f"{path}:{number}: JSON nested too deeply") from None
         if not isinstance(obj, dict):
             raise DataError(f"{path}:{number}: expected a JSON object, got {line.strip()[:60]!r}")
         yield number, obj

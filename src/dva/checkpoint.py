@@ -24,7 +24,14 @@ def save_tensors(path: str | Path, tensors: dict[str, torch.Tensor], metadata: d
     """Write ``tensors`` with JSON-encoded ``metadata`` (values may be any JSON data)."""
     header = {"format": FORMAT, **{k: json.dumps(v) for k, v in metadata.items()}}
     cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
-    return atomic_write(path, lambda tmp: save_file(cpu, str(tmp), metadata=header))
+    return atomic_write(path, lambda tmp: _save_file(cpu, tmp, header))
+
+
+def _save_file(tensors: dict[str, torch.Tensor], target: Path, header: dict[str, str]) -> None:
+    try:
+        save_file(tensors, str(target), metadata=header)
+    except SafetensorError as e:  # a full disk, in safetensors' words: an OSError for atomic_write
+        raise OSError(f"{e}") from e
 
 
 def load_tensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

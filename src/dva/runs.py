@@ -109,10 +109,8 @@ def weights_metadata(config: RunConfig, **extra: Any) -> dict[str, Any]:
     }
 
 
-def load_trained_weights(
-    model: RetrievalModel, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], config: RunConfig, source: Path
-) -> None:
-    """Load adapter weights, refusing (with the reason) weights made for another model."""
+def check_weights_metadata(metadata: dict[str, Any], config: RunConfig, source: Path) -> None:
+    """Refuse a weights or resume file whose metadata names another model than ``config``'s."""
     options = get_method(config.model.method).resolve_options(config.model.method_options)
     for field in ("backbone", "method", "rank", "targets", "method_options"):
         want = options if field == "method_options" else getattr(config.model, field)
@@ -122,6 +120,13 @@ def load_trained_weights(
                 f"{source}: weights were trained with {field}={metadata[field]!r} "
                 f"but the run config says {field}={want!r}"
             )
+
+
+def load_trained_weights(
+    model: RetrievalModel, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], config: RunConfig, source: Path
+) -> None:
+    """Load adapter weights, refusing (with the reason) weights made for another model."""
+    check_weights_metadata(metadata, config, source)
     expected = model.trainable_state_dict()
     given = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
     missing = sorted(set(expected) - set(given))

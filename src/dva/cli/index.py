@@ -70,7 +70,8 @@ def index(
             print_json(report)
         else:
             print_table([{"images": report["count"], "index": report["index"]["factory"],
-                          "recall@10": report["recall@10"], "missing files": report["missing_files"]}])
+                          "recall@10": report["recall@10"], "missing files": report["missing_files"],
+                          "repaired rows": report["repaired_rows"]}])
         return
     if images is None or out is None:
         raise ConfigError("pass --images DIR_OR_LIST and --out INDEX_DIR (or --check INDEX_DIR)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -25,9 +26,13 @@ def serve(
     """Serve POST /search, POST /search/embedding, GET /images/{id}, GET /healthz, docs at /docs, page at /."""
     import uvicorn
 
+    from dva.errors import ConfigError
     from dva.index import Searcher
-    from dva.serve import ServeSettings, create_app
+    from dva.serve import ServeSettings, create_app, server_config
 
+    if api_key == "" or (api_key is None and os.environ.get("DVA_API_KEY") == ""):  # click drops an empty variable
+        raise ConfigError("--api-key / DVA_API_KEY is set but empty, which would turn authentication off: "
+                          "give a key, or unset it to serve without one")
     if host not in LOOPBACK and not api_key:
         print(f"warning: serving {index_dir} on {host} without --api-key: anyone who can reach it can search "
               "and view the gallery", file=sys.stderr)
@@ -35,4 +40,4 @@ def serve(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_image_pixels=max_pixels, max_k=max_k, api_key=api_key
     )
     app = create_app(Searcher(index_dir, device=device), settings)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    uvicorn.Server(server_config(app, settings, host=host, port=port, log_level="info")).run()

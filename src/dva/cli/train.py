@@ -164,12 +164,15 @@ def _check_opa(config: RunConfig, out: Path) -> None:
 
 def build_config(out: Path, overrides: dict[str, dict[str, Any]], config_file: Path | None, resume: bool) -> RunConfig:
     """Defaults < ``--config`` file < explicit options; on resume the saved config replaces the defaults."""
+    if resume and not out.is_dir():
+        raise ConfigError(f"{out}: no run to resume (no such folder); drop --resume to start one")
     if resume and (out / "config.json").is_file():
+        # --config applies on resume too; what may not change there is refused by name (Trainer).
         base = RunConfig.load(out / "config.json").to_dict()
     else:
         base = RunConfig().to_dict()
-        if config_file is not None:
-            _merge(base, load_overrides(config_file))
+    if config_file is not None:
+        _merge(base, load_overrides(config_file))
     _merge(base, {section: {k: v for k, v in values.items() if v is not None} for section, values in overrides.items()})
     return from_dict(RunConfig, base, where=str(config_file or "options"))
 

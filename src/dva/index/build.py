@@ -10,9 +10,7 @@ could be read. The embedding step can also be split over processes (:mod:`dva.in
 from __future__ import annotations
 
 import os
-import shutil
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,14 +19,15 @@ from typing import Any
 import numpy as np
 
 from dva import __version__
+from dva._io import partial_dir
 from dva.data.loaders import ImageDataset
 from dva.distributed import shard_bounds
 from dva.errors import ConfigError, DataError
 from dva.evaluate.embed import Embeddings, embed_dataset, embedding_transform
 from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, build_index, plan_index, recall_vs_exact
-from dva.index.gallery import GalleryItem
+from dva.index.gallery import GalleryItem, split_storable
 from dva.index.model import IndexModel
-from dva.index.store import GalleryIndex, is_index_dir, update_lock, write_version
+from dva.index.store import GalleryIndex, is_index_dir, remove_stale_files, update_lock, write_version
 
 #: Recall of approximate indexes is measured at build time for the manifest, like ``--check``.
 RECALL_K = 10
@@ -94,11 +93,17 @@ def build_index_dir(
 ) -> IndexReport:
     """:func:`index_gallery` with the embedding step given (the merge of sharded embeddings gives its own)."""
     out = Path(out)
+    items, skipped = split_storable(items)
     if is_index_dir(out):
         with update_lock(out):
-            return _update(out, items, model, index_type, approx_threshold, embedder)
-    _check_new_index(out, model)
-    return _create(out, items, model, index_type or "auto", approx_threshold or DEFAULT_APPROX_THRESHOLD, embedder)
+            report = _update(out, items, model, index_type, approx_threshold, embedder)
+    else:
+        _check_new_index(out, model)
+        report = _create(
+            out, items, model, index_type or "auto", approx_threshold or DEFAULT_APPROX_THRESHOLD, embedder, skipped
+        )
+    report.unreadable = skipped + report.unreadable
+    return report
 
 
 def pending_items(
@@ -106,6 +111,7 @@ def pending_items(
 ) -> tuple[list[GalleryItem], IndexModel]:
     """The images an index run would embed into ``out`` (those it lacks), and the model that embeds them."""
     out = Path(out)
+    items, _ = split_storable(items)  # as build_index_dir does: shard positions must agree
     if is_index_dir(out):
         index = GalleryIndex.load(out)
         return _new_items(index, items), _own_model(out, index, model)
@@ -135,18 +141,24 @@ def _new_items(index: GalleryIndex, items: Sequence[GalleryItem]) -> list[Galler
 
 
 def _create(
-    out: Path, items: Sequence[GalleryItem], model: IndexModel, index_type: str, threshold: int, embedder: Embedder
+    out: Path,
+    items: Sequence[GalleryItem],
+    model: IndexModel,
+    index_type: str,
+    threshold: int,
+    embedder: Embedder,
+    skipped: Sequence[tuple[str, str]] = (),
 ) -> IndexReport:
     start = time.perf_counter()
     plan_index(0, index_type=index_type, approx_threshold=threshold)  # validate options before embedding
-    # Built beside the target and renamed into place: a crash leaves no half-written index.
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    partial.mkdir(parents=True)
-    try:
+    # Built beside the target and renamed into place: a crash leaves no half-written index,
+    # and the folder a killed run left is removed here.
+    with partial_dir(out) as partial:
         model.save(partial)
         embeddings, seconds = embedder(model, items)
         if not len(embeddings.vectors):
-            first = embeddings.failures[0][1] if embeddings.failures else "the gallery is empty"
+            failures = [reason for _, reason in skipped] + [reason for _, reason in embeddings.failures]
+            first = failures[0] if failures else "the gallery is empty"
             raise DataError(f"no image of the gallery could be read (first: {first})")
         rows = [_row(items[i]) for i in embeddings.indices]
         manifest = {
@@ -163,8 +175,6 @@ def _create(
             os.rename(partial, out)
         except OSError as e:
             raise ConfigError(f"{out}: could not move the new index into place ({e}); was it created meanwhile?") from None
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return IndexReport(
         str(out), 1, len(rows), len(rows), 0, _unreadable(items, embeddings), manifest["index"],
         seconds, time.perf_counter() - start,
@@ -181,6 +191,7 @@ def _update(
 ) -> IndexReport:
     start = time.perf_counter()
     index = GalleryIndex.load(out)
+    remove_stale_files(out, keep=set(index.manifest["files"].values()))  # what killed or failed runs left
     own = _own_model(out, index, model)
     settings = {
         "index_type": index_type or index.manifest["settings"]["index_type"],

@@ -9,11 +9,14 @@ id, a URL, ...). Relative paths in a list are relative to the list file.
 from __future__ import annotations
 
 import csv
+import json
+import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dva._io import jsonl_objects
+from dva._io import read_jsonl
 from dva.data.folder import IMAGE_SUFFIXES, is_image_file
 from dva.errors import DataError
 
@@ -57,8 +60,10 @@ def _read_folder(root: Path, folder_labels: bool) -> list[GalleryItem]:
 
 def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = None
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which is not part of the header
+        with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=delimiter)
             if reader.fieldnames is None or "path" not in [n.strip() for n in reader.fieldnames]:
                 raise DataError(f"{path}:1: the header needs a 'path' column, got {reader.fieldnames}")
@@ -70,14 +75,13 @@ def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
             return rows
     except UnicodeDecodeError as e:
         raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
+    except csv.Error as e:  # a field over csv's 128 KiB limit, a NUL, ...
+        line = reader.reader.line_num if reader is not None else 1
+        raise DataError(f"{path}:{line}: not a readable CSV line ({e})") from None
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise DataError(f"{path}: not a UTF-8 text file ({e.reason})") from None
-    return list(jsonl_objects(lines, path))
+    return read_jsonl(path)
 
 
 def _items_from_rows(source: Path, rows: list[tuple[int, dict[str, Any]]]) -> list[GalleryItem]:
@@ -88,7 +92,12 @@ def _items_from_rows(source: Path, rows: list[tuple[int, dict[str, Any]]]) -> li
         raw_path = row.get("path")
         if not isinstance(raw_path, str) or not raw_path:
             raise DataError(f"{where}: missing 'path'")
-        path = (source.parent / Path(raw_path).expanduser()).resolve()
+        if "\0" in raw_path:
+            raise DataError(f"{where}: 'path' contains a NUL character, which no file name can")
+        try:
+            path = (source.parent / Path(raw_path).expanduser()).resolve()
+        except (OSError, RuntimeError, ValueError) as e:  # ~nobody/x.jpg, a symlink loop, ...
+            raise DataError(f"{where}: cannot resolve 'path' {raw_path!r} ({e})") from None
         if path in seen:
             raise DataError(f"{where}: {raw_path} is already listed on line {seen[path]}")
         seen[path] = number
@@ -103,3 +112,25 @@ def _items_from_rows(source: Path, rows: list[tuple[int, dict[str, Any]]]) -> li
     if not items:
         raise DataError(f"{source}: the list names no images")
     return items
+
+
+def split_storable(items: Sequence[GalleryItem]) -> tuple[list[GalleryItem], list[tuple[str, str]]]:
+    """``(items an index can store, (path, reason) of the others)``, decided before any embedding.
+
+    A file name that is not valid UTF-8 (Linux allows any bytes) reaches Python as a string
+    with lone surrogates, which neither the metadata file, the JSON of the API nor a terminal
+    can carry: such an image is skipped and listed like an unreadable one, instead of
+    failing the write after the whole gallery was embedded.
+    """
+    ok, skipped = [], []
+    for item in items:
+        try:
+            json.dumps({"path": str(item.path), "label": item.label, **item.metadata}, ensure_ascii=False).encode()
+        except UnicodeEncodeError:
+            shown = os.fsencode(item.path).decode("utf-8", "backslashreplace")  # the file's own bytes
+            skipped.append((shown, f"{shown}: file name or field is not valid UTF-8 (rename the file)"))
+        except (TypeError, ValueError, RecursionError) as e:
+            skipped.append((str(item.path), f"{item.path}: metadata cannot be stored ({type(e).__name__})"))
+        else:
+            ok.append(item)
+    return ok, skipped

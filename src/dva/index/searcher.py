@@ -101,7 +101,8 @@ class Searcher:
 
     def search_embedding(self, embedding: Sequence[float] | np.ndarray, k: int = 10) -> list[Match]:
         """Search with a ``D``-vector (normalised here, so any positive scaling gives the same result)."""
-        vector = np.asarray(embedding, dtype=np.float32)
+        with np.errstate(over="ignore"):  # above float32's range is infinite, and refused below
+            vector = np.asarray(embedding, dtype=np.float32)
         if vector.ndim != 1:
             raise DataError(f"an embedding is a vector of {self.embed_dim} numbers, got shape {vector.shape}")
         return self.search_embeddings(vector[None], k)[0]
@@ -109,17 +110,20 @@ class Searcher:
     def search_embeddings(self, embeddings: np.ndarray, k: int = 10) -> list[list[Match]]:
         # Few numpy calls: with HNSW a query takes well under a millisecond, so per-call
         # overhead here is what separates this from raw FAISS (bench/speed.py measures it).
-        vectors = np.asarray(embeddings, dtype=np.float32)
+        with np.errstate(over="ignore"):
+            vectors = np.asarray(embeddings, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.embed_dim:
             raise DataError(f"embeddings must have shape (n, {self.embed_dim}), got {vectors.shape}")
         if k < 1:
             raise DataError(f"k must be at least 1, got {k}")
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)  # NaN or inf in a row makes its norm so
-        if not np.isfinite(norms).all():
+        if not np.isfinite(vectors).all():
             raise DataError("embeddings contain NaN or infinite values")
-        if not norms.all():
+        peaks = np.abs(vectors).max(axis=1, keepdims=True)
+        if not peaks.all():
             raise DataError("an embedding of all zeros has no direction to search")
-        scores, ids = self.index.faiss_index.search(vectors / norms, min(k, len(self)))
+        vectors = vectors / peaks  # entries in [-1, 1]: the norm of a finite 1e38 vector cannot overflow
+        scores, ids = self.index.faiss_index.search(vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
+                                                    min(k, len(self)))
         return [
             [self.match(i, s) for i, s in zip(row_ids, row_scores) if i >= 0]
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
@@ -144,4 +148,4 @@ class Searcher:
 def _as_image(image: ImageLike) -> Image.Image:
     if isinstance(image, Image.Image):
         return to_rgb(image)
-    return load_image(image)
+    return load_image(image, shrink=True)

@@ -34,8 +34,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dva._io import atomic_write, atomic_write_json
-from dva.errors import DataError
+from dva._io import atomic_write, atomic_write_json, read_jsonl
+from dva.errors import DataError, WriteError
 from dva.index.faiss_index import IndexSpec, apply_search_params
 
 FORMAT = "dva-index"
@@ -74,7 +74,7 @@ class GalleryIndex:
             if not (path / files[kind]).is_file():
                 raise DataError(f"{path / files[kind]}: missing (named by {path / MANIFEST})")
         embeddings = np.load(path / files["embeddings"], mmap_mode="r")
-        rows = [json.loads(line) for line in (path / files["metadata"]).read_text(encoding="utf-8").splitlines()]
+        rows = [row for _, row in read_jsonl(path / files["metadata"])]
         faiss_index = faiss.read_index(str(path / files["faiss"]))
         spec = IndexSpec.from_dict(manifest["index"])
         apply_search_params(faiss_index, spec)
@@ -133,9 +133,14 @@ def write_version(
     """Write the data files of ``manifest["version"]``, then commit by replacing the manifest."""
     version = int(manifest["version"])
     files = {kind: data_file_name(kind, version) for kind in DATA_FILES}
-    atomic_write(path / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings))
-    atomic_write(path / files["metadata"], lambda tmp: _save_jsonl(tmp, rows))
-    atomic_write(path / files["faiss"], lambda tmp: faiss.write_index(faiss_index, str(tmp)))
+    try:
+        atomic_write(path / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings))
+        atomic_write(path / files["metadata"], lambda tmp: _save_jsonl(tmp, rows))
+        atomic_write(path / files["faiss"], lambda tmp: _save_faiss(tmp, faiss_index))
+    except BaseException:
+        for name in files.values():  # a full disk: do not leave half of version v+1 behind
+            (path / name).unlink(missing_ok=True)
+        raise
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     manifest = {
         "format": FORMAT,
@@ -152,17 +157,24 @@ def write_version(
 
 
 def remove_stale_files(path: Path, keep: set[str]) -> None:
-    """Delete data files of older versions (and leftovers of a crashed update)."""
+    """Delete data files of older versions, and leftovers of a crashed update: its data files
+    and the hidden temporary files of its atomic writes. Call it holding :func:`update_lock`."""
     for kind in DATA_FILES:
         for stale in path.glob(f"{kind}-*.{_SUFFIXES[kind]}"):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
+    for temporary in path.glob(".*.tmp"):
+        temporary.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
 def update_lock(path: Path) -> Iterator[None]:
     """Serialise writers of one index (two ``dva index`` runs would lose each other's images)."""
-    with open(path / LOCK, "a") as f:
+    try:
+        f = open(path / LOCK, "a")
+    except OSError as e:  # a read-only index folder
+        raise WriteError(f"{path / LOCK}: cannot write ({e.strerror or e}); the index is unchanged") from e
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -178,8 +190,33 @@ def _save_npy(target: Path, array: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(array, dtype=np.float32))
 
 
+#: Characters ``str.splitlines`` splits at that ``json.dumps(ensure_ascii=False)`` left raw.
+RAW_SEPARATORS = ("\u2028", "\u2029", "\x85")
+
+
+def repair_metadata(path: Path, index: GalleryIndex) -> int:
+    """Rewrite the metadata file of an index written by dva 0.1.0 if it holds raw line
+    separators (older readers, and that version itself, cannot read it); return the rows fixed."""
+    target = path / index.manifest["files"]["metadata"]
+    text = target.read_text(encoding="utf-8")
+    broken = sum(1 for line in text.split("\n") if any(c in line for c in RAW_SEPARATORS))
+    if broken:
+        with update_lock(path):
+            atomic_write(target, lambda tmp: _save_jsonl(tmp, index.rows))
+    return broken
+
+
+def _save_faiss(target: Path, faiss_index: faiss.Index) -> None:
+    try:
+        faiss.write_index(faiss_index, str(target))
+    except RuntimeError as e:  # FAISS reports a full disk as a C++ exception
+        raise OSError(f"FAISS could not write the index: {str(e).strip().splitlines()[-1]}") from e
+
+
 def _save_jsonl(target: Path, rows: Sequence[dict[str, Any]]) -> None:
+    # ASCII only: no raw U+2028 & co. that a line splitter could break a row at (dva 0.1.0
+    # read this file with str.splitlines, and still does), and no encoding error late in a run.
     with open(target, "w", encoding="utf-8") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(row, ensure_ascii=True) + "\n")
 

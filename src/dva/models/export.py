@@ -23,8 +23,6 @@ and loads with timm alone::
 from __future__ import annotations
 
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import timm
@@ -34,7 +32,7 @@ from timm.models import save_for_hf
 from torch import nn
 
 from dva import __version__
-from dva._io import file_mode
+from dva._io import file_mode, partial_dir
 from dva.data.transforms import default_resize
 from dva.errors import ConfigError, MissingDependency
 from dva.models.backbone import OFFLINE_BACKBONES
@@ -83,9 +81,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, weights: str | Path | No
         "resize_size": resize,
     }
     # Written beside the target and renamed into place: a crash leaves no half-written export.
-    partial = out.parent / f".{out.name}.partial-{uuid.uuid4().hex[:8]}"
-    partial.mkdir(parents=True)
-    try:
+    with partial_dir(out) as partial:
         save_for_hf(backbone, str(partial), model_config={"dva": provenance}, data_config=data_config,
                     safe_serialization=True)
         if onnx:
@@ -95,8 +91,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, weights: str | Path | No
         if out.exists():
             out.rmdir()  # empty, checked above
         os.rename(partial, out)
-    finally:
-        shutil.rmtree(partial, ignore_errors=True)
     return out
 
 

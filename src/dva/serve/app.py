@@ -19,27 +19,32 @@ hold no data), and the page sends the key the user types into it with each API c
 from __future__ import annotations
 
 import io
-import mimetypes
+import os
 import secrets
+import stat
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Security, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
+import uvicorn
 from fastapi_offline import FastAPIOffline
+from PIL import Image
 from pydantic import BaseModel, Field
 
 from dva import __version__
-from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image
-from dva.errors import DataError
+from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image, release_memory
+from dva.errors import ConfigError, DataError
 from dva.index.searcher import Match, Searcher
-from dva.serve.limits import BodySizeLimit
+from dva.serve.limits import BodySizeLimit, timed_h11
 
 STATIC_DIR = Path(str(files("dva.serve") / "static"))
 API_KEY_HEADER = "X-API-Key"
@@ -59,6 +64,14 @@ class ServeSettings:
     default_k: int = 10
     #: When set, every API endpoint requires it in the ``X-API-Key`` header.
     api_key: str | None = None
+    #: Uploads decoded at once. Decoding runs outside the model's lock and a worst-case image
+    #: under the caps costs up to ~200 MB while it decodes: unbounded, 4 at once took 4 GB.
+    decode_slots: int = 2
+    #: Seconds a client may take to send its request headers, then its body (slow clients
+    #: hold a connection each); connections held at once, above which uvicorn answers 503.
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 100
 
 
 class MatchOut(BaseModel):
@@ -80,7 +93,7 @@ class SearchResponse(BaseModel):
 
 class EmbeddingQuery(BaseModel):
     embedding: list[float] = Field(min_length=1, description="A query embedding (normalised by the server).")
-    k: int = Field(10, ge=1)
+    k: int = Field(10, ge=1, strict=True)  # strict: JSON true is not 1
 
 
 class Health(BaseModel):
@@ -95,8 +108,11 @@ class Health(BaseModel):
 
 
 def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> FastAPI:
-    """The app serving ``searcher``; ``uvicorn.run(create_app(...))`` or ``dva serve`` runs it."""
+    """The app serving ``searcher``; ``uvicorn.run(create_app(...))`` or ``dva serve`` runs it
+    (with :func:`server_config`, which adds the connection limits)."""
     settings = settings or ServeSettings()
+    if settings.api_key == "":
+        raise ConfigError("the API key is empty, which would turn authentication off: set a key or none")
     app = FastAPIOffline(
         title="dva gallery search",
         version=__version__,
@@ -104,7 +120,9 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     )
     app.state.searcher = searcher
     app.state.settings = settings
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
+                       timeout=settings.body_timeout)
+    decode_slots = threading.BoundedSemaphore(max(1, settings.decode_slots))
     api = APIRouter(dependencies=[Depends(_api_key_check(settings.api_key))] if settings.api_key else [])
 
     @api.get("/healthz", response_model=Health, summary="What the index holds")
@@ -126,12 +144,16 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {settings.max_upload_bytes:,} bytes")
         name = file.filename or "upload"
-        try:
-            image = load_image(io.BytesIO(data), max_pixels=settings.max_image_pixels, name=name)
-        except ImageTooLargeError as e:
-            raise HTTPException(413, str(e)) from None
-        except ImageDecodeError as e:
-            raise HTTPException(415, f"{name}: not an image that can be decoded") from e
+        with decode_slots:
+            try:
+                image = load_image(io.BytesIO(data), max_pixels=settings.max_image_pixels, name=name, shrink=True)
+            except ImageTooLargeError as e:
+                raise HTTPException(413, str(e)) from None
+            except ImageDecodeError as e:
+                raise HTTPException(415, f"{name}: not an image that can be decoded") from e
+            finally:
+                del data
+                release_memory()  # the full-size decode is gone: give its pages back
         start = time.perf_counter()
         matches = searcher.search(image, k)
         return _response(matches, k, len(searcher), start)
@@ -146,14 +168,17 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
             raise HTTPException(422, str(e)) from None
         return _response(matches, query.k, len(searcher), start)
 
-    @api.get("/images/{image_id}", summary="A gallery image, by id", response_class=FileResponse)
-    def gallery_image(image_id: int = PathParam(..., ge=0)) -> FileResponse:
+    gallery_dirs = frozenset(str(Path(row["path"]).parent) for row in searcher.index.rows)
+
+    @api.get("/images/{image_id}", summary="A gallery image, by id", response_class=StreamingResponse)
+    def gallery_image(image_id: int = PathParam(..., ge=0)) -> StreamingResponse:
         if image_id >= len(searcher):
             raise HTTPException(404, f"no image {image_id} in the index")
-        path = Path(searcher.match(image_id).path)
-        if not path.is_file():
-            raise HTTPException(404, f"image {image_id} is indexed but its file is gone")
-        return FileResponse(path, media_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream")
+        opened = open_gallery_file(Path(searcher.match(image_id).path), gallery_dirs)
+        if opened is None:
+            raise HTTPException(404, f"image {image_id} is indexed but its file is gone or is no longer a gallery image")
+        f, media_type, size = opened
+        return StreamingResponse(_chunks(f), media_type=media_type, headers={"content-length": str(size)})
 
     app.include_router(api)
 
@@ -165,12 +190,60 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     return app
 
 
+def server_config(app: FastAPI, settings: ServeSettings, **options: Any) -> uvicorn.Config:
+    """uvicorn's settings for ``app``: header timeout, keep-alive and connection limits."""
+    return uvicorn.Config(
+        app, http=timed_h11(settings.header_timeout), limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5, **options,
+    )
+
+
+def open_gallery_file(path: Path, gallery_dirs: frozenset[str]) -> tuple[BinaryIO, str, int] | None:
+    """``(open file, media type, size)`` of a registered gallery file, or None when it must not be served.
+
+    The index records paths; what a path points to can change after indexing (a symlink
+    swapped to a secret, a file replaced by text). Served is only a regular file that
+    resolves into a folder the index holds images of and that still opens as an image; its
+    media type comes from its content, and the file checked is the file sent (one open).
+    """
+    try:
+        real = path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not any(str(folder) in gallery_dirs for folder in real.parents):
+        return None
+    try:
+        f = open(real, "rb")
+    except OSError:
+        return None
+    try:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise OSError("not a regular file")
+        with Image.open(f) as image:
+            media_type = Image.MIME.get(image.format or "")
+        if media_type is None:
+            raise OSError("no media type")
+        f.seek(0)
+        return f, media_type, info.st_size
+    except Exception:  # noqa: BLE001 - whatever it is, it is not an image to serve
+        f.close()
+        return None
+
+
+def _chunks(f: BinaryIO, size: int = 256 * 1024) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(size):
+            yield chunk
+
+
 def _api_key_check(expected: str):
     header = APIKeyHeader(name=API_KEY_HEADER, auto_error=False, description="Required when the server has a key.")
 
     def require_key(key: str | None = Security(header)) -> None:
-        # compare_digest: the time taken does not reveal how much of a guess was right.
-        if key is None or not secrets.compare_digest(key.encode(), expected.encode()):
+        # compare_digest: the time taken does not reveal how much of a guess was right. Header
+        # values arrive as Latin-1 text: back to their bytes, to compare with the key's UTF-8.
+        if key is None or not secrets.compare_digest(key.encode("latin-1", "replace"), expected.encode()):
             raise HTTPException(401, f"missing or wrong API key ({API_KEY_HEADER} header)",
                                 headers={"WWW-Authenticate": API_KEY_HEADER})
 

@@ -29,8 +29,11 @@ class Position:
     #: Running totals the epoch summary needs, so a mid-epoch resume reports the same numbers.
     epoch_loss_sum: float = 0.0
     epoch_steps: int = 0
+    #: Distinct training images that failed to decode (the budget counts images, not epochs).
     decode_failures: int = 0
     events: dict[str, int] = field(default_factory=dict)
+    #: Their failure messages (each names its file), so a resumed run knows them too.
+    failed_images: list[str] = field(default_factory=list)
 
 
 def save_training_state(

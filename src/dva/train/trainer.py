@@ -40,11 +40,11 @@ from dva.distributed import (
 )
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
-from dva.errors import ConfigError, DataError, DvaError, WriteError
+from dva.errors import CheckpointError, ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
 from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
-from dva.runs import MODEL_PREFIX, Run, weights_metadata
+from dva.runs import MODEL_PREFIX, Run, check_weights_metadata, weights_metadata
 from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everything
 from dva.train.interrupt import GracefulInterrupt
 from dva.train.schedule import lr_factor
@@ -203,6 +203,7 @@ class Trainer:
                     global_step=position.global_step,
                     decode_failures=position.decode_failures,
                     events=position.events,
+                    failed_images=position.failed_images,
                 )
                 self._save_resume(position)
         return self._finish(self.model, time.perf_counter() - start, epoch_metrics)
@@ -295,9 +296,12 @@ class Trainer:
         sizes = {k: [rank_sizes.get(k, 0) for _, _, rank_sizes in ranks] for k in kinds}
         for kind, n in events.items():
             position.events[kind] = position.events.get(kind, 0) + n
+        # The same bad image fails again every epoch: count it once (its message names its file).
+        failures = [message for message in dict.fromkeys(failures) if message not in position.failed_images]
         if not failures:
             return sizes
-        position.decode_failures += len(failures)
+        position.failed_images.extend(failures)
+        position.decode_failures = len(position.failed_images)
         if self.dist.is_main:
             for message in failures:
                 print(f"warning: skipped {message}", file=sys.stderr)
@@ -329,10 +333,15 @@ class Trainer:
     def _load_resume_point(self) -> Position:
         if not self.run.resume_path.is_file():
             return Position()
-        trainable, optimizer_state, position, _ = load_training_state(self.run.resume_path)
+        trainable, optimizer_state, position, metadata = load_training_state(self.run.resume_path)
+        check_weights_metadata(metadata, self.config, self.run.resume_path)
         expected = self._trainable_tensors()
         if set(trainable) != set(expected):
             raise ConfigError(f"{self.run.resume_path}: holds other parameters than this run's model")
+        for name, tensor in trainable.items():
+            if tensor.shape != expected[name].shape:
+                raise CheckpointError(f"{self.run.resume_path}: {name} has shape {tuple(tensor.shape)}, this run's "
+                                      f"model needs {tuple(expected[name].shape)} (from another backbone or rank?)")
         with torch.no_grad():
             params = {MODEL_PREFIX + k: p for k, p in self.model.named_parameters() if p.requires_grad}
             params.update({LOSS_PREFIX + k: p for k, p in self.loss_fn.named_parameters()})
