@@ -7,11 +7,17 @@ training step takes milliseconds at 32x32 pixels.
 
 from __future__ import annotations
 
+import contextlib
+import socket
+import threading
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
+import uvicorn
 from PIL import Image
 
 from dva.config import DataConfig, ModelConfig, RunConfig, TrainConfig
@@ -149,3 +155,24 @@ def gallery_index(tmp_path_factory) -> tuple[FakeDataset, Path]:
     model = IndexModel.frozen(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG)
     index_gallery(root / "index", read_gallery(gallery.root), model=model, num_workers=0, progress=False)
     return gallery, root / "index"
+
+
+@contextlib.contextmanager
+def serve_in_thread(app, config: uvicorn.Config | None = None) -> Iterator[str]:
+    """Run ``app`` under a real uvicorn server in a thread, on a loopback port the OS picks;
+    yield its URL. ``config`` carries dva's own server settings where a test needs them."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(config or uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

@@ -3,13 +3,11 @@ driven in Debian's headless chromium."""
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -17,8 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-import uvicorn
-from conftest import class_image
+from conftest import class_image, serve_in_thread
 from PIL import Image
 
 from dva.index import Searcher
@@ -29,31 +26,11 @@ SETTINGS = ServeSettings(api_key=KEY, max_upload_bytes=100_000, max_image_pixels
 CHROMIUM = Path("/usr/bin/chromium")
 
 
-@contextlib.contextmanager
-def running(app) -> Iterator[str]:
-    """Run ``app`` under uvicorn in a thread, on a port the OS picks; yield its URL."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def server(gallery_index):
     gallery, index = gallery_index
     searcher = Searcher(index)
-    with running(create_app(searcher, SETTINGS)) as url:
+    with serve_in_thread(create_app(searcher, SETTINGS)) as url:
         yield url, gallery, searcher
 
 

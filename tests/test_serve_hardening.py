@@ -3,44 +3,19 @@ API keys, and request fields that were read too leniently. Real server on a loop
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import socket
-import threading
-import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
-import uvicorn
-from conftest import TINY_BACKBONE, TINY_IMG, run_cli, write_gallery
+from conftest import TINY_BACKBONE, TINY_IMG, run_cli, serve_in_thread, write_gallery
 
 from dva.errors import ConfigError
 from dva.index import IndexModel, Searcher, index_gallery, read_gallery
 from dva.serve import ServeSettings, create_app, server_config
 
 KEY = "clé-ü"  # not ASCII: sent as UTF-8 bytes by clients
-
-
-@contextlib.contextmanager
-def serving(app, settings: ServeSettings) -> Iterator[str]:
-    """``app`` under uvicorn with dva's own connection settings, in a thread."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(server_config(app, settings, log_level="warning"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +25,8 @@ def site(tmp_path_factory):
     model = IndexModel.frozen(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG)
     index_gallery(root / "index", read_gallery(gallery.root), model=model, num_workers=0, progress=False)
     settings = ServeSettings(api_key=KEY, header_timeout=1.0, body_timeout=1.0)
-    with serving(create_app(Searcher(root / "index"), settings), settings) as url:
+    app = create_app(Searcher(root / "index"), settings)
+    with serve_in_thread(app, server_config(app, settings, log_level="warning")) as url:
         yield url, gallery, root
 
 

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from PIL import Image
-from test_serve import running
+from conftest import serve_in_thread
 
 from dva.index import Searcher
 from dva.serve import ServeSettings, create_app
@@ -64,7 +64,7 @@ def payloads() -> dict[str, bytes]:
 @pytest.fixture(scope="module")
 def server(gallery_index):
     _, index = gallery_index
-    with running(create_app(Searcher(index), ServeSettings())) as url:
+    with serve_in_thread(create_app(Searcher(index), ServeSettings())) as url:
         yield url
 
 
