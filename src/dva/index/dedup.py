@@ -98,12 +98,13 @@ def find_duplicates(
         targets.append(ids[keep])
     src, dst = np.concatenate(sources), np.concatenate(targets).astype(np.int64)
     links = len({(min(a, b), max(a, b)) for a, b in zip(src.tolist(), dst.tolist())})
-    graph = coo_matrix((np.ones(len(src), np.int8), (src, dst)), shape=(n, n))
+    graph = coo_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(n, n))
     _, component = connected_components(graph, directed=True, connection="weak")
-    sizes = np.bincount(component)
+    # Members of each component, ids ascending (a stable sort of the component numbers).
+    order = np.argsort(component, kind="stable")
+    members = np.split(order, np.flatnonzero(np.diff(component[order])) + 1)
     groups = []
-    for comp in np.flatnonzero(sizes >= 2):
-        ids = np.flatnonzero(component == comp)  # ascending: the first member has the lowest id
+    for ids in (m for m in members if len(m) >= 2):  # the first member has the lowest id
         vectors = np.asarray(index.embeddings[ids], dtype=np.float32)
         scores = vectors @ vectors[0]
         groups.append([
