@@ -184,7 +184,7 @@ def test_dedup_finds_resized_and_reencoded_copies(tmp_path, capsys, index_type):
     assert Image.open(sheet).size[1] >= 2 * 96
 
     # a low threshold chains images into larger groups: the same as the full-matrix reference
-    low = float(np.quantile(others, 0.9))
+    low = float(np.quantile(others, 0.8))  # 10 or more links among 11 images: some group has 3 or more
     groups = find_duplicates(tmp_path / "index", threshold=low, k=len(vectors)).groups
     assert [[m.id for m in g] for g in groups] == _components(vectors, low)
     assert max(len(g) for g in groups) > 2

@@ -66,9 +66,13 @@ class Calibration:
 
 def check_threshold(value: float, name: str = "threshold") -> float:
     """A cosine threshold must lie in [-1, 1]; anything else is a typo, not a policy."""
-    if not isinstance(value, (int, float)) or math.isnan(value) or not -1.0 <= value <= 1.0:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = math.nan
+    if isinstance(value, bool) or math.isnan(number) or not -1.0 <= number <= 1.0:
         raise ConfigError(f"{name}: a cosine threshold lies in [-1, 1], got {value!r}")
-    return float(value)
+    return number
 
 
 def load_calibration(index: GalleryIndex) -> Calibration | None:
