@@ -10,7 +10,7 @@ This is one illustrative measurement on the test set: the grid is small and the 
 defaults are the literature's (alpha 3, n between 2 and 10), not chosen from this table.
 
     python bench/rerank.py                         # embeds once (cached in /tmp), then the table
-    python bench/rerank.py --cache /tmp/rerank/cub100_frozen112.npz --out docs/...
+    python bench/rerank.py --run RUN --cache /tmp/rerank/cub100_ica112.npz   # a trained run instead
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ GRID = [(None, 0, 0.0), ("aqe", 1, 3.0), ("aqe", 2, 3.0), ("aqe", 5, 3.0), ("aqe
         ("dba", 2, 3.0), ("dba", 5, 3.0), ("dba", 10, 3.0), ("dba", 5, 1.0)]
 
 
-def embed(cache: Path, data: Path, img_size: int) -> tuple[np.ndarray, np.ndarray]:
+def embed(cache: Path, data: Path, img_size: int, run: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The test split's embeddings, computed once and cached (vectors float32, labels int64)."""
     if cache.is_file():
         saved = np.load(cache)
@@ -36,8 +36,13 @@ def embed(cache: Path, data: Path, img_size: int) -> tuple[np.ndarray, np.ndarra
     from dva.data import load_catalog, make_split
     from dva.evaluate import embed_records
     from dva.models import create_model
+    from dva.runs import Run
 
-    model = create_model(ModelConfig(backbone="dinov2_vits14.imgfocus", method="frozen", img_size=img_size))
+    if run is not None:  # a trained run (trained on classes 0-49 only): its model and crop size
+        the_run = Run(run)
+        model, img_size = the_run.load_model(), the_run.config.model.img_size
+    else:
+        model = create_model(ModelConfig(backbone="dinov2_vits14.imgfocus", method="frozen", img_size=img_size))
     side = make_split(load_catalog("cub100", data), "open").test
     emb = embed_records(model, side.records, img_size=img_size, batch_size=64, num_workers=1, device="cpu",
                         precision="fp32")
@@ -51,9 +56,10 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "cub100")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/rerank/cub100_frozen112.npz"))
     parser.add_argument("--img-size", type=int, default=112)
+    parser.add_argument("--run", type=Path, default=None, help="Embed with this trained run instead of the frozen backbone.")
     parser.add_argument("--embed-only", action="store_true")
     args = parser.parse_args()
-    vectors, labels = embed(args.cache, args.data, args.img_size)
+    vectors, labels = embed(args.cache, args.data, args.img_size, args.run)
     print(f"{len(vectors)} images, {len(np.unique(labels))} classes, D={vectors.shape[1]}", file=sys.stderr)
     if args.embed_only:
         return
