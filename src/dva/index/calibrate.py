@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -209,11 +210,12 @@ def calibrate(
 
 def _check_labels(labelled: str | Path, items: list[GalleryItem], *, after_decoding: bool = False) -> None:
     why = " that could be read" if after_decoding else ""
-    labels = {item.label for item in items}
+    counts = Counter(item.label for item in items)
+    labels = set(counts)
     if len(labels) < 2:
         raise DataError(f"labelled: {labelled} has {len(labels)} label(s) among images{why}; "
                         "calibration needs at least two (impostor pairs)")
-    if all(sum(1 for item in items if item.label == label) < 2 for label in labels):
+    if max(counts.values()) < 2:
         raise DataError(f"labelled: {labelled} has no two images{why} of the same label (no genuine pairs)")
 
 
