@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import faiss
 import numpy as np
 import pytest
 from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery

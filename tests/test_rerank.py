@@ -3,11 +3,9 @@ rebuilds the gallery without each query, and the search options of dva.Searcher 
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
 
 from dva.errors import ConfigError
 from dva.index.rerank import database_augmentation, query_expansion, rerank_metrics

@@ -16,7 +16,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy.sparse import coo_matrix
