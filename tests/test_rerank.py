@@ -1,8 +1,7 @@
 """Re-ranking (alpha-QE, DBA): the leave-one-out evaluation against a brute-force reference that
-rebuilds the gallery without each query, and the search options of dva.Searcher / dva search."""
+rebuilds the gallery without each query (searching with them: tests/test_gallery_tools.py)."""
 
 from __future__ import annotations
-
 
 import numpy as np
 import pytest
