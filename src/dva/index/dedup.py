@@ -87,7 +87,7 @@ def find_duplicates(
         queries = np.ascontiguousarray(index.embeddings[start : start + block], dtype=np.float32)
         if exact:
             lims, scores, ids = index.faiss_index.range_search(queries, radius)
-            rows = np.repeat(np.arange(len(queries)), np.diff(lims)) + start
+            rows = np.repeat(np.arange(len(queries)), np.diff(lims).astype(np.int64)) + start  # lims is size_t
         else:
             scores, ids = index.faiss_index.search(queries, min(k + 1, n))
             rows = np.repeat(np.arange(len(queries)), ids.shape[1]) + start
