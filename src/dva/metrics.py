@@ -12,7 +12,7 @@ build an N x N matrix: memory stays O(N * block), time O(N^2 * D).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +60,32 @@ def _retrieval(
     if any(k < 1 for k in ks):
         raise ValueError(f"K must be >= 1, got {list(ks)}")
     x = F.normalize(x, dim=1)
+    return _ranked(lambda start, stop: x[start:stop] @ x.T, y, ks, with_map=with_map)
+
+
+def scored_retrieval_metrics(
+    scores: Callable[[int, int], torch.Tensor], labels: ArrayLike, ks: Sequence[int] = (1, 2, 4, 8)
+) -> dict[str, float]:
+    """:func:`retrieval_metrics` for any similarity, not only cosine of the embeddings.
+
+    ``scores(start, stop)`` returns the ``(stop - start, N)`` similarities of queries
+    ``start..stop-1`` to all N items as a new float32 tensor, modified here (re-ranking,
+    :mod:`dva.index.rerank`, changes the similarities);
+    each query's own entry is excluded here, exactly as in the plain protocol.
+    """
+    y = _as_tensor(labels, torch.long).reshape(-1)
+    if len(y) < 2:
+        raise ValueError("retrieval needs at least two embeddings")
+    if any(k < 1 for k in ks):
+        raise ValueError(f"K must be >= 1, got {list(ks)}")
+    recalls, mapr = _ranked(scores, y, ks, with_map=True)
+    return {**{f"recall@{k}": v for k, v in recalls.items()}, "map@r": mapr}
+
+
+def _ranked(
+    scores: Callable[[int, int], torch.Tensor], y: torch.Tensor, ks: Sequence[int], *, with_map: bool
+) -> tuple[dict[int, float], float]:
+    n = len(y)
     _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
     relevant = counts[inverse] - 1  # R: other items of the query's class
     depth = min(n - 1, max([*ks, int(relevant.max()) if with_map else 0]))
@@ -69,7 +95,7 @@ def _retrieval(
     block = max(1, min(n, MAX_BLOCK_ENTRIES // n))
     for start in range(0, n, block):
         stop = min(n, start + block)
-        sims = x[start:stop] @ x.T
+        sims = scores(start, stop)
         sims[torch.arange(stop - start), torch.arange(start, stop)] = float("-inf")  # never retrieve yourself
         neighbours = sims.topk(depth, dim=1).indices
         match = y[neighbours] == y[start:stop, None]  # (block, depth)

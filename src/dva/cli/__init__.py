@@ -35,6 +35,10 @@ def _register() -> None:
     app.command("index")(index.index)
     app.command("search")(index.search)
     app.command("serve")(serve.serve)
+    from dva.cli import calibrate, dedup
+
+    app.command("calibrate")(calibrate.calibrate)
+    app.command("dedup")(dedup.dedup)
     app.add_typer(visualize.app, name="visualize")
 
 

@@ -58,6 +58,12 @@ def evaluate(
         None, "--dataset-dir", help="With --suite: NAME=PATH, where a dataset lives if not under --data-root (repeatable)."
     ),
     datasets: str | None = typer.Option(None, "--datasets", help="With --suite: only these, e.g. cub,nabirds."),
+    rerank: str | None = typer.Option(
+        None, "--rerank", help="Re-rank each query's ranking: aqe (alpha query expansion) or dba (database-side "
+        "augmentation); the query stays out of every expansion."
+    ),
+    rerank_k: int = typer.Option(5, "--rerank-k", help="With --rerank: neighbours per expansion (n)."),
+    alpha: float = typer.Option(3.0, "--alpha", help="With --rerank: weight exponent, weights = similarity^alpha."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -83,6 +89,11 @@ def evaluate(
     from dva.models import create_model
     from dva.runs import Run
 
+    from dva.index.rerank import check_rerank
+
+    check_rerank(rerank, rerank_k, alpha)  # before anything is embedded
+    if rerank is not None and suite is not None:
+        raise ConfigError("--rerank evaluates one dataset (--dataset/--data or a run's); not with --suite")
     if suite is None and (data_root or dataset_dir or datasets):
         raise ConfigError("--data-root, --dataset-dir and --datasets go with --suite")
     if suite is not None and (dataset or data):
@@ -127,7 +138,10 @@ def evaluate(
         opa_report = {"boxes": str(box_path), **counts}
     elif boxes is not None:
         raise ConfigError("--boxes is for --opa-test; evaluation otherwise uses the original images only")
-    metrics = evaluate_side(model, side, img_size=img_size or model_config.img_size, resize_size=resize, view=view, **common)
+    metrics = evaluate_side(model, side, img_size=img_size or model_config.img_size, resize_size=resize, view=view,
+                            rerank=rerank, rerank_k=rerank_k, alpha=alpha, **common)
+    if rerank is not None:
+        metrics["rerank"] = {"method": rerank, "n": rerank_k, "alpha": alpha}
     if opa_report is not None:
         metrics["opa_test"] = opa_report
     if not info.is_main:
@@ -135,7 +149,9 @@ def evaluate(
     if json_out:
         print_json(metrics)
     else:
-        shown = {k: v for k, v in metrics.items() if k != "opa_test"}
+        shown = {k: v for k, v in metrics.items() if k not in ("opa_test", "rerank")}
+        if rerank is not None:
+            shown["rerank"] = f"{rerank} n={rerank_k} alpha={alpha:g}"
         print_table([{"dataset": dataset, "split": split or "open", **shown}])
         if opa_report is not None:
             print("test images seen as: " + ", ".join(f"{k} {v}" for k, v in opa_report.items() if k != "boxes"))

@@ -124,17 +124,37 @@ def search(
     index_dir: Path = typer.Option(..., "--index", help="Index directory written by `dva index`."),
     k: int = typer.Option(10, "-k", "--k", help="Number of matches per query."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto, ..."),
+    rerank: str | None = typer.Option(
+        None, "--rerank", help="Re-rank by neighbourhood: aqe (alpha query expansion) or dba (database-side "
+        "augmentation); the order changes, the score stays the plain cosine."
+    ),
+    rerank_k: int = typer.Option(5, "--rerank-k", help="With --rerank: neighbours per expansion (n)."),
+    alpha: float = typer.Option(3.0, "--alpha", help="With --rerank: weight exponent, weights = similarity^alpha."),
+    threshold: float | None = typer.Option(
+        None, "--threshold", help="A match when score >= this (overrides the index's `dva calibrate` threshold)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
-    """The top-k gallery images of each query by cosine similarity (path, label, score)."""
-    from dva.index import Searcher
+    """The top-k gallery images of each query by cosine similarity (path, label, score).
 
+    With a calibrated index (`dva calibrate`) or --threshold, each match also says whether it is
+    the same item (is_match: score >= threshold).
+    """
+    from dva.index import Searcher
+    from dva.index.calibrate import check_threshold
+    from dva.index.rerank import check_rerank
+
+    check_rerank(rerank, rerank_k, alpha)  # before the model is built
+    if threshold is not None:
+        check_threshold(threshold)
     searcher = Searcher(index_dir, device=device)
-    results = searcher.search_batch(images, k)
+    results = searcher.search_batch(images, k, rerank=rerank, rerank_k=rerank_k, alpha=alpha, threshold=threshold)
     if json_out:
         print_json([{"query": str(q), "results": [m.to_dict() for m in ms]} for q, ms in zip(images, results)])
         return
+    decided = searcher.calibration is not None or threshold is not None
     for query, matches in zip(images, results):
         print(f"\n{query}")
-        print_table([{"rank": r, "score": m.score, "label": m.label or "", "path": m.path}
+        print_table([{"rank": r, "score": m.score, **({"match": "yes" if m.is_match else "no"} if decided else {}),
+                      "label": m.label or "", "path": m.path}
                      for r, m in enumerate(matches, start=1)])

@@ -23,12 +23,17 @@ def evaluate_side(
     resize_size: int | None = None,
     ks: Sequence[int] = DEFAULT_KS,
     view: ImageView | None = None,
+    rerank: str | None = None,
+    rerank_k: int = 5,
+    alpha: float = 3.0,
     **embed_kwargs,
 ) -> dict[str, float]:
     """Recall@K and MAP@R of ``model`` on every image of ``side`` querying all the others.
 
     Images that fail to decode are left out and counted in ``"skipped"`` (a warning names them).
     ``view`` replaces each image before embedding (``dva eval --opa-test``: OPA at test time).
+    ``rerank`` (``"aqe"``, ``"dba"``) re-ranks each query's ranking by neighbourhood, the query
+    kept out of every expansion (:func:`dva.index.rerank.rerank_metrics`).
 
     Under torchrun each rank embeds one contiguous shard of the side (no image twice, none
     left out), rank 0 computes the metrics on the joined embeddings, and every rank returns them.
@@ -46,6 +51,11 @@ def evaluate_side(
     if info.is_main:
         for _, message in embeddings.failures[:5]:
             print(f"warning: skipped {message}", file=sys.stderr)
-        metrics = retrieval_metrics(embeddings.vectors, embeddings.labels, ks)
+        if rerank is None:
+            metrics = retrieval_metrics(embeddings.vectors, embeddings.labels, ks)
+        else:
+            from dva.index.rerank import rerank_metrics
+
+            metrics = rerank_metrics(embeddings.vectors, embeddings.labels, rerank, n=rerank_k, alpha=alpha, ks=ks)
         metrics = {**metrics, "images": int(len(embeddings.labels)), "skipped": len(embeddings.failures)}
     return broadcast_object(metrics)

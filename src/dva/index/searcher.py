@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union
 
+import faiss
 import numpy as np
 import torch
 from PIL import Image
@@ -27,7 +28,9 @@ from PIL import Image
 from dva.data.images import load_image, to_rgb
 from dva.errors import DataError
 from dva.evaluate.embed import embedding_transform
+from dva.index.calibrate import check_threshold, load_calibration
 from dva.index.model import IndexModel
+from dva.index.rerank import DEFAULT_ALPHA, DEFAULT_RERANK_K, check_rerank, database_augmentation, query_expansion
 from dva.index.store import GalleryIndex
 from dva.runtime import autocast, resolve_device
 
@@ -45,9 +48,12 @@ class Match:
     score: float
     #: The extra fields the gallery list gave this image.
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: ``score >= threshold`` of the index's calibration (``dva calibrate``); None without one.
+    is_match: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": self.path, "label": self.label, "score": self.score, "metadata": self.metadata}
+        return {"id": self.id, "path": self.path, "label": self.label, "score": self.score, "metadata": self.metadata,
+                "is_match": self.is_match}
 
 
 class Searcher:
@@ -73,6 +79,11 @@ class Searcher:
             )
         self.transform = embedding_transform(self.model, self.model_info.img_size, self.model_info.resize_size)
         self._lock = threading.Lock()
+        #: ``dva calibrate``'s decision rule, or None: then matches carry ``is_match=None``.
+        self.calibration = load_calibration(self.index)
+        #: DBA's augmented gallery, an exact FAISS index per ``(n, alpha)``, built on first use.
+        self._dba: dict[tuple[int, float], faiss.Index] = {}
+        self._dba_lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self.index)
@@ -92,22 +103,44 @@ class Searcher:
                     out.append(self.model(batch).float().cpu())
         return torch.cat(out).numpy() if out else np.zeros((0, self.embed_dim), np.float32)
 
-    def search(self, image: ImageLike, k: int = 10) -> list[Match]:
-        """The ``k`` gallery images most similar to ``image`` (a path or a PIL image), best first."""
-        return self.search_batch([image], k)[0]
+    def search(self, image: ImageLike, k: int = 10, **options: Any) -> list[Match]:
+        """The ``k`` gallery images most similar to ``image`` (a path or a PIL image), best first.
 
-    def search_batch(self, images: Sequence[ImageLike], k: int = 10) -> list[list[Match]]:
-        return self.search_embeddings(self.embed(images), k)
+        ``options`` are those of :meth:`search_embeddings` (``rerank``, ``rerank_k``, ``alpha``,
+        ``threshold``).
+        """
+        return self.search_batch([image], k, **options)[0]
 
-    def search_embedding(self, embedding: Sequence[float] | np.ndarray, k: int = 10) -> list[Match]:
+    def search_batch(self, images: Sequence[ImageLike], k: int = 10, **options: Any) -> list[list[Match]]:
+        return self.search_embeddings(self.embed(images), k, **options)
+
+    def search_embedding(self, embedding: Sequence[float] | np.ndarray, k: int = 10, **options: Any) -> list[Match]:
         """Search with a ``D``-vector (normalised here, so any positive scaling gives the same result)."""
         with np.errstate(over="ignore"):  # above float32's range is infinite, and refused below
             vector = np.asarray(embedding, dtype=np.float32)
         if vector.ndim != 1:
             raise DataError(f"an embedding is a vector of {self.embed_dim} numbers, got shape {vector.shape}")
-        return self.search_embeddings(vector[None], k)[0]
+        return self.search_embeddings(vector[None], k, **options)[0]
 
-    def search_embeddings(self, embeddings: np.ndarray, k: int = 10) -> list[list[Match]]:
+    def search_embeddings(
+        self,
+        embeddings: np.ndarray,
+        k: int = 10,
+        *,
+        rerank: str | None = None,
+        rerank_k: int = DEFAULT_RERANK_K,
+        alpha: float = DEFAULT_ALPHA,
+        threshold: float | None = None,
+    ) -> list[list[Match]]:
+        """Top-``k`` of each row of ``embeddings`` (``(n, D)``).
+
+        ``rerank="aqe"`` expands each query with its ``rerank_k`` nearest gallery images
+        (alpha-QE), ``"dba"`` searches the gallery with every vector augmented by its
+        neighbours (DBA, computed on first use and cached); :mod:`dva.index.rerank`. The order
+        then follows the re-ranked similarity, while ``score`` stays the plain cosine to the
+        query, so it and ``is_match`` keep their meaning (scores may then not decrease).
+        ``threshold`` overrides the calibrated one for ``is_match``.
+        """
         # Few numpy calls: with HNSW a query takes well under a millisecond, so per-call
         # overhead here is what separates this from raw FAISS (bench/speed.py measures it).
         with np.errstate(over="ignore"):
@@ -122,17 +155,41 @@ class Searcher:
         if not peaks.all():
             raise DataError("an embedding of all zeros has no direction to search")
         vectors = vectors / peaks  # entries in [-1, 1]: the norm of a finite 1e38 vector cannot overflow
-        scores, ids = self.index.faiss_index.search(vectors / np.linalg.norm(vectors, axis=1, keepdims=True),
-                                                    min(k, len(self)))
+        check_rerank(rerank, rerank_k, alpha)
+        cut = self.calibration.threshold if self.calibration is not None else None
+        if threshold is not None:
+            cut = check_threshold(threshold)
+        queries = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        if rerank is None:
+            scores, ids = self.index.faiss_index.search(queries, min(k, len(self)))
+        else:
+            ids = self._reranked_ids(queries, min(k, len(self)), rerank, rerank_k, alpha)
+            scores = np.einsum("qd,qkd->qk", queries, self.index.embeddings[np.maximum(ids, 0).ravel()].reshape(
+                *ids.shape, -1))
         return [
-            [self.match(i, s) for i, s in zip(row_ids, row_scores) if i >= 0]
+            [self.match(i, s, cut) for i, s in zip(row_ids, row_scores) if i >= 0]
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
         ]
 
-    def match(self, image_id: int, score: float = float("nan")) -> Match:
+    def _reranked_ids(self, queries: np.ndarray, k: int, rerank: str, n: int, alpha: float) -> np.ndarray:
+        if rerank == "aqe":
+            expanded = query_expansion(queries, self.index.embeddings, self.index.faiss_index, n=n, alpha=alpha)
+            return self.index.faiss_index.search(expanded, k)[1]
+        key = (int(n), float(alpha))
+        with self._dba_lock:
+            if key not in self._dba:
+                augmented = database_augmentation(self.index.embeddings, self.index.faiss_index, n=n, alpha=alpha)
+                flat = faiss.IndexFlatIP(self.embed_dim)
+                flat.add(augmented)
+                self._dba[key] = flat
+            dba = self._dba[key]
+        return dba.search(queries, k)[1]
+
+    def match(self, image_id: int, score: float = float("nan"), threshold: float | None = None) -> Match:
         row = self.index.rows[image_id]
         metadata = {key: value for key, value in row.items() if key not in ("path", "label")} if len(row) > 2 else {}
-        return Match(image_id, row["path"], row["label"], score, metadata)
+        return Match(image_id, row["path"], row["label"], score, metadata,
+                     None if threshold is None else bool(score >= threshold))
 
     def describe(self) -> dict[str, Any]:
         """What the index holds and how it searches (``GET /healthz``, ``dva search --json``)."""
@@ -142,6 +199,7 @@ class Searcher:
             "version": self.index.version,
             "model": {k: v for k, v in self.index.manifest["model"].items() if k != "fingerprint"},
             "index": self.index.manifest["index"],
+            "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
 
 

@@ -82,6 +82,9 @@ class MatchOut(BaseModel):
     name: str = Field(description="File name of the gallery image (full paths are not exposed).")
     image_url: str
     metadata: dict[str, Any] = Field(description="Extra fields the gallery list gave this image.")
+    is_match: bool | None = Field(
+        None, description="Same item as the query: score >= the index's `dva calibrate` threshold; null when uncalibrated."
+    )
 
 
 class SearchResponse(BaseModel):
@@ -258,7 +261,7 @@ def _check_k(k: int, settings: ServeSettings) -> None:
 def _response(matches: list[Match], k: int, gallery_size: int, start: float) -> SearchResponse:
     results = [
         MatchOut(id=m.id, rank=rank, label=m.label, score=m.score, name=Path(m.path).name,
-                 image_url=f"/images/{m.id}", metadata=m.metadata)
+                 image_url=f"/images/{m.id}", metadata=m.metadata, is_match=m.is_match)
         for rank, m in enumerate(matches, start=1)
     ]
     return SearchResponse(results=results, k=k, gallery_size=gallery_size,

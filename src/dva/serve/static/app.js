@@ -88,6 +88,12 @@ function resultCard(match) {
   bar.max = 1;
   bar.value = Math.max(0, match.score);
   caption.append(label, rank, score, bar);
+  if (match.is_match !== null && match.is_match !== undefined) {  // the index is calibrated
+    const badge = document.createElement("span");
+    badge.className = `badge ${match.is_match ? "same" : "other"}`;
+    badge.textContent = match.is_match ? "same item" : "different";
+    caption.append(badge);
+  }
   card.append(img, caption);
   return card;
 }
