@@ -163,8 +163,13 @@ def main() -> None:
     rows = [row for row in QUALITY.rows if not wanted or row.name in wanted]
     train_boxes = detect_once(args.data, "train", boxes / "cub100_saliency_train.jsonl")
     # Test images' boxes only for the row that runs the detector at test time.
-    test_boxes = (detect_once(args.data, "test", boxes / "cub100_saliency_test.jsonl")
-                  if any(row.test_view != "original" for row in rows) else None)
+    test_box_file = boxes / "cub100_saliency_test.jsonl"
+    needs_test_boxes = any(row.test_view != "original" for row in rows)
+    if args.finished_only:  # detect nothing either: use the test boxes only if they are there
+        test_boxes = test_box_file if needs_test_boxes and test_box_file.is_file() else None
+        rows = [row for row in rows if row.test_view == "original" or test_boxes is not None]
+    else:
+        test_boxes = detect_once(args.data, "test", test_box_file) if needs_test_boxes else None
 
     base = RunConfig(
         model=ModelConfig(backbone=args.backbone, img_size=args.img_size),
