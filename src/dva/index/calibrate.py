@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from dva._io import atomic_write, atomic_write_json
-from dva.errors import ConfigError, DataError
+from dva.errors import ConfigError, DataError, MissingDependency
 from dva.index.gallery import GalleryItem, read_gallery
 from dva.index.model import IndexModel
 from dva.index.store import GalleryIndex
@@ -221,7 +221,10 @@ def _check_labels(labelled: str | Path, items: list[GalleryItem], *, after_decod
 
 def draw_curve(genuine: np.ndarray, impostor: np.ndarray, calibration: Calibration, out: Path) -> Path:
     """FMR and FNMR against the threshold (log scale), the chosen threshold marked."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingDependency("the FMR/FNMR curve needs matplotlib: pip install 'dva[viz]'") from None
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
