@@ -138,6 +138,12 @@ def apply_method(model: RetrievalModel, config: ModelConfig) -> None:
     method.apply(model, config, method.parse_options(config.method_options))
 
 
+def dpt_options(config: ModelConfig) -> DPTOptions | None:
+    """The DPT options of a method that trains with DPT (``dva``), parsed once here; None for others."""
+    options = get_method(config.method).parse_options(config.method_options)
+    return options if isinstance(options, DPTOptions) else None
+
+
 def ica_config(config: ModelConfig) -> ICAConfig:
     return ICAConfig(targets=tuple(config.targets), rank=config.rank, scale=config.scale)
 

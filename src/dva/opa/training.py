@@ -29,8 +29,8 @@ from dva.config import RunConfig
 from dva.data.loaders import Views
 from dva.data.records import ImageRecord, SplitSide
 from dva.errors import ConfigError, DataError
-from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE, ORIGINAL, DPTOptions
-from dva.models.methods import get_method
+from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE, ORIGINAL
+from dva.models.methods import dpt_options
 from dva.opa.boxes import BoxFile, check_box_file, path_key, read_box_file
 from dva.opa.detectors import Detection
 from dva.opa.views import background_view, discriminative_view
@@ -105,8 +105,8 @@ def object_view_maker(config: RunConfig, train_side: SplitSide, *, progress: boo
 
 
 def _trains_background(config: RunConfig) -> bool:
-    options = get_method(config.model.method).parse_options(config.model.method_options)
-    return options.background if isinstance(options, DPTOptions) else True
+    options = dpt_options(config.model)
+    return options.background if options is not None else True
 
 
 def load_boxes(path: str | Path, records: Sequence[ImageRecord], *, root: str, dataset: str) -> BoxFile:

@@ -44,6 +44,7 @@ from dva.errors import CheckpointError, ConfigError, DataError, DvaError, WriteE
 from dva.evaluate.evaluate import evaluate_side
 from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
+from dva.models.methods import dpt_options
 from dva.runs import MODEL_PREFIX, Run, check_weights_metadata, weights_metadata
 from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everything
 from dva.train.interrupt import GracefulInterrupt
@@ -176,8 +177,8 @@ class Trainer:
         )
         self.total_steps = cfg.train.epochs * self.sampler.batches_per_epoch
         self.warmup_steps = round(cfg.train.warmup_epochs * self.sampler.batches_per_epoch)
-        options = self.method.parse_options(self.config.model.method_options)
-        object_first = options.object_first if isinstance(options, DPTOptions) else 0.0
+        dpt = dpt_options(self.config.model)
+        object_first = dpt.object_first if dpt is not None else 0.0
         self.transfer_from_step = round(object_first * self.total_steps)
         self.max_failures = int(cfg.data.max_decode_errors * len(self.dataset))
 
@@ -411,8 +412,7 @@ class Trainer:
 def build_loss(config: RunConfig, embed_dim: int) -> DPTLoss:
     """The method's objective: DPT (with its options) for OPA methods, else plain Proxy-Anchor."""
     method = get_method(config.model.method)
-    options = method.parse_options(config.model.method_options)
-    dpt = options if isinstance(options, DPTOptions) else DPTOptions(background=False)
+    dpt = dpt_options(config.model) or DPTOptions(background=False)
     return DPTLoss(
         config.num_classes,
         embed_dim,
