@@ -16,7 +16,7 @@ from dva.data import load_catalog, make_split
 from dva.errors import ConfigError
 from dva.evaluate import embed_records
 from dva.losses import BACKGROUND, DISCRIMINATIVE, ORIGINAL, DPTLoss
-from dva.opa.training import discriminative_views
+from dva.opa.test_time import discriminative_views
 from dva.train import Trainer
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dva.data.boxes import fit_box, one_based_box
+from dva.data.publisher_boxes import one_based_box
 from dva.data.records import Box, Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, parse_float, read_rows, read_table, require_files
@@ -60,9 +60,7 @@ def read_aircraft(root: Path) -> Catalog:
                 continue
             box = None
             if name in boxes:
-                box, warning = fit_box(boxes[name][1], None, f"{data / 'images_box.txt'}:{boxes[name][0]}")
-                if warning:
-                    catalog.warnings.append(warning)
+                box = catalog.fitted_box(boxes[name][1], None, f"{data / 'images_box.txt'}:{boxes[name][0]}")
             catalog.records.append(ImageRecord(image, label_of[variant], name, is_train=is_train, box=box))
     problems += duplicate_ids(catalog) + empty_classes(catalog)
     return catalog

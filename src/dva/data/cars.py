@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dva.data.boxes import fit_box, one_based_box
+from dva.data.publisher_boxes import one_based_box
 from dva.data.matfile import read_mat, string_list, struct_rows
 from dva.data.records import Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
@@ -117,9 +117,7 @@ def _add_record(catalog: Catalog, path: Path, image_id: str, row: dict[str, Any]
     if not path.is_file():
         catalog.problems.append(f"{where}: {path} does not exist")
         return
-    kept, warning = fit_box(box, None, f"{where} ({image_id})")
-    if warning:
-        catalog.warnings.append(warning)
+    kept = catalog.fitted_box(box, None, f"{where} ({image_id})")
     catalog.records.append(ImageRecord(path, class_id - 1, image_id, is_train=is_train, box=kept))
 
 

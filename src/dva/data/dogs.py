@@ -27,12 +27,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from dva.data.boxes import fit_box, one_based_box
+from dva.data.publisher_boxes import one_based_box
 from dva.data.matfile import number_list, read_mat, string_list
 from dva.data.records import Box, Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, require_files
 from dva.errors import DataError
+from dva.geometry import fit_box
 
 LIST_VARIABLES = ("file_list", "annotation_list", "labels")
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dva.data.boxes import read_xywh_boxes
+from dva.data.publisher_boxes import read_xywh_boxes
 from dva.data.cub import add_cub_style_records
 from dva.data.records import Catalog, duplicate_ids
 from dva.data.registry import register_dataset
