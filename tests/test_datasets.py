@@ -34,7 +34,7 @@ def sizes(split):
 
 
 def test_paper_counts_are_recorded_for_every_dataset():
-    # METHOD.md section 6 (and the OOD set sizes), so `dva data check` can spot partial copies
+    # docs/datasets.md (and the OOD set sizes), so `dva data check` can spot partial copies
     assert get_dataset("cub").expected_counts == {"closed": (5994, 5794), "open": (5864, 5924), "all": (0, 11788)}
     assert get_dataset("cars").expected_counts == {"closed": (8144, 8041), "open": (8054, 8131), "all": (0, 16185)}
     assert get_dataset("dogs").expected_counts == {"closed": (12000, 8580), "open": (10651, 9929), "all": (0, 20580)}

@@ -12,7 +12,7 @@ pixel of an image has coordinate (1,1)"). Every image carries a 20-pixel copyrig
 its bottom that the README asks users to crop; the paper does not say it did, and
 torchvision's reader keeps it, so the banner is kept here too (boxes refer to the full image).
 
-The paper evaluates on the whole set (``all``: 10,000, METHOD.md section 6); ``closed`` is
+The paper evaluates on the whole set (``all``: 10,000, docs/datasets.md); ``closed`` is
 the official trainval / test split (6,667 / 3,333); ``open`` halves the variants (5,000 / 5,000).
 """
 

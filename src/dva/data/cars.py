@@ -16,11 +16,12 @@ Two publisher layouts are read, whichever the root holds (the first wins):
 
 The devkit README describes the box fields as "min/max x-value of the bounding box, in
 pixels"; being MATLAB annotations they are read as 1-based inclusive corners
-(:func:`dva.data.boxes.one_based_box`). Image sizes are not shipped: ``dva data check``
+(:func:`dva.data.publisher_boxes.one_based_box`). Image sizes are not shipped: ``dva data check``
 checks the boxes against the image headers.
 
 Closed split: the official 8,144 / 8,041; open: classes 1-98 (8,054) / 99-196 (8,131)
-(METHOD.md section 6).
+(docs/datasets.md; verified against the real devkit files).
+Boxes are in the stored frame of the image (docs/datasets.md, "Box coordinates").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Both share one layout (images.txt, image_class_labels.txt, train_test_split.txt,
 classes.txt, optional bounding_boxes.txt; image paths relative to ``images/``); the official
 files are 1-based and space separated, cub100's are 0-based and comma separated. Boxes are
-``<image id> <x> <y> <width> <height>`` in pixels (:func:`dva.data.boxes.xywh_box`); CUB ships
+``<image id> <x> <y> <width> <height>`` in stored pixels (:func:`dva.data.publisher_boxes.xywh_box`); CUB ships
 no image sizes, so ``dva data check`` checks boxes against the image headers.
 """
 

@@ -18,7 +18,7 @@ inclusive ``xmin, ymin, xmax, ymax`` (Pascal VOC). The largest box is kept as th
 object (OPA uses one box per image); boxes are checked against the shipped size. The
 ``Annotation/`` archive is optional: without it the records have no box.
 
-Closed split: the official lists, 12,000 / 8,580 (METHOD.md section 6 keeps them, although the
+Closed split: the official lists, 12,000 / 8,580 (docs/datasets.md keeps them, although the
 paper's prose describes a class split); open: classes 1-60 (10,651) / 61-120 (9,929).
 """
 
