@@ -140,7 +140,8 @@ def test_policy_outcome_names_what_the_views_will_be(found, size, background, ex
     assert outcome == expected
     # the original stands in for untrusted boxes; only "background" has all three views
     assert (views[DISCRIMINATIVE] is image) == (expected in ("no_box", "no_detection", "low_score"))
-    assert set(views) == ({ORIGINAL, DISCRIMINATIVE, BACKGROUND} if expected == "background" else {ORIGINAL, DISCRIMINATIVE})
+    kinds = {ORIGINAL, DISCRIMINATIVE, BACKGROUND} if expected == "background" else {ORIGINAL, DISCRIMINATIVE}
+    assert set(views) == kinds
 
 
 def test_policy_defaults_are_the_run_configs():

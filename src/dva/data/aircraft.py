@@ -26,7 +26,8 @@ from dva.data.registry import register_dataset
 from dva.data.tables import find_root, parse_float, read_rows, read_table, require_files
 from dva.errors import DataError
 
-SIDES = (("train", True), ("val", True), ("test", False))
+#: The variant list files (``images_variant_<name>.txt``) and whether their images train.
+VARIANT_LISTS = (("train", True), ("val", True), ("test", False))
 
 
 @register_dataset(
@@ -39,7 +40,8 @@ SIDES = (("train", True), ("val", True), ("test", False))
 def read_aircraft(root: Path) -> Catalog:
     root = find_root(root, "data/variants.txt", ("fgvc-aircraft-2013b",))
     data = root / "data" if (root / "data" / "variants.txt").is_file() else root  # or ROOT/data itself
-    require_files(data, ["variants.txt", *(f"images_variant_{side}.txt" for side, _ in SIDES)], "FGVC-Aircraft")
+    lists = [f"images_variant_{side}.txt" for side, _ in VARIANT_LISTS]
+    require_files(data, ["variants.txt", *lists], "FGVC-Aircraft")
     problems: list[str] = []
     variants = [line.strip() for line in (data / "variants.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     label_of = {name: i for i, name in enumerate(variants)}
@@ -47,7 +49,7 @@ def read_aircraft(root: Path) -> Catalog:
         problems.append(f"{data / 'variants.txt'}: a variant is listed twice")
     boxes = _read_boxes(data / "images_box.txt", problems)
     catalog = Catalog("aircraft", root, variants, [], problems)
-    for side, is_train in SIDES:
+    for side, is_train in VARIANT_LISTS:
         path = data / f"images_variant_{side}.txt"
         for line, (name, variant) in read_rows(path, 2, problems=problems):
             where = f"{path}:{line}"

@@ -75,7 +75,8 @@ class ViewPolicy:
 
     @classmethod
     def from_config(cls, opa: OPAConfig, *, background: bool = True) -> ViewPolicy:
-        return cls(opa.min_score, opa.enlarge, tuple(opa.aspect), opa.max_area, background)
+        short, long = opa.aspect  # a list when the config was read from JSON
+        return cls(opa.min_score, opa.enlarge, (short, long), opa.max_area, background)
 
     @staticmethod
     def lookup(boxes: Mapping[Path, Detection | None], path: str | os.PathLike[str]) -> Lookup:
