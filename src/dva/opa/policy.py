@@ -86,6 +86,10 @@ class ViewPolicy:
     def trusts(self, found: Lookup) -> bool:
         return isinstance(found, Detection) and found.score >= self.min_score
 
+    def needs_image_size(self, found: Lookup) -> bool:
+        """Whether :meth:`outcome` needs the image size for ``found`` (only the area rule does)."""
+        return self.background and self.trusts(found)
+
     def outcome(self, found: Lookup, image_size: Size | None = None) -> str:
         """The outcome for an image with ``found`` as its box, ``image_size`` ``(width, height)`` upright.
 

@@ -45,7 +45,7 @@ def outcome(entry: BoxEntry, options: SheetOptions = SheetOptions()) -> str:
     ``no_detection`` (the original image stands in): the names of the training log's events."""
     policy = options.policy
     size = None
-    if policy.trusts(entry.detection) and policy.background:  # the area rule needs the upright size
+    if policy.needs_image_size(entry.detection):  # upright, as the boxes
         size = entry.size or read_image_header(entry.path).size
     return policy.outcome(entry.detection, size)
 
