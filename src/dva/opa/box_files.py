@@ -1,7 +1,8 @@
 """Box files: the cache ``dva detect`` writes, and the box files users bring.
 
-Boxes are computed once and cached on disk (docs/opa.md, "Boxes"). The cache is JSON lines: a header
-naming the detector and every setting that decides its boxes, then one line per image::
+Boxes are computed once and cached on disk (docs/opa.md, "1. Find the objects once"). The
+cache is JSON lines: a header naming the detector and every setting that decides its boxes,
+then one line per image::
 
     {"format": "dva-boxes", "version": 1, "detector": "saliency", "settings": {...}, "prompt": null,
      "dataset": "cub100", "root": "/data/cub100", "dva_version": "0.1.0"}

@@ -1,8 +1,8 @@
 """One interface for every object finder OPA can use, and the registry that names them.
 
 A detector takes an image and a text prompt and returns the single best box for the main
-object with its score, or ``None`` (docs/opa.md: "keep the highest-scoring box"). Detectors
-that look boxes up instead of computing them (``dataset``, ``boxes``) also receive the
+object with its score, or ``None`` (the highest-scoring box: docs/opa.md, "The view rule").
+Detectors that look boxes up instead of computing them (``dataset``, ``boxes``) also receive the
 image's :class:`ImageRecord`. ``settings()`` lists everything that changes the boxes; the
 box cache records it, so boxes from different detectors are never mixed.
 """
