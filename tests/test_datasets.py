@@ -34,7 +34,7 @@ def sizes(split):
 
 
 def test_paper_counts_are_recorded_for_every_dataset():
-    # METHOD.md section 6 (and the OOD set sizes), so `dva data check` can spot partial copies
+    # docs/datasets.md (and the OOD set sizes), so `dva data check` can spot partial copies
     assert get_dataset("cub").expected_counts == {"closed": (5994, 5794), "open": (5864, 5924), "all": (0, 11788)}
     assert get_dataset("cars").expected_counts == {"closed": (8144, 8041), "open": (8054, 8131), "all": (0, 16185)}
     assert get_dataset("dogs").expected_counts == {"closed": (12000, 8580), "open": (10651, 9929), "all": (0, 20580)}
@@ -141,6 +141,8 @@ def test_nabirds_boxes_are_checked_against_sizes_txt(tmp_path):
     catalog = load_catalog("nabirds", tmp_path)
     boxes = {r.image_id: r.box for r in catalog.records}
     assert boxes[first] == (3.0, 4.0, 15.0, 19.0) and boxes[second] is None
+    assert catalog.clipped_boxes == 1  # the first; the second, with nothing inside, is dropped
+    assert check_dataset("nabirds", tmp_path, open_images=False)["clipped_boxes"] == 1
     assert catalog.warnings[0].startswith(f"{tmp_path / 'bounding_boxes.txt'}:1: box (3, 4, 23, 19) exceeds its 15x30 image")
     assert catalog.warnings[1].startswith(f"{tmp_path / 'bounding_boxes.txt'}:2: box (50, 40, 55, 45) lies outside")
 

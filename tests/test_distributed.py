@@ -23,7 +23,7 @@ from dva.data import load_catalog, make_split
 from dva.data.loaders import TrainBatchSampler
 from dva.distributed import shard_bounds
 from dva.evaluate import Embeddings
-from dva.opa.boxes import path_key
+from dva.opa.box_files import path_key
 from dva.opa.detectors import Detection
 from dva.opa.training import ObjectViews
 from dva.train import Trainer

@@ -12,7 +12,7 @@ from dva.data import load_catalog, make_split
 from dva.data.records import ImageRecord
 from dva.errors import ConfigError, DataError
 from dva.opa import Detection, Detector, detect_boxes, read_box_file
-from dva.opa.training import load_boxes
+from dva.opa.box_files import load_boxes
 
 
 class CountingDetector(Detector):

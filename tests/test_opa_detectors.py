@@ -230,10 +230,11 @@ def test_saliency_detector_on_a_real_bird():
     assert (x1 - x0) * (y1 - y0) > 0.1 * photo.width * photo.height  # a bird, not a speck
 
 
-def test_dataset_detector_returns_the_shipped_box():
+def test_dataset_detector_returns_the_shipped_box(tmp_path):
     detector = create_detector("dataset")
     picture = Image.new("RGB", (100, 50))
-    record = ImageRecord(Path("x.jpg"), 0, "1", box=(10.0, 5.0, 120.0, 40.0))
+    picture.save(tmp_path / "x.jpg")  # read for its EXIF orientation (none here)
+    record = ImageRecord(tmp_path / "x.jpg", 0, "1", box=(10.0, 5.0, 120.0, 40.0))
     assert detector.detect(picture, "bird", record=record) == Detection((10.0, 5.0, 100.0, 40.0), 1.0)
     assert detector.detect(picture, "bird", record=ImageRecord(Path("y.jpg"), 0, "2")) is None
     with pytest.raises(ValueError, match="record="):

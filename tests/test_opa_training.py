@@ -16,7 +16,7 @@ from dva.data import load_catalog, make_split
 from dva.errors import ConfigError
 from dva.evaluate import embed_records
 from dva.losses import BACKGROUND, DISCRIMINATIVE, ORIGINAL, DPTLoss
-from dva.opa.training import discriminative_views
+from dva.opa.test_time import discriminative_views
 from dva.train import Trainer
 
 
@@ -98,8 +98,9 @@ def test_two_stage_schedule_trains_object_views_alone_first(cub_root, tmp_path, 
     assert len(stages) >= 2 and stages == [False] * half + [True] * (len(stages) - half)
 
 
-def test_fallbacks_are_counted_in_the_epoch_log(cub_root, tmp_path, capsys):
-    from dva.opa import create_detector, detect_boxes
+def test_fallbacks_are_counted_in_the_epoch_log_as_the_contact_sheet_counts_them(cub_root, tmp_path, capsys):
+    from dva.opa import create_detector, detect_boxes, read_box_file
+    from dva.opa.sheet import box_statistics
 
     split = make_split(load_catalog("cub", cub_root.root), "open")
     boxes = tmp_path / "boxes.jsonl"
@@ -115,8 +116,14 @@ def test_fallbacks_are_counted_in_the_epoch_log(cub_root, tmp_path, capsys):
 
     Trainer(dva_config(cub_root.root, boxes), tmp_path / "run", progress=False).fit()
     # 24 training images, batches of 8: every image is seen once in the epoch
-    assert epoch_log(tmp_path / "run")["events"] == {"no_box": 2, "low_score": 1, "large_box": 1, "no_detection": 1}
+    events = epoch_log(tmp_path / "run")["events"]
+    assert events == {"no_box": 2, "low_score": 1, "large_box": 1, "no_detection": 1}
     assert "no box for 2 of 24 training images" in capsys.readouterr().err
+    # `dva views` on the same file predicts the log: one rule (ViewPolicy) decides both
+    sheet = box_statistics(read_box_file(boxes, root=cub_root.root))
+    assert {k: sheet[k] for k in ("low_score", "large_box", "no_detection")} == {
+        k: events[k] for k in ("low_score", "large_box", "no_detection")}
+    assert sheet["images"] + events["no_box"] == len(split.train) and sheet["background"] == 19
 
 
 def test_dva_without_boxes_is_a_clear_error(cub_root, tmp_path):

@@ -1,4 +1,5 @@
-"""OPA's view rules (METHOD.md 3): score threshold, enlarge + clip, aspect padding, blur inside the box only."""
+"""OPA's view rules (docs/opa.md): score threshold, enlarge + clip, aspect padding, blur inside the box only,
+all through the one ViewPolicy that training, test-time OPA and the contact sheet share."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dva.opa import background_view, discriminative_view
+from dva.losses import BACKGROUND, DISCRIMINATIVE, ORIGINAL
+from dva.opa import Detection, ViewPolicy, background_view
+from dva.opa.policy import NOT_LISTED
 from dva.opa.views import PAD_FILL, default_blur_kernel
 
 
@@ -17,6 +20,17 @@ def noise_image(width: int, height: int, seed: int = 0) -> Image.Image:
 
 def pixels(image: Image.Image) -> np.ndarray:
     return np.asarray(image).astype(np.int16)
+
+
+def discriminative_view(image: Image.Image, box, score: float, **policy) -> Image.Image:
+    """The discriminative view the policy makes (training's, by default) of ``image`` with ``box``."""
+    found = None if box is None else Detection(tuple(map(float, box)), score)
+    return ViewPolicy(**policy).views(image, found)[0][DISCRIMINATIVE]
+
+
+def policy_background(image: Image.Image, box, **policy) -> Image.Image | None:
+    views, _ = ViewPolicy(**policy).views(image, Detection(tuple(map(float, box)), 1.0))
+    return views.get(BACKGROUND)
 
 
 @pytest.mark.parametrize("box, score", [(None, 0.9), ((10, 10, 50, 50), 0.49)])
@@ -103,11 +117,37 @@ def test_default_kernel_scales_with_the_box_and_erases_the_object():
 
 def test_no_background_view_when_the_box_covers_half_the_image_or_more():
     image = noise_image(100, 100)
-    assert background_view(image, (0, 0, 50, 100)) is None  # exactly 50%
-    assert background_view(image, (0, 0, 100, 100)) is None
-    assert background_view(image, (0, 0, 49, 100)) is not None  # 49%
-    assert background_view(image, (0, 0, 49, 100), max_area=0.4) is None
-    assert background_view(image, None) is None
+    assert policy_background(image, (0, 0, 50, 100)) is None  # exactly 50%
+    assert policy_background(image, (0, 0, 100, 100)) is None
+    assert policy_background(image, (0, 0, 49, 100)) is not None  # 49%
+    assert policy_background(image, (0, 0, 49, 100), max_area=0.4) is None
+    assert policy_background(image, (0, 0, 30, 30), background=False) is None
+
+
+@pytest.mark.parametrize("found, size, background, expected", [
+    (NOT_LISTED, None, True, "no_box"),
+    (None, None, True, "no_detection"),
+    (Detection((0.0, 0.0, 10.0, 10.0), 0.49), None, True, "low_score"),
+    (Detection((0.0, 0.0, 50.0, 100.0), 0.5), (100, 100), True, "large_box"),
+    (Detection((0.0, 0.0, 49.0, 100.0), 0.5), (100, 100), True, "background"),
+    (Detection((0.0, 0.0, 50.0, 100.0), 0.5), None, False, "discriminative"),
+])
+def test_policy_outcome_names_what_the_views_will_be(found, size, background, expected):
+    policy = ViewPolicy(background=background)
+    assert policy.outcome(found, size) == expected
+    image = noise_image(100, 100)
+    views, outcome = policy.views(image, found)
+    assert outcome == expected
+    # the original stands in for untrusted boxes; only "background" has all three views
+    assert (views[DISCRIMINATIVE] is image) == (expected in ("no_box", "no_detection", "low_score"))
+    kinds = {ORIGINAL, DISCRIMINATIVE, BACKGROUND} if expected == "background" else {ORIGINAL, DISCRIMINATIVE}
+    assert set(views) == kinds
+
+
+def test_policy_defaults_are_the_run_configs():
+    from dva.config import OPAConfig
+
+    assert ViewPolicy() == ViewPolicy.from_config(OPAConfig())  # defaults written once, in the run config
 
 
 def test_boxes_outside_the_image_are_refused():
@@ -116,10 +156,12 @@ def test_boxes_outside_the_image_are_refused():
         discriminative_view(image, (60, 60, 80, 80), 0.9)
     with pytest.raises(ValueError, match="no area inside"):
         background_view(image, (-30, 0, -10, 20))
+    with pytest.raises(ValueError, match="area rule needs the image size"):
+        ViewPolicy().outcome(Detection((0.0, 0.0, 5.0, 5.0), 0.9))
 
 
 def test_contact_sheet_shows_every_outcome(tmp_path):
-    from dva.opa.boxes import BoxEntry
+    from dva.opa.box_files import BoxEntry
     from dva.opa.sheet import SheetOptions, contact_sheet, outcome, pick
 
     path = tmp_path / "a.png"

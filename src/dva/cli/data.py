@@ -52,6 +52,8 @@ def check(
             print(f"{verdict} the complete dataset's published counts")
         for warning in report["warnings"]:
             print(f"warning: {warning}")
+        if report["clipped_boxes"]:
+            print(f"{report['clipped_boxes']:,} ground-truth boxes clipped to the image sizes the dataset ships")
         for problem in report["problems"]:
             print(f"problem: {problem}")
     if report["problems"] or report["matches_expected"] is False:

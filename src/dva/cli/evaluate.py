@@ -129,7 +129,7 @@ def evaluate(
     side = make_split(load_catalog(dataset, data), split or "open").test
     view, opa_report = None, None
     if opa_test:
-        from dva.opa.training import discriminative_views
+        from dva.opa.test_time import discriminative_views
 
         box_path = boxes or cfg.opa.boxes
         if not box_path:

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 
 from dva.cli._common import DataRootOpt, JsonOpt, print_json, print_table
+from dva.config import OPAConfig
 from dva.errors import ConfigError
 
 PromptOpt = typer.Option(
@@ -96,9 +97,11 @@ def views(
     limit: int = typer.Option(24, "--limit", help="Images on the sheet: every outcome, spread through the file."),
     data: str | None = DataRootOpt,
     min_score: float = typer.Option(
-        0.5, "--min-score", help="Boxes scoring less are not trusted (training default 0.5)."
+        OPAConfig.min_score, "--min-score", help="Boxes scoring less are not trusted (training's default)."
     ),
-    max_area: float = typer.Option(0.5, "--max-area", help="No background view at this box/image area or more."),
+    max_area: float = typer.Option(
+        OPAConfig.max_area, "--max-area", help="No background view at this box/image area or more."
+    ),
     tile: int = typer.Option(200, "--tile", help="Tile size in pixels."),
     per_row: int = typer.Option(2, "--per-row", help="Images side by side (three tiles each)."),
     json_out: bool = JsonOpt,
@@ -109,13 +112,14 @@ def views(
     no_detection (the original image stands in), as training will count them.
     """
     from dva._io import atomic_write
-    from dva.opa.boxes import read_box_file
+    from dva.opa.box_files import read_box_file
+    from dva.opa.policy import ViewPolicy
     from dva.opa.sheet import SheetOptions, box_statistics, contact_sheet, pick
 
     box_file = read_box_file(boxes, root=data)
     if not len(box_file):
         raise ConfigError(f"{boxes}: holds no boxes")
-    options = SheetOptions(min_score=min_score, max_area=max_area, tile=tile, per_row=per_row)
+    options = SheetOptions(ViewPolicy(min_score=min_score, max_area=max_area), tile=tile, per_row=per_row)
     shown = pick(list(box_file.entries.values()), limit, options)
     sheet = contact_sheet(shown, options)
     path = atomic_write(out / f"{boxes.stem}_views.png", lambda p: sheet.save(p, format="PNG"))

@@ -12,7 +12,7 @@ pixel of an image has coordinate (1,1)"). Every image carries a 20-pixel copyrig
 its bottom that the README asks users to crop; the paper does not say it did, and
 torchvision's reader keeps it, so the banner is kept here too (boxes refer to the full image).
 
-The paper evaluates on the whole set (``all``: 10,000, METHOD.md section 6); ``closed`` is
+The paper evaluates on the whole set (``all``: 10,000, docs/datasets.md); ``closed`` is
 the official trainval / test split (6,667 / 3,333); ``open`` halves the variants (5,000 / 5,000).
 """
 
@@ -20,13 +20,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dva.data.boxes import fit_box, one_based_box
+from dva.data.publisher_boxes import one_based_box
 from dva.data.records import Box, Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, parse_float, read_rows, read_table, require_files
 from dva.errors import DataError
 
-SIDES = (("train", True), ("val", True), ("test", False))
+#: The variant list files (``images_variant_<name>.txt``) and whether their images train.
+VARIANT_LISTS = (("train", True), ("val", True), ("test", False))
 
 
 @register_dataset(
@@ -39,7 +40,8 @@ SIDES = (("train", True), ("val", True), ("test", False))
 def read_aircraft(root: Path) -> Catalog:
     root = find_root(root, "data/variants.txt", ("fgvc-aircraft-2013b",))
     data = root / "data" if (root / "data" / "variants.txt").is_file() else root  # or ROOT/data itself
-    require_files(data, ["variants.txt", *(f"images_variant_{side}.txt" for side, _ in SIDES)], "FGVC-Aircraft")
+    lists = [f"images_variant_{side}.txt" for side, _ in VARIANT_LISTS]
+    require_files(data, ["variants.txt", *lists], "FGVC-Aircraft")
     problems: list[str] = []
     variants = [line.strip() for line in (data / "variants.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
     label_of = {name: i for i, name in enumerate(variants)}
@@ -47,7 +49,7 @@ def read_aircraft(root: Path) -> Catalog:
         problems.append(f"{data / 'variants.txt'}: a variant is listed twice")
     boxes = _read_boxes(data / "images_box.txt", problems)
     catalog = Catalog("aircraft", root, variants, [], problems)
-    for side, is_train in SIDES:
+    for side, is_train in VARIANT_LISTS:
         path = data / f"images_variant_{side}.txt"
         for line, (name, variant) in read_rows(path, 2, problems=problems):
             where = f"{path}:{line}"
@@ -60,9 +62,7 @@ def read_aircraft(root: Path) -> Catalog:
                 continue
             box = None
             if name in boxes:
-                box, warning = fit_box(boxes[name][1], None, f"{data / 'images_box.txt'}:{boxes[name][0]}")
-                if warning:
-                    catalog.warnings.append(warning)
+                box = catalog.fitted_box(boxes[name][1], None, f"{data / 'images_box.txt'}:{boxes[name][0]}")
             catalog.records.append(ImageRecord(image, label_of[variant], name, is_train=is_train, box=box))
     problems += duplicate_ids(catalog) + empty_classes(catalog)
     return catalog

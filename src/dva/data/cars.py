@@ -16,11 +16,12 @@ Two publisher layouts are read, whichever the root holds (the first wins):
 
 The devkit README describes the box fields as "min/max x-value of the bounding box, in
 pixels"; being MATLAB annotations they are read as 1-based inclusive corners
-(:func:`dva.data.boxes.one_based_box`). Image sizes are not shipped: ``dva data check``
+(:func:`dva.data.publisher_boxes.one_based_box`). Image sizes are not shipped: ``dva data check``
 checks the boxes against the image headers.
 
 Closed split: the official 8,144 / 8,041; open: classes 1-98 (8,054) / 99-196 (8,131)
-(METHOD.md section 6).
+(docs/datasets.md; verified against the real devkit files).
+Boxes are in the stored frame of the image (docs/datasets.md, "Box coordinates").
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dva.data.boxes import fit_box, one_based_box
+from dva.data.publisher_boxes import one_based_box
 from dva.data.matfile import read_mat, string_list, struct_rows
 from dva.data.records import Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
@@ -117,9 +118,7 @@ def _add_record(catalog: Catalog, path: Path, image_id: str, row: dict[str, Any]
     if not path.is_file():
         catalog.problems.append(f"{where}: {path} does not exist")
         return
-    kept, warning = fit_box(box, None, f"{where} ({image_id})")
-    if warning:
-        catalog.warnings.append(warning)
+    kept = catalog.fitted_box(box, None, f"{where} ({image_id})")
     catalog.records.append(ImageRecord(path, class_id - 1, image_id, is_train=is_train, box=kept))
 
 

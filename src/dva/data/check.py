@@ -9,18 +9,16 @@ against the real image size where the dataset ships none (CUB, Cars, Aircraft).
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm.auto import tqdm
 
-from dva.data.boxes import fit_box
 from dva.data.records import Catalog
 from dva.data.registry import get_dataset, read_catalog
 from dva.data.splits import PROTOCOLS, make_split
 from dva.errors import DataError
+from dva.geometry import fit_box, read_image_header
 
 
 def check_dataset(
@@ -42,6 +40,7 @@ def check_dataset(
         "splits": {},
         "problems": list(catalog.problems),
         "warnings": list(catalog.warnings),
+        "clipped_boxes": catalog.clipped_boxes,
     }
     if open_images:
         problems, box_warnings = read_headers(catalog, progress=progress)
@@ -71,15 +70,12 @@ def read_headers(catalog: Catalog, *, progress: bool = False) -> tuple[list[str]
     box_warnings: list[str] = []
     for record in tqdm(catalog.records, desc="reading image headers", unit="img", leave=False, disable=not progress):
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # size only: nothing is decoded
-                with Image.open(record.path) as image:
-                    size = image.size
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-            problems.append(f"{record.path}: not a readable image ({type(e).__name__}: {e})")
+            header = read_image_header(record.path)
+        except DataError as e:
+            problems.append(str(e))
             continue
-        if record.box is not None:
-            _, warning = fit_box(record.box, size, f"{record.path} (image {record.image_id})")
+        if record.box is not None:  # publishers' boxes are in the stored frame, as the header's size
+            _, warning = fit_box(record.box, header.stored_size, f"{record.path} (image {record.image_id})")
             if warning:
                 box_warnings.append(warning)
     return problems, box_warnings

@@ -3,7 +3,7 @@
 Both share one layout (images.txt, image_class_labels.txt, train_test_split.txt,
 classes.txt, optional bounding_boxes.txt; image paths relative to ``images/``); the official
 files are 1-based and space separated, cub100's are 0-based and comma separated. Boxes are
-``<image id> <x> <y> <width> <height>`` in pixels (:func:`dva.data.boxes.xywh_box`); CUB ships
+``<image id> <x> <y> <width> <height>`` in stored pixels (:func:`dva.data.publisher_boxes.xywh_box`); CUB ships
 no image sizes, so ``dva data check`` checks boxes against the image headers.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from dva.data.boxes import fit_box, read_xywh_boxes
+from dva.data.publisher_boxes import read_xywh_boxes
 from dva.data.records import Box, Catalog, ImageRecord, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, parse_int, read_mapping, require_files
@@ -98,9 +98,7 @@ def add_cub_style_records(
         box = None
         if image_id in boxes:
             box_line, raw = boxes[image_id]
-            box, warning = fit_box(raw, (sizes or {}).get(image_id), f"{root / 'bounding_boxes.txt'}:{box_line}")
-            if warning:
-                catalog.warnings.append(warning)
+            box = catalog.fitted_box(raw, (sizes or {}).get(image_id), f"{root / 'bounding_boxes.txt'}:{box_line}")
         catalog.records.append(ImageRecord(path, label_of[class_id], image_id, is_train=flag[1] == train_flag, box=box))
 
     for image_id, (line, _) in labels.items():

@@ -18,7 +18,7 @@ inclusive ``xmin, ymin, xmax, ymax`` (Pascal VOC). The largest box is kept as th
 object (OPA uses one box per image); boxes are checked against the shipped size. The
 ``Annotation/`` archive is optional: without it the records have no box.
 
-Closed split: the official lists, 12,000 / 8,580 (METHOD.md section 6 keeps them, although the
+Closed split: the official lists, 12,000 / 8,580 (docs/datasets.md keeps them, although the
 paper's prose describes a class split); open: classes 1-60 (10,651) / 61-120 (9,929).
 """
 
@@ -27,12 +27,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from dva.data.boxes import fit_box, one_based_box
+from dva.data.publisher_boxes import one_based_box
 from dva.data.matfile import number_list, read_mat, string_list
 from dva.data.records import Box, Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, require_files
 from dva.errors import DataError
+from dva.geometry import fit_box
 
 LIST_VARIABLES = ("file_list", "annotation_list", "labels")
 

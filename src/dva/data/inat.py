@@ -1,7 +1,7 @@
 """iNaturalist 2021, first 100 categories (the paper's out-of-distribution "iNat2021" set).
 
 The paper uses "the 27,105 images from the first 100 subcategories in its training set"
-(METHOD.md section 6): the images of ``train.json`` whose ``category_id`` is among the 100
+(docs/datasets.md): the images of ``train.json`` whose ``category_id`` is among the 100
 smallest category ids (0-99 in the release), classes ordered by id. ``inat100_mini`` reads
 ``train_mini.json`` the same way (50 images a category, 5,000 images), for users who
 downloaded the 42 GB mini set instead of the 224 GB full one; its numbers are not the paper's.

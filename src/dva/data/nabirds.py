@@ -14,17 +14,20 @@ Layout of ``nabirds.tar.gz`` (white-space separated text files, one record a lin
 Image ids are UUIDs (``0000139e-21dc-4d0c-bfe1-4cae3c85c829``); class ids are integers, 0
 being the root "Birds". The classes are the leaf labels that images use (555 in the full
 set), ordered by class id; a label that has children in ``hierarchy.txt`` is a warning.
-Boxes are ``x y w h`` (as CUB's, by the same lab) and are checked against ``sizes.txt``.
+Boxes are ``x y w h`` (as CUB's, by the same lab) and are fitted to ``sizes.txt``.
 
-The paper evaluates on the whole set (``all``: 48,562 images, METHOD.md section 6); the
-official split (``closed``) is 23,929 / 24,633.
+The paper evaluates on the whole set (``all``: 48,562 images, docs/datasets.md); the
+official split (``closed``) is 23,929 / 24,633. Both verified against the real files.
+
+Boxes are in the stored frame, as ``sizes.txt``; 201 of the real boxes reach past their
+image and are clipped, counted in ``Catalog.clipped_boxes`` (docs/datasets.md, "Box coordinates").
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from dva.data.boxes import read_xywh_boxes
+from dva.data.publisher_boxes import read_xywh_boxes
 from dva.data.cub import add_cub_style_records
 from dva.data.records import Catalog, duplicate_ids
 from dva.data.registry import register_dataset

@@ -10,8 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-#: ``(x0, y0, x1, y1)`` in pixels of the original image.
-Box = tuple[float, float, float, float]
+from dva.geometry import Box, Size, fit_box
+
+__all__ = ["Box", "Catalog", "DataSplit", "ImageRecord", "SplitSide", "duplicate_ids", "empty_classes"]
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,8 @@ class ImageRecord:
     image_id: str
     #: The publisher's train/test flag (None when the dataset defines no official split).
     is_train: bool | None = None
-    #: Ground-truth object box (``dva.data.boxes`` conventions), when the dataset ships one.
+    #: Ground-truth object box, when the dataset ships one, in the image's *stored* frame
+    #: (:mod:`dva.data.publisher_boxes`; turned upright where the image is loaded).
     #: Clipped to the image where the publisher ships image sizes (NABirds, Stanford Dogs);
     #: elsewhere as annotated, which ``dva data check`` verifies against the image headers.
     box: Box | None = None
@@ -42,10 +44,23 @@ class Catalog:
     #: Usable but suspicious annotations (boxes clipped or dropped, ...): listed by
     #: ``dva data check``, never fatal.
     warnings: list[str] = field(default_factory=list)
+    #: Ground-truth boxes the reader clipped to their image (those past
+    #: :data:`dva.geometry.EDGE_SLACK` are also in ``warnings``): a count a reader can check
+    #: against the publisher's files (NABirds: 201).
+    clipped_boxes: int = 0
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def fitted_box(self, box: Box, size: Size | None, where: str) -> Box | None:
+        """``box`` fitted to its image (:func:`dva.geometry.fit_box`), its warning and clipping recorded here."""
+        kept, warning = fit_box(box, size, where)
+        if warning:
+            self.warnings.append(warning)
+        if kept is not None and kept != tuple(float(v) for v in box):
+            self.clipped_boxes += 1
+        return kept
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Evaluation protocols (METHOD.md section 6).
+"""Evaluation protocols (docs/datasets.md; paper Sec. 4.1.1).
 
 - ``closed``: the publisher's official train/test split; both sides share the classes.
 - ``open``: classes split in two halves by class index (first half trains, second tests),

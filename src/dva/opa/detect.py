@@ -14,10 +14,11 @@ from dva.data.images import ImageDecodeError, load_image
 from dva.data.records import SplitSide
 from dva.data.registry import get_dataset
 from dva.errors import ConfigError
-from dva.opa.boxes import BoxCache
+from dva.opa.box_files import BoxCache
 from dva.opa.detectors import CLASS_PLACEHOLDER, Detector, prompt_text
 
-SIDES = ("train", "test")
+#: The split sides ``dva detect`` can be asked for (FGVC-Aircraft's reader has its own, other sides).
+DETECTABLE_SIDES = ("train", "test")
 
 
 def default_prompt(dataset: str) -> str:
@@ -43,9 +44,9 @@ def detect_boxes(
     dataset's meta-category. Test images are never prompted with their class: a retrieval
     system does not know it. Returns counts for the report.
     """
-    unknown = sorted(set(sides) - set(SIDES))
+    unknown = sorted(set(sides) - set(DETECTABLE_SIDES))
     if unknown:
-        raise ConfigError(f"unknown side(s) {', '.join(unknown)}; choose from {', '.join(SIDES)}")
+        raise ConfigError(f"unknown side(s) {', '.join(unknown)}; choose from {', '.join(DETECTABLE_SIDES)}")
     template = prompt or default_prompt(dataset)
     if detector.uses_prompt and "test" in sides and CLASS_PLACEHOLDER in template:
         raise ConfigError(

@@ -2,20 +2,24 @@
 
 Three tiles per image: the original with its box (green: trusted, orange: score below
 ``min_score``, so training uses the original image), the discriminative view, and the
-background view (or why there is none); ``per_row`` images side by side.
+background view (or why there is none); ``per_row`` images side by side. The views and the
+counts come from the :class:`~dva.opa.policy.ViewPolicy` training uses, so they are what
+training will make and log.
 """
 
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
 
 from dva.data.images import ImageDecodeError, load_image
-from dva.opa.boxes import BoxEntry, BoxFile, image_size
-from dva.opa.views import area_fraction, background_view, discriminative_view
+from dva.geometry import area_fraction, read_image_header
+from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE
+from dva.opa.box_files import BoxEntry, BoxFile
+from dva.opa.policy import ALL_VIEWS, LARGE_BOX, LOW_SCORE, NO_DETECTION, ViewPolicy
 
 COLUMNS = ("original + box", "discriminative view", "background view")
 TRUSTED, UNTRUSTED = (40, 200, 60), (255, 150, 0)
@@ -24,10 +28,8 @@ CANVAS, EMPTY = (255, 255, 255), (225, 225, 225)
 
 @dataclass(frozen=True)
 class SheetOptions:
-    min_score: float = 0.5
-    enlarge: float = 1.1
-    aspect: tuple[int, int] = (3, 4)
-    max_area: float = 0.5
+    #: The view rule shown (training's, by default).
+    policy: ViewPolicy = field(default_factory=ViewPolicy)
     #: Side of each square tile, in pixels.
     tile: int = 200
     #: Images (groups of three tiles) per row.
@@ -35,18 +37,17 @@ class SheetOptions:
 
 
 #: What training makes of an image's box, in the order the sheet and the statistics report them.
-OUTCOMES = ("background", "large_box", "low_score", "no_detection")
+OUTCOMES = (ALL_VIEWS, LARGE_BOX, LOW_SCORE, NO_DETECTION)
 
 
 def outcome(entry: BoxEntry, options: SheetOptions = SheetOptions()) -> str:
     """``background`` (all three views), ``large_box`` (no background view), ``low_score`` or
     ``no_detection`` (the original image stands in): the names of the training log's events."""
-    if entry.box is None:
-        return "no_detection"
-    if entry.score < options.min_score:
-        return "low_score"
-    size = entry.size or image_size(entry.path)
-    return "large_box" if area_fraction(entry.box, *size) >= options.max_area else "background"
+    policy = options.policy
+    size = None
+    if policy.needs_image_size(entry.detection):  # upright, as the boxes
+        size = entry.size or read_image_header(entry.path).size
+    return policy.outcome(entry.detection, size)
 
 
 def spread(entries: Sequence[BoxEntry], limit: int) -> list[BoxEntry]:
@@ -109,19 +110,19 @@ def _row(entry: BoxEntry, options: SheetOptions) -> tuple[list[Image.Image | Non
         return [None, None, None], [f"{name}\nunreadable: {e}"[:80], "", ""]
     if entry.box is None:
         return [image, None, None], [f"{name}\nno object found", "original used", "none"]
-    trusted = entry.score >= options.min_score
+    policy = options.policy
+    trusted = policy.trusts(entry.detection)
     marked = image.copy()
     colour = TRUSTED if trusted else UNTRUSTED
     ImageDraw.Draw(marked).rectangle(entry.box, outline=colour, width=max(2, image.width // 100))
-    first = f"{name}\nscore {entry.score:.2f}" + ("" if trusted else f" < {options.min_score}")
+    first = f"{name}\nscore {entry.score:.2f}" + ("" if trusted else f" < {policy.min_score}")
     if not trusted:
         return [marked, image, None], [first, "original used (low score)", "none (low score)"]
-    crop = discriminative_view(image, entry.box, entry.score, min_score=options.min_score, enlarge=options.enlarge,
-                               aspect=options.aspect)
+    views, _ = policy.views(image, entry.detection)
+    crop, background = views[DISCRIMINATIVE], views.get(BACKGROUND)
     area = area_fraction(entry.box, image.width, image.height)
-    background = background_view(image, entry.box, max_area=options.max_area)
     second = f"{crop.width}x{crop.height}"
-    third = f"box {area:.0%} of image" + ("" if background is not None else f"\nnone (>= {options.max_area:.0%})")
+    third = f"box {area:.0%} of image" + ("" if background is not None else f"\nnone (>= {policy.max_area:.0%})")
     return [marked, crop, background], [first, second, third]
 
 

@@ -248,7 +248,7 @@ def evaluate_run(
             return stored["metrics"], False
     image_view, counts = None, None
     if view == DISCRIMINATIVE:
-        from dva.opa.training import discriminative_views
+        from dva.opa.test_time import discriminative_views
 
         image_view, counts = discriminative_views(
             boxes, test_side, config, root=config.data.root, dataset=config.data.dataset
@@ -295,7 +295,7 @@ def time_detector(box_file: str | Path, test_side: SplitSide, *, images: int = 8
     from dva.data.images import load_image
     from dva.errors import DvaError
     from dva.evaluate.latency import measure_detector_latency
-    from dva.opa import create_detector, discriminative_view, read_box_file
+    from dva.opa import ViewPolicy, create_detector, read_box_file
     from dva.opa.detectors import detector_options
 
     header = read_box_file(box_file).header or {}
@@ -314,7 +314,7 @@ def time_detector(box_file: str | Path, test_side: SplitSide, *, images: int = 8
         image, record = sample
         found = detector.detect(image, prompt, record=record)
         if found is not None:
-            discriminative_view(image, found.box, found.score)
+            ViewPolicy(background=False).views(image, found)
 
     latency = measure_detector_latency(find, samples, device=str(getattr(detector, "device", "cpu")))
     return latency.median_ms, f"{name} detector + crop, median over {latency.repeats} test images"

