@@ -9,7 +9,7 @@ The Python API mirrors the CLI::
     searcher = dva.Searcher("gallery_index"); searcher.search("query.jpg", k=10)   # after `dva index`
 """
 
-__version__ = "0.1.0"
+from dva._version import __version__
 
 from dva import metrics  # noqa: E402
 from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig  # noqa: E402

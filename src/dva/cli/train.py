@@ -25,7 +25,7 @@ from dva.cli.opa import (
     TextThresholdOpt,
     cli_detector_options,
 )
-from dva.config import RunConfig, from_dict, load_overrides
+from dva.config import LEGACY_MODEL_FIELDS, ModelConfig, RunConfig, from_dict, load_overrides
 from dva.distributed import current
 from dva.errors import ConfigError
 
@@ -163,17 +163,37 @@ def _check_opa(config: RunConfig, out: Path) -> None:
 
 
 def build_config(out: Path, overrides: dict[str, dict[str, Any]], config_file: Path | None, resume: bool) -> RunConfig:
-    """Defaults < ``--config`` file < explicit options; on resume the saved config replaces the defaults."""
+    """Defaults < the method's defaults < ``--config`` file < explicit options.
+
+    On resume the saved config replaces both kinds of defaults. A config file may hold ICA's
+    ``targets``/``rank``/``scale`` at the top of ``model`` (the older layout): they are read as
+    the method's options.
+    """
     if resume and not out.is_dir():
         raise ConfigError(f"{out}: no run to resume (no such folder); drop --resume to start one")
-    if resume and (out / "config.json").is_file():
-        # --config applies on resume too; what may not change there is refused by name (Trainer).
-        base = RunConfig.load(out / "config.json").to_dict()
-    else:
-        base = RunConfig().to_dict()
+    saved = resume and (out / "config.json").is_file()
+    # --config applies on resume too; what may not change there is refused by name (Trainer).
+    base = RunConfig.load(out / "config.json").to_dict() if saved else RunConfig().to_dict()
+    given = []
     if config_file is not None:
-        _merge(base, load_overrides(config_file))
-    _merge(base, {section: {k: v for k, v in values.items() if v is not None} for section, values in overrides.items()})
+        layer = load_overrides(config_file)
+        if isinstance(layer.get("model"), dict):
+            layer["model"] = ModelConfig.upgrade(layer["model"], method=base["model"]["method"])
+        _merge(base, layer)
+        given.append(layer)
+    options = {section: {k: v for k, v in values.items() if v is not None} for section, values in overrides.items()}
+    # ICA's --targets/--rank set those options of the methods that take them (ica, dva), over
+    # whatever the file or --method-option said; other methods ignore them, as they always did.
+    flags = {k: options["model"].pop(k) for k in LEGACY_MODEL_FIELDS if k in options.get("model", {})}
+    _merge(base, options)
+    given.append(options)
+    if flags:
+        moved = ModelConfig.upgrade({"method": base["model"]["method"], **flags}).get("method_options", {})
+        base["model"]["method_options"] = {**base["model"].get("method_options", {}), **moved}
+    if not saved and isinstance(base.get("model"), dict) and isinstance(base["model"].get("method"), str):
+        from dva.models.methods import apply_method_defaults
+
+        apply_method_defaults(base, given)
     return from_dict(RunConfig, base, where=str(config_file or "options"))
 
 

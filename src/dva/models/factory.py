@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from dva.config import ModelConfig
+from dva.config import LEGACY_MODEL_FIELDS, ModelConfig
 from dva.models.backbone import create_backbone
 from dva.models.methods import apply_method
 from dva.models.retrieval import RetrievalModel
@@ -18,15 +18,25 @@ def create_model(config: ModelConfig | None = None, **overrides) -> RetrievalMod
 
     ``create_model(backbone="vit_small_patch16_224", pretrained=False, rank=8)`` works too:
     keyword overrides replace fields of ``config`` (the paper's defaults when omitted), e.g.
-    ``create_model(method="adaptformer", method_options={"bottleneck": 32})``.
+    ``create_model(method="adaptformer", method_options={"bottleneck": 32})``. ICA's ``targets``,
+    ``rank`` and ``scale`` may be given as keywords, as before they became method options.
     """
-    config = ModelConfig(**{**(vars(config) if config else {}), **overrides})
+    config = _with_overrides(config, overrides)
     backbone = create_backbone(
         config.backbone, pretrained=config.pretrained, img_size=config.img_size, init_seed=config.init_seed
     )
     model = RetrievalModel(backbone)
     apply_method(model, config)
     return model
+
+
+def _with_overrides(config: ModelConfig | None, overrides: dict) -> ModelConfig:
+    raw = {**(vars(config) if config else {}), **overrides}
+    legacy = {k: raw.pop(k) for k in LEGACY_MODEL_FIELDS if k in raw}
+    if legacy:  # keywords of the old layout: options of the methods that take them, else ignored
+        moved = ModelConfig.upgrade({"method": raw.get("method", ModelConfig.method), **legacy})
+        raw["method_options"] = {**raw.get("method_options", {}), **moved.get("method_options", {})}
+    return ModelConfig(**raw)
 
 
 @dataclass(frozen=True)
