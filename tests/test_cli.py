@@ -48,7 +48,7 @@ def test_train_then_eval_json(cub_root, tmp_path):
     # resuming a finished run with other settings is refused on one line, exit 2
     bad = dva("train", "--out", str(run), "--resume", "--rank", "8", check=False)
     assert bad.returncode == 2
-    assert bad.stderr.strip().startswith("error:") and "model.rank" in bad.stderr
+    assert bad.stderr.strip().startswith("error:") and "model.method_options.rank" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
 

@@ -288,18 +288,26 @@ def identity_dict(config: Any) -> dict[str, Any]:
 
 
 def _stable_model_layout(model: dict[str, Any]) -> None:
+    defaults = hoist_legacy_fields(model)
+    for key, old_default in LEGACY_MODEL_FIELDS.items():
+        model.setdefault(key, json.loads(json.dumps(defaults.get(key, old_default))))
+
+
+def hoist_legacy_fields(model: dict[str, Any]) -> dict[str, Any]:
+    """Move ICA's options of ``model`` (a ``model`` section as plain data) to its top, the older layout.
+
+    Only those of a method that takes them (``ica``, ``dva``); returns that method's defaults for
+    them (``{}`` for other methods). The inverse of :meth:`ModelConfig.upgrade`.
+    """
     from dva.models.methods import get_method  # the registry imports this module
 
     method = get_method(model["method"])
-    options = dict(model["method_options"])
-    defaults = method.default_options()
-    for key, old_default in LEGACY_MODEL_FIELDS.items():
-        if key in method.legacy_fields:
-            value = options.pop(key, defaults[key])
-        else:
-            value = old_default
-        model[key] = json.loads(json.dumps(value))
+    options = dict(model.get("method_options") or {})
+    for key in method.legacy_fields:
+        if key in options:
+            model[key] = json.loads(json.dumps(options.pop(key)))
     model["method_options"] = options
+    return {k: v for k, v in method.default_options().items() if k in method.legacy_fields}
 
 
 def _flat_values(config: Any, prefix: str = "") -> dict[str, Any]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from dva._version import __version__
 from dva._io import atomic_write_json
-from dva.config import OPAConfig, RunConfig, TrainConfig, from_dict, identity_dict
+from dva.config import LEGACY_MODEL_FIELDS, OPAConfig, RunConfig, TrainConfig, from_dict, hoist_legacy_fields, identity_dict
 from dva.data import SplitSide, load_catalog, make_split
 from dva.errors import ConfigError
 from dva.models import get_method
@@ -58,10 +58,16 @@ def row_config(row: Row, base: RunConfig, seed: int) -> RunConfig:
     same model compare (and hash) equal.
     """
     raw = base.to_dict()
+    # The base's ICA settings (e.g. a smaller rank) apply to the rows whose method takes them,
+    # as when they were ModelConfig fields: written at the top of ``model``, they are read back
+    # as options by those methods and dropped for the others (ModelConfig.upgrade).
+    hoist_legacy_fields(raw["model"])
     for section, values in row.overrides.items():
         if section not in raw or not isinstance(raw[section], dict):
             raise ConfigError(f"row {row.name!r}: unknown config section {section!r}")
         raw[section] = {**raw[section], **values}
+    for key in [k for k in raw["model"]["method_options"] if k in LEGACY_MODEL_FIELDS]:
+        raw["model"].pop(key, None)  # the row's own ICA option wins over the base's
     raw["train"]["seed"] = seed
     config = from_dict(RunConfig, raw, where=f"row {row.name!r}")
     method = get_method(config.model.method)

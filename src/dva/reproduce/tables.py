@@ -59,9 +59,7 @@ def dva_row(
     note: str = "",
 ) -> Row:
     """A row of the full method with its ICA targets, DPT weight or DPT options (``transfer``, ...) changed."""
-    model: dict[str, Any] = {"method": "dva", "targets": list(targets)}
-    if options:
-        model["method_options"] = dict(options)
+    model: dict[str, Any] = {"method": "dva", "method_options": {"targets": list(targets), **(options or {})}}
     overrides = {"model": model, "train": {"lambda_dist": lambda_dist}}
     return Row(name, overrides, test_view=test_view, paper=paper, note=note)
 
