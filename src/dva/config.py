@@ -37,6 +37,8 @@ from dva.errors import ConfigError
 
 #: Paper default backbone (METHOD.md section 1): ViT-B/16, ImageNet-21k, original Google weights.
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
+#: The paper's method (ICA + OPA + DPT).
+DEFAULT_METHOD = "dva"
 
 
 
@@ -59,9 +61,13 @@ def setting(
 LEGACY_MODEL_FIELDS: dict[str, Any] = {"targets": ("q", "v"), "rank": 16, "scale": 1.0}
 
 
-@dataclass
+@dataclass(slots=True)
 class ModelConfig:
-    """What to build: the frozen backbone and how it is adapted (METHOD.md sections 1-2)."""
+    """What to build: the frozen backbone and how it is adapted (METHOD.md sections 1-2).
+
+    Config sections have ``__slots__``: setting a field they do not have (``model.rank = 8``,
+    from before ICA's settings became options) is an error, not a silently ignored attribute.
+    """
 
     backbone: str = setting(
         DEFAULT_BACKBONE, help="timm ViT name or offline backbone (dinov2_vits14.imgfocus). Paper: ViT-B/16 in21k."
@@ -72,7 +78,7 @@ class ModelConfig:
     init_seed: int = setting(0, help="Seed of the random backbone weights when not pretrained.")
     img_size: int = setting(224, help="Crop size (resize is img-size * 256/224). Paper: 224.")
     #: See ``dva.models.methods``: "dva" (ICA + OPA + DPT, the paper's), "ica", "full", ...
-    method: str = setting("dva", help="Training method (dva list: `dva train --help`).")
+    method: str = setting(DEFAULT_METHOD, help="Training method (dva list: `dva train --help`).")
     #: The method's own settings, checked against its options dataclass (ICA's targets, rank and
     #: scale for ``ica`` and ``dva``; AdaptFormer's bottleneck width, ...).
     method_options: dict[str, Any] = setting(
@@ -93,7 +99,7 @@ class ModelConfig:
             return raw
         from dva.models.methods import get_method  # the registry imports this module
 
-        name = raw.get("method", method or ModelConfig.method)
+        name = raw.get("method", method or DEFAULT_METHOD)
         taken = get_method(name).legacy_fields if isinstance(name, str) else ()
         options = dict(raw.get("method_options") or {})
         for key, value in legacy.items():
@@ -107,7 +113,7 @@ class ModelConfig:
         return raw
 
 
-@dataclass
+@dataclass(slots=True)
 class DataConfig:
     """Which images to train on and how they are read (METHOD.md sections 5-6)."""
 
@@ -127,7 +133,7 @@ class DataConfig:
     )
 
 
-@dataclass
+@dataclass(slots=True)
 class OPAConfig:
     """Object-Perceptual Adaptation (METHOD.md section 3): training-time object views."""
 
@@ -153,7 +159,7 @@ class OPAConfig:
     max_area: float = setting(0.5, help="OPA: no background view when the box covers this fraction or more.")
 
 
-@dataclass
+@dataclass(slots=True)
 class TrainConfig:
     """The paper's recipe (METHOD.md section 5) plus what the paper left open."""
 
@@ -191,7 +197,7 @@ class TrainConfig:
 RECORD_KEYS = ("class_names", "num_classes", "dva_version")
 
 
-@dataclass
+@dataclass(slots=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from dva.config import LEGACY_MODEL_FIELDS, ModelConfig
+from dva.config import DEFAULT_METHOD, LEGACY_MODEL_FIELDS, ModelConfig
 from dva.models.backbone import create_backbone
 from dva.models.methods import apply_method
 from dva.models.retrieval import RetrievalModel
@@ -31,10 +31,10 @@ def create_model(config: ModelConfig | None = None, **overrides) -> RetrievalMod
 
 
 def _with_overrides(config: ModelConfig | None, overrides: dict) -> ModelConfig:
-    raw = {**(vars(config) if config else {}), **overrides}
+    raw = {**({f.name: getattr(config, f.name) for f in fields(config)} if config else {}), **overrides}
     legacy = {k: raw.pop(k) for k in LEGACY_MODEL_FIELDS if k in raw}
     if legacy:  # keywords of the old layout: options of the methods that take them, else ignored
-        moved = ModelConfig.upgrade({"method": raw.get("method", ModelConfig.method), **legacy})
+        moved = ModelConfig.upgrade({"method": raw.get("method", DEFAULT_METHOD), **legacy})
         raw["method_options"] = {**raw.get("method_options", {}), **moved.get("method_options", {})}
     return ModelConfig(**raw)
 
