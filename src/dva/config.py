@@ -103,11 +103,12 @@ class ModelConfig:
         taken = get_method(name).legacy_fields if isinstance(name, str) else ()
         options = dict(raw.get("method_options") or {})
         for key, value in legacy.items():
+            if key not in taken:
+                continue
             if key in options and json.dumps(options[key]) != json.dumps(value, default=list):
                 raise ConfigError(f"model.{key}={value!r} and model.method_options.{key}={options[key]!r} disagree; "
                                   f"keep the method option")
-            if key in taken:
-                options[key] = value
+            options[key] = value
         if options or "method_options" in raw:
             raw["method_options"] = options
         return raw
@@ -258,6 +259,14 @@ def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasse
             yield from config_fields(hints[f.name], f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f
+
+
+def field_help(name: str, cls: type = None) -> str:  # type: ignore[assignment]
+    """The help of field ``name`` (``"train.lr"``) of ``cls`` (RunConfig), from its metadata."""
+    for dotted, f in config_fields(cls or RunConfig):
+        if dotted == name:
+            return f.metadata["help"]
+    raise KeyError(name)
 
 
 def identity_fields(config: Any) -> dict[str, Any]:
