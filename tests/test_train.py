@@ -61,7 +61,7 @@ def test_validation_side_is_evaluated_each_epoch(tmp_path):
 
 def _interrupt_after(monkeypatch, steps: int) -> None:
     """Deliver a real SIGINT to this process after ``steps`` optimizer steps."""
-    original = TrainerClass._step
+    original = TrainerClass.train_step
     calls = {"n": 0}
 
     def step(self, *args):
@@ -71,7 +71,7 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
-    monkeypatch.setattr(TrainerClass, "_step", step)
+    monkeypatch.setattr(TrainerClass, "train_step", step)
 
 
 def test_resume_after_interrupt_mid_epoch_equals_uninterrupted_run(cub_root, tmp_path, monkeypatch):
@@ -164,3 +164,21 @@ def test_decode_failures_are_counted_then_fatal_past_the_threshold(cub_root, tmp
 def test_too_few_images_for_a_batch_is_a_config_error(cub_root, tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         Trainer(tiny_run_config(cub_root.root, batch_size=64), tmp_path / "run", progress=False).fit()
+
+
+def test_train_step_is_public_and_needs_no_data(tmp_path):
+    # What bench/speed.py times: the trainer's own step on a batch it is given, nothing written.
+    from collections import Counter
+
+    from dva.data.loaders import TrainBatch
+    from dva.losses import ORIGINAL
+
+    trainer = Trainer(tiny_run_config(tmp_path / "no-data"), tmp_path / "run", progress=False)
+    trainer.prepare(num_classes=4, batches_per_epoch=1)
+    up = [p for n, p in trainer.model.named_parameters() if ".up." in n]
+    before = [p.detach().clone() for p in up]
+    batch = TrainBatch({ORIGINAL: (torch.randn(8, 3, 32, 32), torch.arange(8) % 4)}, [], Counter())
+    parts = trainer.train_step(batch, step=0)
+    assert parts["lr"] == 1e-3 and torch.isfinite(torch.tensor(parts["loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, up))  # up starts at zero and moved
+    assert not (tmp_path / "run").exists()

@@ -135,11 +135,19 @@ class Trainer:
             details = "; ".join(f"{k}: run has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{self.run.config_path}: cannot resume with different settings ({details})")
 
-    def _build(self) -> None:
+    def prepare(self, num_classes: int, batches_per_epoch: int | None = None) -> None:
+        """Build everything a training step needs but the data: model, loss, optimizer, schedule.
+
+        :meth:`fit` calls it; a benchmark calls it directly and times :meth:`train_step` on its
+        own batches, so what it measures is the step training takes, not a copy of it.
+        ``batches_per_epoch`` sets the learning-rate schedule (None: set later, from the data).
+        """
+        if not hasattr(self, "device"):
+            self.dist, self.device = init_distributed(resolve_device(self.config.train.device))
         cfg = self.config
         seed_everything(cfg.train.seed)
         self.model = create_model(cfg.model).to(self.device)
-        self.loss_fn = build_loss(cfg, self.record.num_classes, self.model.embed_dim).to(self.device)
+        self.loss_fn = build_loss(cfg, num_classes, self.model.embed_dim).to(self.device)
         # What the step calls: the modules themselves, or their DDP wrappers (which keep the
         # ranks' adapters and proxies identical), compiled on request.
         self.train_model, self.train_loss = self.model, self.loss_fn
@@ -152,7 +160,20 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         dtype = autocast_dtype(self.device, cfg.train.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
+        if batches_per_epoch is not None:
+            self._set_schedule(batches_per_epoch)
 
+    def _set_schedule(self, batches_per_epoch: int) -> None:
+        cfg = self.config.train
+        self.total_steps = cfg.epochs * batches_per_epoch
+        self.warmup_steps = round(cfg.warmup_epochs * batches_per_epoch)
+        dpt = dpt_options(self.config.model)
+        object_first = dpt.object_first if dpt is not None else 0.0
+        self.transfer_from_step = round(object_first * self.total_steps)
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.prepare(self.record.num_classes)
         mean, std = self.model.normalization
         transform = train_transform(cfg.model.img_size, mean, std, cfg.data.resize_size)
         with main_first():  # rank 0 detects (and caches) boxes first, the others read its cache
@@ -173,11 +194,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.data.num_workers > 0,  # no worker start-up at every epoch
         )
-        self.total_steps = cfg.train.epochs * self.sampler.batches_per_epoch
-        self.warmup_steps = round(cfg.train.warmup_epochs * self.sampler.batches_per_epoch)
-        dpt = dpt_options(self.config.model)
-        object_first = dpt.object_first if dpt is not None else 0.0
-        self.transfer_from_step = round(object_first * self.total_steps)
+        self._set_schedule(self.sampler.batches_per_epoch)
         self.max_failures = int(cfg.data.max_decode_errors * len(self.dataset))
 
     def _default_views(self) -> ViewMaker:
@@ -216,7 +233,7 @@ class Trainer:
         for batch in bar:
             sizes = self._count_problems(batch, position)
             if any(sum(per_rank) for per_rank in sizes.values()):
-                parts = self._step(batch, sizes, position.global_step)
+                parts = self.train_step(batch, position.global_step, sizes)
                 position.epoch_loss_sum += parts["loss"]
                 position.epoch_steps += 1
                 if position.global_step % LOG_EVERY == 0:
@@ -235,8 +252,14 @@ class Trainer:
                     f"continue with: dva train --resume {self.run.path}"
                 )
 
-    def _step(self, batch: TrainBatch, sizes: dict[str, list[int]], step: int) -> dict[str, float]:
-        """One optimizer step; ``sizes[kind][rank]``: images of each view kind on each rank."""
+    def train_step(self, batch: TrainBatch, step: int, sizes: dict[str, list[int]] | None = None) -> dict[str, float]:
+        """One optimizer step at global step ``step`` (its learning rate); returns the loss parts and lr.
+
+        ``sizes[kind][rank]``: images of each view kind on each rank (gathered by the loop under
+        torchrun); None: this process's own batch, as in a single-process run.
+        """
+        if sizes is None:
+            sizes = {k: [len(labels)] for k, (_, labels) in batch.views.items()}
         factor = lr_factor(step, self.total_steps, self.warmup_steps)
         self.loss_fn.transfer_on = step >= self.transfer_from_step
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
