@@ -129,3 +129,19 @@ def test_the_trainer_leaves_the_callers_config_alone(cub_root, tmp_path):
     Trainer(config, tmp_path / "run", progress=False).fit()
     assert dataclasses.asdict(config) == before
     assert Run(tmp_path / "run").record.class_names == ["Species_0", "Species_1", "Species_2"]
+
+
+def test_weights_metadata_of_the_older_layout_is_checked_as_options(tmp_path):
+    from dva.errors import CheckpointError
+    from dva.runs import check_weights_metadata
+
+    config = RunConfig(model=ModelConfig(method="dva", method_options={"rank": 4}))
+    # what a weights file recorded before: ICA's targets and rank at the top, no scale
+    old = {"backbone": config.model.backbone, "method": "dva", "targets": ["q", "v"], "rank": 4, "img_size": 224,
+           "method_options": {"transfer": "proxy", "background": True, "object_first": 0.0}, "dva_version": "0.1.0"}
+    check_weights_metadata(old, config, tmp_path / "w.safetensors")  # accepted: the same model
+    with pytest.raises(CheckpointError, match="method_options.rank=8 but the run config says method_options.rank=4"):
+        check_weights_metadata({**old, "rank": 8}, config, tmp_path / "w.safetensors")
+    lora = RunConfig(model=ModelConfig(method="lora", method_options={"rank": 4}))
+    old_lora = {**old, "method": "lora", "rank": 16, "method_options": {"rank": 4, "alpha": 8.0}}
+    check_weights_metadata(old_lora, lora, tmp_path / "w.safetensors")  # the top-level rank was ICA's, not lora's
