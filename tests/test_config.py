@@ -6,8 +6,8 @@ import dataclasses
 import json
 
 import pytest
-
 from conftest import TINY_BACKBONE, TINY_IMG, run_cli
+
 from dva.config import (
     ModelConfig,
     RunConfig,
@@ -122,6 +122,7 @@ def test_train_config_file_of_the_older_layout_and_the_ica_flags(tmp_path):
 
 def test_the_trainer_leaves_the_callers_config_alone(cub_root, tmp_path):
     from conftest import tiny_run_config
+
     from dva.train import Trainer
 
     config = tiny_run_config(cub_root.root, epochs=1)

@@ -26,9 +26,9 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
 import yaml
@@ -261,7 +261,7 @@ def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasse
             yield f"{prefix}{f.name}", f
 
 
-def field_help(name: str, cls: type = None) -> str:  # type: ignore[assignment]
+def field_help(name: str, cls: type | None = None) -> str:
     """The help of field ``name`` (``"train.lr"``) of ``cls`` (RunConfig), from its metadata."""
     for dotted, f in config_fields(cls or RunConfig):
         if dotted == name:
@@ -275,7 +275,7 @@ def identity_fields(config: Any) -> dict[str, Any]:
     return {name: values[name] for name, f in config_fields(type(config)) if f.metadata.get("identity", True)}
 
 
-def resumable_fields(cls: type = None) -> frozenset[str]:  # type: ignore[assignment]
+def resumable_fields(cls: type | None = None) -> frozenset[str]:
     """Dotted names of the fields that may change when an interrupted run is resumed."""
     return frozenset(name for name, f in config_fields(cls or RunConfig) if f.metadata.get("resumable", False))
 

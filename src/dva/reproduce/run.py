@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dva._version import __version__
 from dva._io import atomic_write_json
-from dva.config import LEGACY_MODEL_FIELDS, OPAConfig, RunConfig, TrainConfig, from_dict, hoist_legacy_fields, identity_dict
+from dva._version import __version__
+from dva.config import (
+    LEGACY_MODEL_FIELDS,
+    OPAConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    hoist_legacy_fields,
+    identity_dict,
+)
 from dva.data import SplitSide, load_catalog, make_split
 from dva.errors import ConfigError
 from dva.models import get_method

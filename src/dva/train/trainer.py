@@ -25,11 +25,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dva._version import __version__
 from dva._io import append_jsonl, atomic_write_json
+from dva._version import __version__
 from dva.checkpoint import save_tensors
 from dva.config import RunConfig, TrainingRecord, resumable_fields
 from dva.data import DataSplit, load_catalog, make_split
+from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
+from dva.data.transforms import train_transform
 from dva.distributed import (
     all_gather_objects,
     all_gather_rows,
@@ -39,11 +41,10 @@ from dva.distributed import (
     main_first,
     wrap_ddp,
 )
-from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
-from dva.data.transforms import train_transform
-from dva.errors import CheckpointError, ConfigError, DataError, DvaError, WriteError
+from dva.errors import ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
 from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions
+from dva.losses.dpt import ORIGINAL, LossOutput
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
 from dva.models.methods import dpt_options
 from dva.runs import MODEL_PREFIX, Run, check_fits, check_weights_metadata, weights_metadata
@@ -51,7 +52,6 @@ from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everythin
 from dva.train.interrupt import GracefulInterrupt
 from dva.train.schedule import lr_factor
 from dva.train.state import Position, load_training_state, save_training_state
-from dva.losses.dpt import ORIGINAL, LossOutput
 
 LOSS_PREFIX = "loss."
 LOG_EVERY = 10
