@@ -289,14 +289,13 @@ def identity_dict(config: Any) -> dict[str, Any]:
     of ``ica`` and ``dva``, the old defaults for the others), so finished runs keep their names.
     """
     nested: dict[str, Any] = {}
-    prefix = "" if isinstance(config, RunConfig) else "model." if isinstance(config, ModelConfig) else None
     for name, value in identity_fields(config).items():
         parent = nested
         *sections, leaf = name.split(".")
         for section in sections:
             parent = parent.setdefault(section, {})
         parent[leaf] = json.loads(json.dumps(value))
-    model = nested.get("model") if prefix == "" else nested if prefix == "model." else None
+    model = nested.get("model") if isinstance(config, RunConfig) else nested if isinstance(config, ModelConfig) else None
     if model is not None:
         _stable_model_layout(model)
     return nested
