@@ -16,6 +16,7 @@ from dva.config import (
     identity_dict,
     identity_fields,
     resumable_fields,
+    weights_fields,
 )
 from dva.errors import ConfigError
 from dva.index.model import IndexModel
@@ -37,6 +38,8 @@ def test_every_field_says_what_it_is_and_whether_it_is_identity():
     assert resumable_fields() == EXECUTION_DETAILS
     assert set(identity_fields(RunConfig())) == names - EXECUTION_DETAILS
     assert "model.method_options" in names and "class_names" not in names  # training's record is apart
+    # what weights files record and loading checks: all of the model but the input size
+    assert weights_fields() == {"backbone", "pretrained", "init_seed", "method", "method_options"}
 
 
 def test_a_config_of_the_older_layout_reads_ica_settings_as_method_options(tmp_path):
@@ -141,6 +144,7 @@ def test_weights_metadata_of_the_older_layout_is_checked_as_options(tmp_path):
     old = {"backbone": config.model.backbone, "method": "dva", "targets": ["q", "v"], "rank": 4, "img_size": 224,
            "method_options": {"transfer": "proxy", "background": True, "object_first": 0.0}, "dva_version": "0.1.0"}
     check_weights_metadata(old, config, tmp_path / "w.safetensors")  # accepted: the same model
+    check_weights_metadata({**old, "img_size": 112}, config, tmp_path / "w.safetensors")  # run at another size
     with pytest.raises(CheckpointError, match="method_options.rank=8 but the run config says method_options.rank=4"):
         check_weights_metadata({**old, "rank": 8}, config, tmp_path / "w.safetensors")
     lora = RunConfig(model=ModelConfig(method="lora", method_options={"rank": 4}))

@@ -14,6 +14,10 @@ metadata is the one answer to "what makes two runs the same" (docs/config.md):
   identity fields (:func:`identity_fields`, :func:`identity_dict`).
 - ``resumable``: the field may differ when an interrupted run is resumed
   (:func:`resumable_fields`); by default exactly the fields that are not identity.
+- ``weights`` (model fields): trained weights are only valid for the same value, so a weights
+  file records it and loading checks it (:func:`dva.runs.check_weights_metadata`). The image
+  size is identity but not ``weights``: adapters trained at one size run at another
+  (``dva visualize --img-size``), and tensor shapes are checked on load anyway.
 - ``help``: the field's one-line help, which ``dva train`` shows for its option.
 
 What training *produces* (class names, their number, the dva version) is not configuration:
@@ -48,10 +52,16 @@ def setting(
     help: str,
     identity: bool = True,
     resumable: bool | None = None,
+    weights: bool | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A config field with its metadata; ``resumable`` defaults to ``not identity``."""
-    metadata = {"help": help, "identity": identity, "resumable": (not identity) if resumable is None else resumable}
+    """A config field with its metadata; ``resumable`` defaults to ``not identity``, ``weights`` to ``identity``."""
+    metadata = {
+        "help": help,
+        "identity": identity,
+        "resumable": (not identity) if resumable is None else resumable,
+        "weights": identity if weights is None else weights,
+    }
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
 
@@ -76,7 +86,7 @@ class ModelConfig:
     #: rebuilt bit-for-bit later (tests and speed benchmarks use this).
     pretrained: bool = setting(True, help="Pre-trained backbone weights (random weights, seeded, with --no-pretrained).")
     init_seed: int = setting(0, help="Seed of the random backbone weights when not pretrained.")
-    img_size: int = setting(224, help="Crop size (resize is img-size * 256/224). Paper: 224.")
+    img_size: int = setting(224, help="Crop size (resize is img-size * 256/224). Paper: 224.", weights=False)
     #: See ``dva.models.methods``: "dva" (ICA + OPA + DPT, the paper's), "ica", "full", ...
     method: str = setting(DEFAULT_METHOD, help="Training method (dva list: `dva train --help`).")
     #: The method's own settings, checked against its options dataclass (ICA's targets, rank and
@@ -267,6 +277,11 @@ def field_help(name: str, cls: type | None = None) -> str:
         if dotted == name:
             return f.metadata["help"]
     raise KeyError(name)
+
+
+def weights_fields(cls: type | None = None) -> frozenset[str]:
+    """Names of the ``ModelConfig`` fields (or ``cls``'s) that trained weights are only valid for."""
+    return frozenset(name for name, f in config_fields(cls or ModelConfig) if f.metadata.get("weights", False))
 
 
 def identity_fields(config: Any) -> dict[str, Any]:

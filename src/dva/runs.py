@@ -25,7 +25,7 @@ import torch
 
 from dva._version import __version__
 from dva.checkpoint import load_tensors
-from dva.config import LEGACY_MODEL_FIELDS, RunConfig, TrainingRecord, identity_fields
+from dva.config import LEGACY_MODEL_FIELDS, RunConfig, TrainingRecord, identity_fields, weights_fields
 from dva.errors import CheckpointError
 from dva.models import RetrievalModel, create_model, get_method
 
@@ -147,13 +147,14 @@ def _upgrade_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
 def check_weights_metadata(metadata: dict[str, Any], config: RunConfig, source: Path) -> None:
     """Refuse a weights or resume file whose metadata names another model than ``config``'s.
 
-    Every identity field of the model is compared that the file records (older files record
-    fewer: what they do not record cannot be checked, e.g. ICA's scale before it was recorded).
+    Every ``weights`` field of the model (config metadata) that the file records is compared;
+    older files record fewer, and what they do not record cannot be checked (e.g. ICA's scale).
     """
     recorded = _upgrade_metadata(metadata)
     want = _model_identity(config)
+    checked = weights_fields()
     for name, value in want.items():
-        if name not in recorded:
+        if name not in recorded or name not in checked:
             continue
         if name == "method_options" and isinstance(recorded[name], dict):
             pairs = [(f"method_options.{k}", recorded[name][k], v) for k, v in value.items() if k in recorded[name]]
