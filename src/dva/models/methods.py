@@ -109,9 +109,6 @@ class Method:
         """Every option at its default (``{}`` for methods without options)."""
         return self.resolve_options({})
 
-    def option_names(self) -> set[str]:
-        return {f.name for f in dataclasses.fields(self.options)} if self.options is not None else set()
-
 
 _METHODS: dict[str, Method] = {}
 
