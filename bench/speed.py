@@ -125,32 +125,30 @@ def autocast_for(device: torch.device, precision: str):
 
 def training_step(method: str, img: int, batch: int, device: torch.device, precision: str,
                   compiled: bool = False) -> tuple[Callable[[], None], int]:
-    """One optimizer step (forward, Proxy-Anchor loss, backward, Adam) as ``dva train`` takes it,
-    as a closure over its own model and data; and the number of trainable parameters."""
+    """One optimizer step as ``dva train`` takes it (``Trainer.train_step``: forward, Proxy-Anchor
+    loss, backward, Adam, the schedule's lr), as a closure over its own trainer and a fixed batch
+    of random images; and the number of trainable parameters."""
+    from collections import Counter
+
     from dva.config import ModelConfig, RunConfig, TrainConfig
-    from dva.losses import ORIGINAL, DPTLoss
-    from dva.models import count_parameters, create_model
-    from dva.train import build_optimizer
+    from dva.data.loaders import TrainBatch
+    from dva.losses import ORIGINAL
+    from dva.models import count_parameters
+    from dva.train import Trainer
 
     torch.manual_seed(0)
     config = RunConfig(model=ModelConfig(backbone=ARCH, pretrained=False, img_size=img, method=method),
-                       train=TrainConfig(batch_size=batch, precision=precision))
-    model = create_model(config.model).to(device).train()
-    loss_fn = DPTLoss(100, model.embed_dim, background=False).to(device)
-    optimizer = build_optimizer(model, loss_fn, config)
+                       train=TrainConfig(batch_size=batch, precision=precision, device=str(device), compile=compiled))
+    trainer = Trainer(config, "unused-run-dir", progress=False)  # nothing is written: no fit()
+    trainer.prepare(num_classes=100, batches_per_epoch=1)
     images = torch.randn(batch, 3, img, img, device=device)
     labels = (torch.arange(batch, device=device) // 2) % 100  # pairs: every proxy in the batch has positives
-    forward = torch.compile(model) if compiled else model
+    fixed = TrainBatch(views={ORIGINAL: (images, labels)}, failures=[], events=Counter())
 
-    def step() -> None:  # dva.train.Trainer._step without the bookkeeping
-        with autocast_for(device, precision):
-            embeddings = forward(images)
-        loss = loss_fn({ORIGINAL: (embeddings, labels)}).total
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    def step() -> None:
+        trainer.train_step(fixed, step=0)
 
-    return step, count_parameters(model).trainable
+    return step, count_parameters(trainer.model).trainable
 
 
 def train_memory(method: str, img: int, batch: int, device_name: str, precision: str, threads: int) -> dict:

@@ -21,7 +21,8 @@ def dva(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 @pytest.mark.parametrize("targets, expected", [("q", 294_912), ("q,v", 589_824), ("q,k,v", 884_736)])
 def test_params_prints_the_paper_counts(targets, expected):
     out = json.loads(dva("params", "--backbone", "vit_base_patch16_224", "--targets", targets, "--rank", "16", "--json").stdout)
-    assert out == {"trainable": expected, "total": 85_798_656 + expected}
+    assert (out["trainable"], out["total"]) == (expected, 85_798_656 + expected)
+    assert out["options"] == {"targets": targets.split(","), "rank": 16, "scale": 1.0}  # ICA's options, in full
 
 
 def test_train_then_eval_json(cub_root, tmp_path):
@@ -48,7 +49,7 @@ def test_train_then_eval_json(cub_root, tmp_path):
     # resuming a finished run with other settings is refused on one line, exit 2
     bad = dva("train", "--out", str(run), "--resume", "--rank", "8", check=False)
     assert bad.returncode == 2
-    assert bad.stderr.strip().startswith("error:") and "model.rank" in bad.stderr
+    assert bad.stderr.strip().startswith("error:") and "model.method_options.rank" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
 
 

@@ -59,6 +59,7 @@ def test_exported_model_loads_with_timm_alone_and_embeds_like_the_run(trained_ru
 def test_full_fine_tuning_exports_its_weights(tmp_path):
     config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
     config.model.method = "full"
+    config.model.method_options = {}  # the tiny ICA rank is an option of ica, not of "full"
     Trainer(config, tmp_path / "run", progress=False).fit()
     from dva.models.export import export_run
 

@@ -75,7 +75,7 @@ def test_run_key_ignores_what_does_not_change_the_result(base):
     config = row_config(row, base, 0)
     assert config.opa.boxes is None and config.train.lambda_dist == 3.0
     tuned = row_config(method_row("ft", "full", {}), base, 0)
-    base.model.targets = ("k",)
+    base.model.method_options["targets"] = ("k",)
     assert run_key(row_config(method_row("ft", "full", {}), base, 0)) == run_key(tuned)
 
 
@@ -214,3 +214,23 @@ def test_peers_table_shares_ica_and_dva_runs_and_trains_each_peer_as_documented(
     assert configs["LoRA (q, v; r 16, alpha 8)"].train.lr == configs["ICA"].train.lr
     vptsp = configs["VPTSP-G"].train
     assert (vptsp.optimizer, vptsp.lr, vptsp.proxy_lr, vptsp.weight_decay) == ("sgd", 1e-3, 1e-2, 1e-6)
+
+
+def test_finished_runs_keep_their_names():
+    # bench/quality.py's base and the names its finished runs have in bench/results/quality/runs/,
+    # made before ICA's settings became method options: the same rows must find them again.
+    from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig
+    from dva.reproduce import DVA, FULL_FINE_TUNING
+
+    base = RunConfig(
+        model=ModelConfig(backbone="dinov2_vits14.imgfocus", img_size=112),
+        data=DataConfig(dataset="cub100", root="/data/cub100", split="open", num_workers=1),
+        train=TrainConfig(epochs=3),
+        opa=OPAConfig(boxes="/work/main/bench/results/quality/boxes/cub100_saliency_train.jsonl"),
+    )
+    ica, ica_opa = TABLES["table8"].rows[1], TABLES["table8"].rows[2]
+    assert run_key(row_config(ica, base, 1)) == "ica-qv-e3-img112-s1-5255659b"
+    assert run_key(row_config(DVA, base, 2)) == "dva-qv-lam3-e3-img112-s2-737de68a"
+    assert run_key(row_config(ica_opa, base, 0)) == "dva-qv-lam0-e3-img112-s0-a4e0f2d4"
+    assert run_key(row_config(FULL_FINE_TUNING, base, 0)) == "full-e3-img112-s0-6f56957e"
+    assert run_key(row_config(TABLES["table9"].rows[0], base, 0)) == "dva-q-lam3-e3-img112-s0-d3c36952"

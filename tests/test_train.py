@@ -28,8 +28,8 @@ def test_training_writes_a_complete_run_and_learns(cub_root, tmp_path):
     assert summary["epochs"] == 3 and run.finished
     for epoch in (1, 2, 3):
         assert run.epoch_path(epoch).is_file()
-    saved = RunConfig.load(run.config_path)
-    assert saved.class_names == ["Species_0", "Species_1", "Species_2"] and saved.dva_version
+    assert run.record.class_names == ["Species_0", "Species_1", "Species_2"] and run.record.dva_version
+    assert run.record.num_classes == 3 and RunConfig.load(run.config_path) == config  # the caller's config untouched
     records = [json.loads(line) for line in run.metrics_path.read_text().splitlines()]
     epochs = [r for r in records if r["type"] == "epoch"]
     assert [r["epoch"] for r in epochs] == [1, 2, 3]
@@ -43,6 +43,7 @@ def test_training_writes_a_complete_run_and_learns(cub_root, tmp_path):
     test_side = make_split(load_catalog("cub", cub_root.root), "open").test
     frozen_config = tiny_run_config(cub_root.root)
     frozen_config.model.method = "frozen"
+    frozen_config.model.method_options = {}  # the tiny ICA rank is an option of ica, not of "frozen"
     kwargs = dict(img_size=32, num_workers=0, device="cpu", progress=False)
     trained = embed_records(run.load_model(), test_side.records, **kwargs)
     frozen = embed_records(create_model(frozen_config.model), test_side.records, **kwargs)
@@ -60,7 +61,7 @@ def test_validation_side_is_evaluated_each_epoch(tmp_path):
 
 def _interrupt_after(monkeypatch, steps: int) -> None:
     """Deliver a real SIGINT to this process after ``steps`` optimizer steps."""
-    original = TrainerClass._step
+    original = TrainerClass.train_step
     calls = {"n": 0}
 
     def step(self, *args):
@@ -70,7 +71,7 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         return out
 
-    monkeypatch.setattr(TrainerClass, "_step", step)
+    monkeypatch.setattr(TrainerClass, "train_step", step)
 
 
 def test_resume_after_interrupt_mid_epoch_equals_uninterrupted_run(cub_root, tmp_path, monkeypatch):
@@ -109,8 +110,8 @@ def test_resume_with_other_settings_is_refused(cub_root, tmp_path, monkeypatch):
         with pytest.raises(TrainingInterrupted):
             Trainer(tiny_run_config(cub_root.root), tmp_path / "run", progress=False).fit()
     other = tiny_run_config(cub_root.root)
-    other.model.rank = 8
-    with pytest.raises(ConfigError, match="model.rank: run has 4, asked 8"):
+    other.model.method_options["rank"] = 8
+    with pytest.raises(ConfigError, match="model.method_options.rank: run has 4, asked 8"):
         Trainer(other, tmp_path / "run", progress=False).fit(resume=True)
 
 
@@ -118,14 +119,30 @@ def test_weights_from_another_backbone_or_rank_are_refused(cub_root, tmp_path):
     Trainer(tiny_run_config(cub_root.root, epochs=1), tmp_path / "run", progress=False).fit()
     config_path = tmp_path / "run" / "config.json"
     raw = json.loads(config_path.read_text())
-    raw["model"]["rank"] = 8
+    raw["model"]["method_options"]["rank"] = 8
     config_path.write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="rank=4.*rank=8"):
         Run(tmp_path / "run").load_model()
-    raw["model"]["rank"] = 4
+    raw["model"]["method_options"]["rank"] = 4
     raw["model"]["backbone"] = "vit_tiny_patch16_224"
     config_path.write_text(json.dumps(raw))
     with pytest.raises(CheckpointError, match="backbone="):
+        Run(tmp_path / "run").load_model()
+
+
+def test_weights_trained_with_another_ica_scale_are_refused(cub_root, tmp_path):
+    # config.json in the older layout (ICA's settings at the top of model), which both the old
+    # and the new code read: the weights' metadata must record the scale, and loading check it.
+    old_file, config_path = tmp_path / "old.json", tmp_path / "run" / "config.json"
+    raw = tiny_run_config(cub_root.root, epochs=1).to_dict()
+    raw["model"].pop("method_options")
+    raw["model"].update(rank=4, scale=0.5)
+    old_file.write_text(json.dumps(raw))
+    Trainer(RunConfig.load(old_file), tmp_path / "run", progress=False).fit()
+    saved = json.loads(config_path.read_text())
+    (saved["model"].get("method_options") or saved["model"])["scale"] = 1.0
+    config_path.write_text(json.dumps(saved))
+    with pytest.raises(CheckpointError, match="scale=0.5.*scale=1.0"):
         Run(tmp_path / "run").load_model()
 
 
@@ -147,3 +164,21 @@ def test_decode_failures_are_counted_then_fatal_past_the_threshold(cub_root, tmp
 def test_too_few_images_for_a_batch_is_a_config_error(cub_root, tmp_path):
     with pytest.raises(ConfigError, match="batch_size"):
         Trainer(tiny_run_config(cub_root.root, batch_size=64), tmp_path / "run", progress=False).fit()
+
+
+def test_train_step_is_public_and_needs_no_data(tmp_path):
+    # What bench/speed.py times: the trainer's own step on a batch it is given, nothing written.
+    from collections import Counter
+
+    from dva.data.loaders import TrainBatch
+    from dva.losses import ORIGINAL
+
+    trainer = Trainer(tiny_run_config(tmp_path / "no-data"), tmp_path / "run", progress=False)
+    trainer.prepare(num_classes=4, batches_per_epoch=1)
+    up = [p for n, p in trainer.model.named_parameters() if ".up." in n]
+    before = [p.detach().clone() for p in up]
+    batch = TrainBatch({ORIGINAL: (torch.randn(8, 3, 32, 32), torch.arange(8) % 4)}, [], Counter())
+    parts = trainer.train_step(batch, step=0)
+    assert parts["lr"] == 1e-3 and torch.isfinite(torch.tensor(parts["loss"]))
+    assert any(not torch.equal(a, b) for a, b in zip(before, up))  # up starts at zero and moved
+    assert not (tmp_path / "run").exists()

@@ -65,11 +65,11 @@ def test_resume_of_a_missing_run_names_the_folder(tmp_path, capsys):
 def test_a_resume_checkpoint_of_another_model_is_refused_by_name(tmp_path):
     config = _stopped_run(tmp_path / "a")
     other = tiny_run_config(config.data.root, epochs=1, batch_size=8)
-    other.model.rank = 8
+    other.model.method_options["rank"] = 8
     Trainer(other, tmp_path / "b", progress=False).fit()
     (tmp_path / "b/summary.json").unlink()
     shutil.copy(tmp_path / "a/run/checkpoints/resume.safetensors", tmp_path / "b/checkpoints/resume.safetensors")
-    with pytest.raises(CheckpointError, match="resume.safetensors: weights were trained with rank=4"):
+    with pytest.raises(CheckpointError, match="resume.safetensors: weights were trained with method_options.rank=4"):
         Trainer(RunConfig.load(tmp_path / "b/config.json"), tmp_path / "b", progress=False).fit(resume=True)
 
     resume = tmp_path / "a/run/checkpoints/resume.safetensors"

@@ -9,14 +9,41 @@ The Python API mirrors the CLI::
     searcher = dva.Searcher("gallery_index"); searcher.search("query.jpg", k=10)   # after `dva index`
 """
 
-__version__ = "0.1.0"
+from typing import TYPE_CHECKING, Any
 
-from dva import metrics  # noqa: E402
-from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig  # noqa: E402
-from dva.errors import CheckpointError, ConfigError, DataError, DvaError  # noqa: E402
-from dva.index import Searcher  # noqa: E402
-from dva.models import count_parameters, create_model  # noqa: E402
-from dva.runs import Run  # noqa: E402
+from dva._version import __version__
+
+#: Public names and the module each lives in, imported on first use (PEP 562): ``import
+#: dva.metrics`` must not pay for timm, faiss and the models (tests/test_imports.py).
+_LAZY = {
+    "metrics": "dva.metrics",
+    "DataConfig": "dva.config", "ModelConfig": "dva.config", "OPAConfig": "dva.config", "RunConfig": "dva.config",
+    "TrainConfig": "dva.config",
+    "CheckpointError": "dva.errors", "ConfigError": "dva.errors", "DataError": "dva.errors", "DvaError": "dva.errors",
+    "Searcher": "dva.index",
+    "count_parameters": "dva.models", "create_model": "dva.models",
+    "Run": "dva.runs",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'dva' has no attribute {name!r}")
+    import importlib
+
+    module = importlib.import_module(_LAZY[name])
+    value = module if name == "metrics" else getattr(module, name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from dva import metrics
+    from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig
+    from dva.errors import CheckpointError, ConfigError, DataError, DvaError
+    from dva.index import Searcher
+    from dva.models import count_parameters, create_model
+    from dva.runs import Run
 
 __all__ = [
     "CheckpointError",

@@ -5,6 +5,23 @@ A run is fully described by a :class:`RunConfig` (model + data + training), save
 ``dva serve``, ``--resume``) rebuilds the model from that file, so the file is the contract
 between stages. Loading is strict: an unknown or mistyped field is an error naming the field,
 never silently ignored.
+
+Every field says what it is for in its metadata (PEFT's ``LoraConfig`` style), and that
+metadata is the one answer to "what makes two runs the same" (docs/config.md):
+
+- ``identity``: the field changes what a run computes. Run names (``dva reproduce``), the
+  weights-file metadata checked on load and the index fingerprint are all derived from the
+  identity fields (:func:`identity_fields`, :func:`identity_dict`).
+- ``resumable``: the field may differ when an interrupted run is resumed
+  (:func:`resumable_fields`); by default exactly the fields that are not identity.
+- ``weights`` (model fields): trained weights are only valid for the same value, so a weights
+  file records it and loading checks it (:func:`dva.runs.check_weights_metadata`). The image
+  size is identity but not ``weights``: adapters trained at one size run at another
+  (``dva visualize --img-size``), and tensor shapes are checked on load anyway.
+- ``help``: the field's one-line help, which ``dva train`` shows for its option.
+
+What training *produces* (class names, their number, the dva version) is not configuration:
+it lives in :class:`TrainingRecord`, stored beside the config in ``config.json``.
 """
 
 from __future__ import annotations
@@ -13,6 +30,7 @@ import dataclasses
 import json
 import types
 import typing
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,109 +41,200 @@ from dva.errors import ConfigError
 
 #: Paper default backbone (METHOD.md section 1): ViT-B/16, ImageNet-21k, original Google weights.
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
+#: The paper's method (ICA + OPA + DPT).
+DEFAULT_METHOD = "dva"
 
 
-@dataclass
+
+def setting(
+    default: Any = dataclasses.MISSING,
+    *,
+    help: str,
+    identity: bool = True,
+    resumable: bool | None = None,
+    weights: bool | None = None,
+    default_factory: Any = dataclasses.MISSING,
+) -> Any:
+    """A config field with its metadata; ``resumable`` defaults to ``not identity``, ``weights`` to ``identity``."""
+    metadata = {
+        "help": help,
+        "identity": identity,
+        "resumable": (not identity) if resumable is None else resumable,
+        "weights": identity if weights is None else weights,
+    }
+    return field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+#: ICA's adapter settings were ``ModelConfig`` fields before they moved into the ``ica`` and
+#: ``dva`` methods' options; config files and weights written then still hold them at the top
+#: of ``model``. These were their defaults, which every run of another method recorded.
+LEGACY_MODEL_FIELDS: dict[str, Any] = {"targets": ("q", "v"), "rank": 16, "scale": 1.0}
+
+
+@dataclass(slots=True)
 class ModelConfig:
-    """What to build: the frozen backbone and how it is adapted (METHOD.md sections 1-2)."""
+    """What to build: the frozen backbone and how it is adapted (METHOD.md sections 1-2).
 
-    backbone: str = DEFAULT_BACKBONE
+    Config sections have ``__slots__``: setting a field they do not have (``model.rank = 8``,
+    from before ICA's settings became options) is an error, not a silently ignored attribute.
+    """
+
+    backbone: str = setting(
+        DEFAULT_BACKBONE, help="timm ViT name or offline backbone (dinov2_vits14.imgfocus). Paper: ViT-B/16 in21k."
+    )
     #: False builds the backbone with random weights, seeded by ``init_seed`` so a run can be
     #: rebuilt bit-for-bit later (tests and speed benchmarks use this).
-    pretrained: bool = True
-    init_seed: int = 0
-    img_size: int = 224
-    #: Training method, see ``dva.models.methods``: "dva" (ICA + OPA + DPT, the paper's), "ica", "full", ...
-    method: str = "dva"
-    #: ICA: which slices of the fused qkv projection get an adapter, its rank and scale.
-    targets: tuple[str, ...] = ("q", "v")
-    rank: int = 16
-    scale: float = 1.0
-    #: Extra, method-specific options (e.g. AdaptFormer's bottleneck width).
-    method_options: dict[str, Any] = field(default_factory=dict)
+    pretrained: bool = setting(True, help="Pre-trained backbone weights (random weights, seeded, with --no-pretrained).")
+    init_seed: int = setting(0, help="Seed of the random backbone weights when not pretrained.")
+    img_size: int = setting(224, help="Crop size (resize is img-size * 256/224). Paper: 224.", weights=False)
+    #: See ``dva.models.methods``: "dva" (ICA + OPA + DPT, the paper's), "ica", "full", ...
+    method: str = setting(DEFAULT_METHOD, help="Training method (dva list: `dva train --help`).")
+    #: The method's own settings, checked against its options dataclass (ICA's targets, rank and
+    #: scale for ``ica`` and ``dva``; AdaptFormer's bottleneck width, ...).
+    method_options: dict[str, Any] = setting(
+        default_factory=dict, help="Options of the method, KEY=VALUE (see the method's options dataclass)."
+    )
+
+    @staticmethod
+    def upgrade(raw: Mapping[str, Any], method: str | None = None) -> dict[str, Any]:
+        """Read a ``model`` section of an older layout: ICA's top-level fields move into the options.
+
+        They go to ``method_options`` for the methods that take them (``ica``, ``dva``); given in
+        both places, they must agree. Other methods never read them and they are dropped.
+        ``method``: the method when ``raw`` does not name one (a partial override file).
+        """
+        raw = dict(raw)
+        legacy = {k: raw.pop(k) for k in LEGACY_MODEL_FIELDS if k in raw}
+        if not legacy:
+            return raw
+        from dva.models.methods import get_method  # the registry imports this module
+
+        name = raw.get("method", method or DEFAULT_METHOD)
+        taken = get_method(name).legacy_fields if isinstance(name, str) else ()
+        options = dict(raw.get("method_options") or {})
+        for key, value in legacy.items():
+            if key not in taken:
+                continue
+            if key in options and json.dumps(options[key]) != json.dumps(value, default=list):
+                raise ConfigError(f"model.{key}={value!r} and model.method_options.{key}={options[key]!r} disagree; "
+                                  f"keep the method option")
+            options[key] = value
+        if options or "method_options" in raw:
+            raw["method_options"] = options
+        return raw
 
 
-@dataclass
+@dataclass(slots=True)
 class DataConfig:
     """Which images to train on and how they are read (METHOD.md sections 5-6)."""
 
-    dataset: str = "cub"
-    root: str = ""
-    split: str = "open"
-    #: Hold out the last N training classes as a validation set (open-set style). Used for
-    #: logging and hyper-parameter choice; the test split is never used for selection.
-    val_classes: int = 0
+    dataset: str = setting("cub", help="Dataset format: cub, cub100, cars, dogs, nabirds, aircraft, inat, folder.")
+    root: str = setting("", help="Where the dataset lives.", identity=False)
+    split: str = setting("open", help="open (paper: train on the first half of the classes) or the official split.")
+    #: Used for logging and hyper-parameter choice; the test split is never used for selection.
+    val_classes: int = setting(
+        0, help="Hold out the last N training classes for validation (never the test split)."
+    )
     #: Images are resized to ``resize_size`` squared, then cropped to ``ModelConfig.img_size``.
-    #: None keeps the paper's 256/224 ratio.
-    resize_size: int | None = None
-    num_workers: int = 2
-    #: Decoding failures tolerated during training, as a fraction of the training set
-    #: (images that fail are skipped and counted); more than this stops the run.
-    max_decode_errors: float = 0.01
+    resize_size: int | None = setting(None, help="Resize before the crop; default keeps the paper's 256/224 ratio.")
+    num_workers: int = setting(2, help="DataLoader worker processes.", identity=False)
+    #: Images that fail are skipped and counted; more than this stops the run.
+    max_decode_errors: float = setting(
+        0.01, help="Decoding failures tolerated during training, as a fraction of the training set."
+    )
 
 
-@dataclass
+@dataclass(slots=True)
 class OPAConfig:
     """Object-Perceptual Adaptation (METHOD.md section 3): training-time object views."""
 
-    #: Box file: a cache written by ``dva detect`` or a user's box file. Required when the
-    #: method uses OPA; with ``detector`` set, the cache that training fills first.
-    boxes: str | None = None
-    #: Detect the training images' boxes when training starts (see ``dva detect --help``).
-    detector: str | None = None
-    #: Detector prompt template; ``"{class}"`` = each image's class name. None: the dataset's
-    #: meta-category ("bird").
-    prompt: str | None = None
-    #: Options of the detector (``model``, ``box_threshold``, ...), see ``dva.opa.detectors``.
-    detector_options: dict[str, Any] = field(default_factory=dict)
-    #: Boxes scoring less are not trusted: the original image stands in for the object views.
-    min_score: float = 0.5
-    enlarge: float = 1.1
-    #: The discriminative crop is padded on its short side to at least ``short:long``.
-    aspect: tuple[int, int] = (3, 4)
-    #: No background view when the box covers this fraction of the image or more.
-    max_area: float = 0.5
+    #: Required when the method uses OPA; with ``detector`` set, the cache that training fills first.
+    boxes: str | None = setting(
+        None, help="OPA box file from `dva detect` (or your own); with --detector, the cache to fill."
+    )
+    #: See ``dva detect --help``.
+    detector: str | None = setting(
+        None, help="Detect the training boxes first (cached in --boxes, default RUN_DIR/boxes.jsonl)."
+    )
+    #: ``"{class}"`` = each image's class name. None: the dataset's meta-category ("bird").
+    prompt: str | None = setting(None, help="Detector prompt template.")
+    #: ``model``, ``box_threshold``, ..., see ``dva.opa.detectors``.
+    detector_options: dict[str, Any] = setting(default_factory=dict, help="Options of the detector.")
+    min_score: float = setting(
+        0.5, help="OPA: boxes scoring less are not trusted (original image used). Paper: 0.5."
+    )
+    enlarge: float = setting(1.1, help="OPA: the box is enlarged by this factor before cropping.")
+    aspect: tuple[int, int] = setting(
+        (3, 4), help="OPA: the discriminative crop is padded on its short side to at least short:long."
+    )
+    max_area: float = setting(0.5, help="OPA: no background view when the box covers this fraction or more.")
 
 
-@dataclass
+@dataclass(slots=True)
 class TrainConfig:
     """The paper's recipe (METHOD.md section 5) plus what the paper left open."""
 
-    epochs: int = 10
-    batch_size: int = 32
-    #: Learning rate of the adapters (or of whatever the method trains in the backbone).
-    lr: float = 1e-3
-    #: Learning rate of the Proxy-Anchor proxies. Proxy-Anchor's authors train proxies much
-    #: faster than the model; see the README for the measurement behind both defaults.
-    proxy_lr: float = 1e-1
-    weight_decay: float = 1e-4
-    optimizer: str = "adam"
-    #: Linear warm-up length in epochs before the cosine schedule (0 = paper).
-    warmup_epochs: float = 0.0
+    epochs: int = setting(10, help="Paper: 10.")
+    batch_size: int = setting(32, help="Global batch size. Paper: 32.")
+    #: A method may bring its own default (fine-tuning: ``dva.models.methods.FINE_TUNE_LR``).
+    lr: float = setting(1e-3, help="Learning rate of the adapters / trained weights (fine-tuning methods: 1e-5).")
+    #: Proxy-Anchor's authors train proxies much faster than the model; see the README for the
+    #: measurement behind both defaults.
+    proxy_lr: float = setting(1e-1, help="Learning rate of the proxies.")
+    weight_decay: float = setting(1e-4, help="Paper: 1e-4.")
+    optimizer: str = setting("adam", help="adam (paper), adamw or sgd.")
+    warmup_epochs: float = setting(0.0, help="Linear warm-up (epochs) before the cosine schedule.")
     #: Proxy-Anchor (Kim et al. 2020) and DPT (METHOD.md section 4).
-    alpha: float = 32.0
-    margin: float = 0.1
-    lambda_dist: float = 3.0
-    #: "auto" = bf16 autocast on CUDA, float32 elsewhere; or "bf16", "fp16", "fp32".
-    precision: str = "auto"
-    device: str = "auto"
-    seed: int = 0
-    #: Also write the resume checkpoint every N optimizer steps (0 = only at epoch ends).
-    checkpoint_every: int = 0
-    #: Keep the last N per-epoch weight files (0 = keep all).
-    keep_checkpoints: int = 0
-    #: ``torch.compile`` the training forward (opt-in: compiling costs a minute or more up
-    #: front; docs/speed.md has the measured gain).
-    compile: bool = False
+    alpha: float = setting(32.0, help="Proxy-Anchor's alpha.")
+    margin: float = setting(0.1, help="Proxy-Anchor's margin.")
+    lambda_dist: float = setting(3.0, help="Weight of the DPT distillation loss. Paper: 3.")
+    #: Precision changes the numbers a run computes, so it is identity (unlike the device).
+    precision: str = setting("auto", help="auto (bf16 on CUDA), bf16, fp16, fp32.")
+    #: ``device`` and ``compile`` change only where and in which order floating-point
+    #: operations run, not what is computed: a run may resume elsewhere.
+    device: str = setting("auto", help="auto, cpu, cuda, cuda:1, ...", identity=False)
+    seed: int = setting(0, help="Seed of initialisation, batch order and augmentation.")
+    checkpoint_every: int = setting(
+        0, help="Also write the resume checkpoint every N steps (0: at epoch ends only).", identity=False
+    )
+    keep_checkpoints: int = setting(0, help="Keep the last N per-epoch weight files (0 = keep all).", identity=False)
+    #: Opt-in: compiling costs a minute or more up front; docs/speed.md has the measured gain.
+    compile: bool = setting(
+        False, help="torch.compile the training forward (costs start-up time; docs/speed.md).", identity=False
+    )
 
 
-@dataclass
+#: Keys of ``config.json`` that hold the :class:`TrainingRecord`, not configuration.
+RECORD_KEYS = ("class_names", "num_classes", "dva_version")
+
+
+@dataclass(slots=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     opa: OPAConfig = field(default_factory=OPAConfig)
-    #: Filled when training starts; evaluation and search read them back.
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path, record: TrainingRecord | None = None) -> None:
+        """Write ``config.json``: the config, plus what training recorded when given."""
+        from dva._io import atomic_write_json
+
+        atomic_write_json(path, {**self.to_dict(), **(record.to_dict() if record is not None else {})})
+
+    @classmethod
+    def load(cls, path: str | Path) -> RunConfig:
+        """The config of a ``config.json`` (its training record is read by :meth:`TrainingRecord.load`)."""
+        raw = _read_run_file(path)
+        return from_dict(cls, {k: v for k, v in raw.items() if k not in RECORD_KEYS}, where=str(path))
+
+
+@dataclass
+class TrainingRecord:
+    """What training found out and wrote beside the config: never an input, never identity."""
+
     class_names: list[str] = field(default_factory=list)
     num_classes: int = 0
     dva_version: str = ""
@@ -133,21 +242,112 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def save(self, path: str | Path) -> None:
-        from dva._io import atomic_write_json
-
-        atomic_write_json(path, self.to_dict())
-
     @classmethod
-    def load(cls, path: str | Path) -> RunConfig:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"{path}: run config not found (is this a run directory made by `dva train`?)")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}: not valid JSON ({e})") from None
-        return from_dict(cls, raw, where=str(path))
+    def load(cls, path: str | Path) -> TrainingRecord:
+        raw = _read_run_file(path)
+        return from_dict(cls, {k: raw[k] for k in RECORD_KEYS if k in raw}, where=str(path))
+
+
+def _read_run_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: run config not found (is this a run directory made by `dva train`?)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (model, data, train, opa)")
+    return raw
+
+
+def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+    """Every leaf field of a config dataclass as ``("train.lr", Field)``, sections flattened."""
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if dataclasses.is_dataclass(hints[f.name]):
+            yield from config_fields(hints[f.name], f"{prefix}{f.name}.")
+        else:
+            yield f"{prefix}{f.name}", f
+
+
+def field_help(name: str, cls: type | None = None) -> str:
+    """The help of field ``name`` (``"train.lr"``) of ``cls`` (RunConfig), from its metadata."""
+    for dotted, f in config_fields(cls or RunConfig):
+        if dotted == name:
+            return f.metadata["help"]
+    raise KeyError(name)
+
+
+def weights_fields(cls: type | None = None) -> frozenset[str]:
+    """Names of the ``ModelConfig`` fields (or ``cls``'s) that trained weights are only valid for."""
+    return frozenset(name for name, f in config_fields(cls or ModelConfig) if f.metadata.get("weights", False))
+
+
+def identity_fields(config: Any) -> dict[str, Any]:
+    """``{"model.backbone": ..., "train.lr": ...}``: the values of ``config``'s identity fields."""
+    values = _flat_values(config)
+    return {name: values[name] for name, f in config_fields(type(config)) if f.metadata.get("identity", True)}
+
+
+def resumable_fields(cls: type | None = None) -> frozenset[str]:
+    """Dotted names of the fields that may change when an interrupted run is resumed."""
+    return frozenset(name for name, f in config_fields(cls or RunConfig) if f.metadata.get("resumable", False))
+
+
+def identity_dict(config: Any) -> dict[str, Any]:
+    """The identity fields as nested JSON data, in the stable layout that names runs and indexes.
+
+    Run directories (``dva reproduce``, bench/quality.py) and index fingerprints are hashes of
+    this dict, so its layout must not move with the code: ICA's settings are written at the top
+    of ``model`` as they were before they became method options (for every method: the values
+    of ``ica`` and ``dva``, the old defaults for the others), so finished runs keep their names.
+    """
+    nested: dict[str, Any] = {}
+    for name, value in identity_fields(config).items():
+        parent = nested
+        *sections, leaf = name.split(".")
+        for section in sections:
+            parent = parent.setdefault(section, {})
+        parent[leaf] = json.loads(json.dumps(value))
+    model = nested.get("model") if isinstance(config, RunConfig) else nested if isinstance(config, ModelConfig) else None
+    if model is not None:
+        _stable_model_layout(model)
+    return nested
+
+
+def _stable_model_layout(model: dict[str, Any]) -> None:
+    defaults = hoist_legacy_fields(model)
+    for key, old_default in LEGACY_MODEL_FIELDS.items():
+        model.setdefault(key, json.loads(json.dumps(defaults.get(key, old_default))))
+
+
+def hoist_legacy_fields(model: dict[str, Any]) -> dict[str, Any]:
+    """Move ICA's options of ``model`` (a ``model`` section as plain data) to its top, the older layout.
+
+    Only those of a method that takes them (``ica``, ``dva``); returns that method's defaults for
+    them (``{}`` for other methods). The inverse of :meth:`ModelConfig.upgrade`.
+    """
+    from dva.models.methods import get_method  # the registry imports this module
+
+    method = get_method(model["method"])
+    options = dict(model.get("method_options") or {})
+    for key in method.legacy_fields:
+        if key in options:
+            model[key] = json.loads(json.dumps(options.pop(key)))
+    model["method_options"] = options
+    return {k: v for k, v in method.default_options().items() if k in method.legacy_fields}
+
+
+def _flat_values(config: Any, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(_flat_values(value, f"{prefix}{f.name}."))
+        else:
+            out[f"{prefix}{f.name}"] = value
+    return out
 
 
 T = TypeVar("T")
@@ -159,6 +359,8 @@ def from_dict(cls: type[T], raw: Any, where: str = "config") -> T:
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    if cls is ModelConfig:
+        raw = ModelConfig.upgrade(raw)
     unknown = sorted(set(raw) - names)
     if unknown:
         raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")

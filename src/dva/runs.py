@@ -3,7 +3,8 @@
 ::
 
     RUN_DIR/
-      config.json               RunConfig: backbone, method, targets, rank, image size, classes, version
+      config.json               RunConfig (backbone, method and its options, image size, ...) and the
+                                TrainingRecord (class names, their number, dva version)
       model.safetensors         trained weights of the latest finished epoch (adapters + proxies)
       checkpoints/
         epoch-0001.safetensors  trained weights after each epoch
@@ -22,8 +23,9 @@ from typing import Any
 
 import torch
 
+from dva._version import __version__
 from dva.checkpoint import load_tensors
-from dva.config import RunConfig
+from dva.config import LEGACY_MODEL_FIELDS, RunConfig, TrainingRecord, identity_fields, weights_fields
 from dva.errors import CheckpointError
 from dva.models import RetrievalModel, create_model, get_method
 
@@ -35,6 +37,7 @@ class Run:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self._config: RunConfig | None = None
+        self._record: TrainingRecord | None = None
 
     @property
     def config_path(self) -> Path:
@@ -78,14 +81,17 @@ class Run:
     def summary(self) -> dict[str, Any]:
         return json.loads(self.summary_path.read_text()) if self.finished else {}
 
+    @property
+    def record(self) -> TrainingRecord:
+        """What training recorded beside the config: class names, their number, the dva version."""
+        if self._record is None:
+            self.config  # noqa: B018 - the same "not a run" error first
+            self._record = TrainingRecord.load(self.config_path)
+        return self._record
+
     def load_model(self, weights: str | Path | None = None, *, device: str | torch.device = "cpu") -> RetrievalModel:
         """Rebuild the model from ``config.json`` and load the trained weights into it."""
-        config = self.config
-        model = create_model(config.model)
-        if get_method(config.model.method).trains:
-            tensors, metadata = load_tensors(weights or self.weights_path)
-            load_trained_weights(model, tensors, metadata, config, source=Path(weights or self.weights_path))
-        return model.to(device).eval()
+        return load_model(self.config, Path(weights) if weights else self.weights_path, device=device)
 
     def load_proxies(self) -> torch.Tensor:
         tensors, _ = load_tensors(self.weights_path)
@@ -94,46 +100,80 @@ class Run:
         return tensors[PROXY_KEY]
 
 
+def load_model(config: RunConfig, weights: Path | None, *, device: str | torch.device = "cpu") -> RetrievalModel:
+    """The one way a trained model is rebuilt: ``config``'s model, with ``weights`` loaded if it trains.
+
+    Used by :meth:`Run.load_model` and by indexes (``dva.index.model``), which keep a copy of a
+    run's ``config.json`` and weights. ``weights`` is ignored for methods that train nothing.
+    """
+    model = create_model(config.model)
+    if get_method(config.model.method).trains:
+        if weights is None:
+            raise CheckpointError(f"method {config.model.method!r} needs its trained weights; none given")
+        tensors, metadata = load_tensors(weights)
+        load_trained_weights(model, tensors, metadata, config, source=weights)
+    return model.to(device).eval()
+
+
 def weights_metadata(config: RunConfig, **extra: Any) -> dict[str, Any]:
-    """What a weights file records about the model it belongs to (checked on load)."""
-    m = config.model
-    return {
-        "backbone": m.backbone,
-        "method": m.method,
-        "targets": list(m.targets),
-        "rank": m.rank,
-        "method_options": get_method(m.method).resolve_options(m.method_options),
-        "img_size": m.img_size,
-        "dva_version": config.dva_version,
-        **extra,
-    }
+    """What a weights file records about the model it belongs to: the model's identity fields.
+
+    Checked on load (:func:`check_weights_metadata`), so weights trained for another model (other
+    backbone, method, ICA targets, rank or scale, ...) are refused rather than silently misused.
+    """
+    return {**_model_identity(config), "dva_version": __version__, **extra}
+
+
+def _model_identity(config: RunConfig) -> dict[str, Any]:
+    """``config.model``'s identity fields by name, method options written out in full, as JSON data."""
+    identity = identity_fields(config.model)
+    identity["method_options"] = get_method(config.model.method).resolve_options(config.model.method_options)
+    return json.loads(json.dumps(identity))
+
+
+def _upgrade_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    """Metadata of an older weights file in today's layout (ICA's settings among the method options)."""
+    legacy = {k: metadata[k] for k in LEGACY_MODEL_FIELDS if k in metadata}
+    if not legacy or not isinstance(metadata.get("method"), str):
+        return metadata
+    upgraded = {k: v for k, v in metadata.items() if k not in LEGACY_MODEL_FIELDS}
+    taken = get_method(metadata["method"]).legacy_fields
+    options = dict(metadata.get("method_options") or {})
+    options.update({k: v for k, v in legacy.items() if k in taken and k not in options})
+    upgraded["method_options"] = options
+    return upgraded
 
 
 def check_weights_metadata(metadata: dict[str, Any], config: RunConfig, source: Path) -> None:
-    """Refuse a weights or resume file whose metadata names another model than ``config``'s."""
-    options = get_method(config.model.method).resolve_options(config.model.method_options)
-    for field in ("backbone", "method", "rank", "targets", "method_options"):
-        want = options if field == "method_options" else getattr(config.model, field)
-        want = list(want) if isinstance(want, tuple) else want
-        if field in metadata and metadata[field] != want:
-            raise CheckpointError(
-                f"{source}: weights were trained with {field}={metadata[field]!r} "
-                f"but the run config says {field}={want!r}"
-            )
+    """Refuse a weights or resume file whose metadata names another model than ``config``'s.
+
+    Every ``weights`` field of the model (config metadata) that the file records is compared;
+    older files record fewer, and what they do not record cannot be checked (e.g. ICA's scale).
+    """
+    recorded = _upgrade_metadata(metadata)
+    want = _model_identity(config)
+    checked = weights_fields()
+    for name, value in want.items():
+        if name not in recorded or name not in checked:
+            continue
+        if name == "method_options" and isinstance(recorded[name], dict):
+            pairs = [(f"method_options.{k}", recorded[name][k], v) for k, v in value.items() if k in recorded[name]]
+        else:
+            pairs = [(name, recorded[name], value)]
+        for what, have, asked in pairs:
+            if have != asked:
+                raise CheckpointError(
+                    f"{source}: weights were trained with {what}={have!r} but the run config says {what}={asked!r}"
+                )
 
 
-def load_trained_weights(
-    model: RetrievalModel, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], config: RunConfig, source: Path
-) -> None:
-    """Load adapter weights, refusing (with the reason) weights made for another model."""
-    check_weights_metadata(metadata, config, source)
-    expected = model.trainable_state_dict()
-    given = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+def check_fits(given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: Path, what: str) -> None:
+    """Refuse tensors that are not exactly ``expected``'s names and shapes (``what``: the model, for the message)."""
     missing = sorted(set(expected) - set(given))
     unexpected = sorted(set(given) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"{source}: weights do not fit {config.model.backbone} with method {config.model.method} "
+            f"{source}: weights do not fit {what} "
             f"(missing {missing[:3]}{'...' if len(missing) > 3 else ''}, "
             f"unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''})"
         )
@@ -143,5 +183,14 @@ def load_trained_weights(
                 f"{source}: {name} has shape {tuple(tensor.shape)}, the model needs {tuple(expected[name].shape)} "
                 "(weights from another backbone or rank?)"
             )
+
+
+def load_trained_weights(
+    model: RetrievalModel, tensors: dict[str, torch.Tensor], metadata: dict[str, Any], config: RunConfig, source: Path
+) -> None:
+    """Load adapter weights, refusing (with the reason) weights made for another model."""
+    check_weights_metadata(metadata, config, source)
+    given = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
+    check_fits(given, model.trainable_state_dict(), source, f"{config.model.backbone} with method {config.model.method}")
     result = model.load_state_dict(given, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -104,14 +106,12 @@ def evaluate(
         model_config = ModelConfig(backbone=backbone, pretrained=pretrained, method="frozen", img_size=img_size or 224)
         model = create_model(model_config)
         resize, cfg = None, RunConfig()  # OPA settings at their defaults
-        own_dataset = own_root = None
     elif run is not None:
         the_run = Run(run)
         cfg = the_run.config
         dataset, data, split = dataset or cfg.data.dataset, data or cfg.data.root, split or cfg.data.split
-        model = the_run.load_model(weights)
+        model = the_run.load_model(weights) if suite is None else None  # the suite loads it itself
         model_config, resize = cfg.model, cfg.data.resize_size
-        own_dataset, own_root = cfg.data.dataset, cfg.data.root or None
     else:
         raise ConfigError("pass --run RUN_DIR, or --frozen --backbone NAME")
     # Under torchrun every rank embeds a shard of each gallery; rank 0 computes and prints the metrics.
@@ -119,12 +119,16 @@ def evaluate(
     quiet = quiet or not info.is_main
     common = dict(batch_size=batch_size, num_workers=workers, device=rank_device, precision=precision, progress=not quiet)
     if suite is not None:
-        _run_suite(
-            model, suite, data_root, img_size=img_size or model_config.img_size, resize_size=resize,
-            protocol=split or "open", own_dataset=own_dataset, own_root=own_root,
-            dataset_dirs=_parse_dirs(dataset_dir or []), only=split_csv(datasets), json_out=json_out, quiet=quiet,
-            print_results=info.is_main, **common,
-        )
+        from dva.evaluate.suite import evaluate_run_on_suite, evaluate_suite
+
+        chosen = dict(suite=suite, dataset_dirs=_parse_dirs(dataset_dir or []), only=split_csv(datasets), **common)
+        if run is not None:  # the run's protocol, image size and own dataset, as the Python API gives them
+            evaluate = partial(evaluate_run_on_suite, run, data_root, weights=weights, img_size=img_size,
+                               protocol=split, **chosen)
+        else:
+            evaluate = partial(evaluate_suite, model, data_root, img_size=img_size or model_config.img_size,
+                               protocol=split or "open", **chosen)
+        _run_suite(evaluate, suite, data_root, json_out=json_out, quiet=quiet, print_results=info.is_main)
         return
     side = make_split(load_catalog(dataset, data), split or "open").test
     view, opa_report = None, None
@@ -158,15 +162,17 @@ def evaluate(
 
 
 def _run_suite(
-    model: Any, suite: str, data_root: Path | None, *, json_out: bool, quiet: bool, print_results: bool, **kwargs: Any
+    evaluate: Callable[..., list[Any]], suite: str, data_root: Path | None, *, json_out: bool, quiet: bool,
+    print_results: bool,
 ) -> None:
-    from dva.evaluate.suite import SuiteResult, evaluate_suite
+    """Run ``evaluate`` (``evaluate_suite`` or ``evaluate_run_on_suite``, bound) and print its results."""
+    from dva.evaluate.suite import SuiteResult
 
     def announce(result: SuiteResult) -> None:
         if not (json_out or quiet) and result.skipped is None:
             print(f"{result.title}: R@1 {100 * result.metrics['recall@1']:.1f}", file=sys.stderr)
 
-    results = evaluate_suite(model, data_root, suite=suite, on_result=announce, **kwargs)
+    results = evaluate(on_result=announce)
     if not print_results:
         return
     if json_out:

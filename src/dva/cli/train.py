@@ -25,51 +25,58 @@ from dva.cli.opa import (
     TextThresholdOpt,
     cli_detector_options,
 )
-from dva.config import RunConfig, from_dict, load_overrides
+from dva.config import LEGACY_MODEL_FIELDS, ModelConfig, RunConfig, config_fields, field_help, from_dict, load_overrides
 from dva.distributed import current
 from dva.errors import ConfigError
 
 
+def _field(name: str, *flags: str) -> Any:
+    """The ``dva train`` option of config field ``name`` (``"train.lr"``), its help the field's own."""
+    leaf = name.rsplit(".", 1)[-1]
+    return typer.Option(None, *(flags or (f"--{leaf.replace('_', '-')}",)), help=field_help(name))
+
+
+#: Options whose parameter is not named as their config field (the field's name is the default).
+PARAMETER_OF = {"data.root": "data", "data.num_workers": "workers", "train.compile": "compile_model"}
+#: Options that are read into a field by hand (parsed, or built from several options).
+COMPOSED = {"model.method_options", "opa.detector_options", "opa.boxes"}
+
+
 def train(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Run directory to write (or to continue with --resume)."),
     dataset: str | None = DatasetOpt,
     data: str | None = DataRootOpt,
     split: str | None = SplitOpt,
-    val_classes: int | None = typer.Option(
-        None, "--val-classes", help="Hold out the last N training classes for validation (never the test split)."
-    ),
-    backbone: str | None = typer.Option(None, "--backbone", help="timm ViT name or offline backbone (dinov2_vits14.imgfocus)."),
-    pretrained: bool | None = typer.Option(None, "--pretrained/--no-pretrained", help="Random weights with --no-pretrained."),
+    val_classes: int | None = _field("data.val_classes"),
+    backbone: str | None = _field("model.backbone"),
+    pretrained: bool | None = _field("model.pretrained", "--pretrained/--no-pretrained"),
     method: str | None = typer.Option(
         None, "--method", help="dva (ICA + OPA + DPT, needs --boxes or --detector), ica, adaptformer, clip-adapter, "
-        "full, partial-attn, partial-proj, partial-mlp, frozen (fine-tuning wants a small --lr, e.g. 1e-5); "
+        "full, partial-attn, partial-proj, partial-mlp (fine-tuning trains at lr 1e-5 unless --lr), frozen; "
         "PEFT peers: lora, vpt-deep, vptsp-g (docs/reproduce.md)."
     ),
     method_option: list[str] | None = MethodOptionOpt,
-    targets: str | None = typer.Option(None, "--targets", help="ICA targets, a subset of q,k,v. Paper: q,v."),
-    rank: int | None = typer.Option(None, "--rank", help="ICA bottleneck rank. Paper: 16."),
-    img_size: int | None = typer.Option(None, "--img-size", help="Crop size (resize is img-size * 256/224). Paper: 224."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Paper: 10."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Global batch size. Paper: 32."),
-    lr: float | None = typer.Option(None, "--lr", help="Learning rate of the adapters / trained weights."),
-    proxy_lr: float | None = typer.Option(None, "--proxy-lr", help="Learning rate of the proxies."),
-    weight_decay: float | None = typer.Option(None, "--weight-decay", help="Paper: 1e-4."),
-    optimizer: str | None = typer.Option(None, "--optimizer", help="adam (paper), adamw or sgd."),
-    lambda_dist: float | None = typer.Option(None, "--lambda", help="Weight of the DPT distillation loss. Paper: 3."),
-    warmup_epochs: float | None = typer.Option(None, "--warmup-epochs", help="Linear warm-up before the cosine schedule."),
-    precision: str | None = typer.Option(None, "--precision", help="auto (bf16 on CUDA), bf16, fp16, fp32."),
-    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, cuda:1, ..."),
-    seed: int | None = typer.Option(None, "--seed"),
-    workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes."),
-    checkpoint_every: int | None = typer.Option(
-        None, "--checkpoint-every", help="Also write the resume checkpoint every N steps (0: at epoch ends only)."
+    targets: str | None = typer.Option(
+        None, "--targets", help="ICA targets (ica, dva), a subset of q,k,v. Paper: q,v. = --method-option targets=..."
     ),
-    boxes: Path | None = typer.Option(
-        None, "--boxes", help="OPA box file from `dva detect` (or your own); with --detector, the cache to fill."
-    ),
-    detector: str | None = typer.Option(
-        None, "--detector", help="Detect the training boxes first (cached in --boxes, default RUN_DIR/boxes.jsonl)."
-    ),
+    rank: int | None = typer.Option(None, "--rank", help="ICA bottleneck rank (ica, dva). Paper: 16."),
+    img_size: int | None = _field("model.img_size"),
+    epochs: int | None = _field("train.epochs"),
+    batch_size: int | None = _field("train.batch_size"),
+    lr: float | None = _field("train.lr"),
+    proxy_lr: float | None = _field("train.proxy_lr"),
+    weight_decay: float | None = _field("train.weight_decay"),
+    optimizer: str | None = _field("train.optimizer"),
+    lambda_dist: float | None = _field("train.lambda_dist", "--lambda"),
+    warmup_epochs: float | None = _field("train.warmup_epochs"),
+    precision: str | None = _field("train.precision"),
+    device: str | None = _field("train.device"),
+    seed: int | None = _field("train.seed"),
+    workers: int | None = _field("data.num_workers", "--workers"),
+    checkpoint_every: int | None = _field("train.checkpoint_every"),
+    boxes: Path | None = _field("opa.boxes"),
+    detector: str | None = _field("opa.detector"),
     prompt: str | None = PromptOpt,
     detector_model: str | None = typer.Option(
         None, "--detector-model", help="groundingdino/owlv2 weights (see dva detect --model)."
@@ -78,14 +85,10 @@ def train(
     text_threshold: float | None = TextThresholdOpt,
     box_file: str | None = BoxFileOpt,
     detector_device: str | None = DetectorDeviceOpt,
-    min_score: float | None = typer.Option(
-        None, "--min-score", help="OPA: boxes scoring less are not trusted (original image used). Paper: 0.5."
-    ),
+    min_score: float | None = _field("opa.min_score"),
     config_file: Path | None = typer.Option(None, "--config", help="YAML/JSON file with model/data/train/opa sections."),
     resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
-    compile_model: bool | None = typer.Option(
-        None, "--compile/--no-compile", help="torch.compile the training forward (costs start-up time; docs/speed.md)."
-    ),
+    compile_model: bool | None = _field("train.compile", "--compile/--no-compile"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -100,43 +103,17 @@ def train(
     """
     from dva.train import Trainer
 
-    overrides = {
-        "model": {
-            "backbone": backbone,
-            "pretrained": pretrained,
-            "method": method,
-            "method_options": parse_method_options(method_option),
-            "targets": split_csv(targets),
-            "rank": rank,
-            "img_size": img_size,
-        },
-        "data": {"dataset": dataset, "root": data, "split": split, "val_classes": val_classes, "num_workers": workers},
-        "train": {
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "proxy_lr": proxy_lr,
-            "weight_decay": weight_decay,
-            "optimizer": optimizer,
-            "lambda_dist": lambda_dist,
-            "warmup_epochs": warmup_epochs,
-            "precision": precision,
-            "device": device,
-            "seed": seed,
-            "checkpoint_every": checkpoint_every,
-            "compile": compile_model,
-        },
-        "opa": {
-            "boxes": str(boxes) if boxes is not None else None,
-            "detector": detector,
-            "prompt": prompt,
-            "min_score": min_score,
-            "detector_options": cli_detector_options(
-                model=detector_model, box_threshold=box_threshold, text_threshold=text_threshold, box_file=box_file,
-                device=detector_device, data_root=data, detector=detector or "",
-            ) or None,
-        },
-    }
+    overrides = config_overrides(ctx.params)
+    overrides["model"].update(
+        method_options=parse_method_options(method_option), targets=split_csv(targets), rank=rank
+    )
+    overrides["opa"].update(
+        boxes=str(boxes) if boxes is not None else None,
+        detector_options=cli_detector_options(
+            model=detector_model, box_threshold=box_threshold, text_threshold=text_threshold, box_file=box_file,
+            device=detector_device, data_root=data, detector=detector or "",
+        ) or None,
+    )
     config = build_config(out, overrides, config_file, resume)
     _check_opa(config, out)
     summary = Trainer(config, out, progress=not quiet).fit(resume=resume)
@@ -146,6 +123,21 @@ def train(
         print_json(summary)
     else:
         print(f"run written to {out} ({summary['epochs']} epochs, {summary['train_seconds']:.0f} s)")
+
+
+def config_overrides(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The config sections the command-line options set, by field (``{"train": {"lr": 1e-4}, ...}``).
+
+    Derived from the config's own fields: an option named as its field (or as
+    :data:`PARAMETER_OF` says) sets it; options not given (None) set nothing.
+    """
+    overrides: dict[str, dict[str, Any]] = {"model": {}, "data": {}, "train": {}, "opa": {}}
+    for name, _ in config_fields(RunConfig):
+        section, leaf = name.split(".")
+        parameter = PARAMETER_OF.get(name, leaf)
+        if name not in COMPOSED and params.get(parameter) is not None:
+            overrides[section][leaf] = params[parameter]
+    return overrides
 
 
 def _check_opa(config: RunConfig, out: Path) -> None:
@@ -163,17 +155,37 @@ def _check_opa(config: RunConfig, out: Path) -> None:
 
 
 def build_config(out: Path, overrides: dict[str, dict[str, Any]], config_file: Path | None, resume: bool) -> RunConfig:
-    """Defaults < ``--config`` file < explicit options; on resume the saved config replaces the defaults."""
+    """Defaults < the method's defaults < ``--config`` file < explicit options.
+
+    On resume the saved config replaces both kinds of defaults. A config file may hold ICA's
+    ``targets``/``rank``/``scale`` at the top of ``model`` (the older layout): they are read as
+    the method's options.
+    """
     if resume and not out.is_dir():
         raise ConfigError(f"{out}: no run to resume (no such folder); drop --resume to start one")
-    if resume and (out / "config.json").is_file():
-        # --config applies on resume too; what may not change there is refused by name (Trainer).
-        base = RunConfig.load(out / "config.json").to_dict()
-    else:
-        base = RunConfig().to_dict()
+    saved = resume and (out / "config.json").is_file()
+    # --config applies on resume too; what may not change there is refused by name (Trainer).
+    base = RunConfig.load(out / "config.json").to_dict() if saved else RunConfig().to_dict()
+    given = []
     if config_file is not None:
-        _merge(base, load_overrides(config_file))
-    _merge(base, {section: {k: v for k, v in values.items() if v is not None} for section, values in overrides.items()})
+        layer = load_overrides(config_file)
+        if isinstance(layer.get("model"), dict):
+            layer["model"] = ModelConfig.upgrade(layer["model"], method=base["model"]["method"])
+        _merge(base, layer)
+        given.append(layer)
+    options = {section: {k: v for k, v in values.items() if v is not None} for section, values in overrides.items()}
+    # ICA's --targets/--rank set those options of the methods that take them (ica, dva), over
+    # whatever the file or --method-option said; other methods ignore them, as they always did.
+    flags = {k: options["model"].pop(k) for k in LEGACY_MODEL_FIELDS if k in options.get("model", {})}
+    _merge(base, options)
+    given.append(options)
+    if flags:
+        moved = ModelConfig.upgrade({"method": base["model"]["method"], **flags}).get("method_options", {})
+        base["model"]["method_options"] = {**base["model"].get("method_options", {}), **moved}
+    if not saved and isinstance(base.get("model"), dict) and isinstance(base["model"].get("method"), str):
+        from dva.models.methods import apply_method_defaults
+
+        apply_method_defaults(base, given)
     return from_dict(RunConfig, base, where=str(config_file or "options"))
 
 

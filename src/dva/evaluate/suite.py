@@ -172,17 +172,23 @@ def evaluate_run_on_suite(
     *,
     weights: str | Path | None = None,
     device: str = "auto",
+    img_size: int | None = None,
+    protocol: str | None = None,
     **kwargs: Any,
 ) -> list[SuiteResult]:
-    """:func:`evaluate_suite` for a trained run, with the run's protocol, image size and own dataset."""
+    """:func:`evaluate_suite` for a trained run, with the run's protocol, image size and own dataset.
+
+    ``img_size`` and ``protocol`` replace the run's when given (``dva eval --run R --suite paper``
+    is this function, with the command line's ``--img-size`` and ``--split``).
+    """
     from dva.runs import Run
 
     run = Run(run_dir)
     config = run.config
     model = run.load_model(weights)
     return evaluate_suite(
-        model, data_root, img_size=config.model.img_size, resize_size=config.data.resize_size,
-        protocol=config.data.split, own_dataset=config.data.dataset, own_root=config.data.root or None,
+        model, data_root, img_size=img_size or config.model.img_size, resize_size=config.data.resize_size,
+        protocol=protocol or config.data.split, own_dataset=config.data.dataset, own_root=config.data.root or None,
         device=device, **kwargs,
     )
 

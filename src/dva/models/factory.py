@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import nn
 
-from dva.config import ModelConfig
+from dva.config import DEFAULT_METHOD, LEGACY_MODEL_FIELDS, ModelConfig
 from dva.models.backbone import create_backbone
 from dva.models.methods import apply_method
 from dva.models.retrieval import RetrievalModel
@@ -18,15 +18,25 @@ def create_model(config: ModelConfig | None = None, **overrides) -> RetrievalMod
 
     ``create_model(backbone="vit_small_patch16_224", pretrained=False, rank=8)`` works too:
     keyword overrides replace fields of ``config`` (the paper's defaults when omitted), e.g.
-    ``create_model(method="adaptformer", method_options={"bottleneck": 32})``.
+    ``create_model(method="adaptformer", method_options={"bottleneck": 32})``. ICA's ``targets``,
+    ``rank`` and ``scale`` may be given as keywords, as before they became method options.
     """
-    config = ModelConfig(**{**(vars(config) if config else {}), **overrides})
+    config = _with_overrides(config, overrides)
     backbone = create_backbone(
         config.backbone, pretrained=config.pretrained, img_size=config.img_size, init_seed=config.init_seed
     )
     model = RetrievalModel(backbone)
     apply_method(model, config)
     return model
+
+
+def _with_overrides(config: ModelConfig | None, overrides: dict) -> ModelConfig:
+    raw = {**({f.name: getattr(config, f.name) for f in fields(config)} if config else {}), **overrides}
+    legacy = {k: raw.pop(k) for k in LEGACY_MODEL_FIELDS if k in raw}
+    if legacy:  # keywords of the old layout: options of the methods that take them, else ignored
+        moved = ModelConfig.upgrade({"method": raw.get("method", DEFAULT_METHOD), **legacy})
+        raw["method_options"] = {**raw.get("method_options", {}), **moved.get("method_options", {})}
+    return ModelConfig(**raw)
 
 
 @dataclass(frozen=True)

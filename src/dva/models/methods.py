@@ -31,15 +31,17 @@ method              trained                                                     
 ==================  ==============================================================  ===========
 
 Method-specific settings go in ``ModelConfig.method_options`` (``--method-option KEY=VALUE``)
-and are checked against the method's options dataclass; ICA's ``targets``, ``rank`` and
-``scale`` are ModelConfig fields of their own.
+and are checked against the method's options dataclass: ICA's ``targets``, ``rank`` and
+``scale`` are the options of ``ica`` and ``dva`` (:class:`DVAOptions` adds DPT's). A method
+also brings its own defaults for training settings (:attr:`Method.defaults`): the fine-tuning
+methods train at :data:`FINE_TUNE_LR`, not at the adapters' learning rate.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
@@ -54,6 +56,10 @@ from dva.models.lora import LoRAConfig
 from dva.models.retrieval import RetrievalModel
 from dva.models.vpt import VPTConfig, inject_vpt
 from dva.models.vptsp import SemanticProxies, VPTSPConfig
+
+#: Learning rate of the backbone weights the fine-tuning methods train (Adam, as for adapters):
+#: the adapters' 1e-3 would wreck the pre-trained weights, and the paper gives none.
+FINE_TUNE_LR = 1e-5
 
 #: ``apply(model, model_config, options)``; ``options`` is the method's parsed options dataclass (or None).
 ApplyFn = Callable[[RetrievalModel, ModelConfig, Any], None]
@@ -70,8 +76,6 @@ class Method:
     trains: bool = True
     #: Dataclass of the options it reads from ``ModelConfig.method_options``; None: takes none.
     options: type | None = None
-    #: Injects ICA adapters, so ``ModelConfig.targets``, ``rank`` and ``scale`` matter.
-    uses_ica: bool = False
     #: Whatever it trains folds into the backbone's own weights, so a run exports as a plain
     #: timm model (``dva export``). False for adapters with their own non-linear modules.
     mergeable: bool = True
@@ -81,6 +85,12 @@ class Method:
     #: as ``source(model, images, labels, proxy_anchor.proxies) -> (num_classes, d) proxies``.
     #: VPTSP-G's semantic proxies; None (every other method): the learnable proxies as they are.
     proxy_source: Callable[[RetrievalModel, Any, Any], nn.Module] | None = None
+    #: The method's own defaults for other config sections, ``{"train": {"lr": 1e-5}}``: they
+    #: replace the general defaults wherever the user set nothing (:func:`apply_method_defaults`).
+    defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Options that older versions kept as ``ModelConfig`` fields (ICA's ``targets``, ``rank``,
+    #: ``scale``); read from there in old files (:meth:`dva.config.ModelConfig.upgrade`).
+    legacy_fields: tuple[str, ...] = ()
 
     def parse_options(self, raw: Mapping[str, Any]) -> Any:
         """``method_options`` as the method's options dataclass, defaults filled in; errors name the option."""
@@ -95,6 +105,10 @@ class Method:
         parsed = self.parse_options(raw)
         return dataclasses.asdict(parsed) if parsed is not None else {}
 
+    def default_options(self) -> dict[str, Any]:
+        """Every option at its default (``{}`` for methods without options)."""
+        return self.resolve_options({})
+
 
 _METHODS: dict[str, Method] = {}
 
@@ -106,15 +120,17 @@ def register_method(
     uses_opa: bool = False,
     trains: bool = True,
     options: type | None = None,
-    uses_ica: bool = False,
     mergeable: bool = True,
     proxy_source: Callable[[RetrievalModel, Any, Any], nn.Module] | None = None,
+    defaults: Mapping[str, Mapping[str, Any]] | None = None,
+    legacy_fields: tuple[str, ...] = (),
 ) -> Callable[[ApplyFn], ApplyFn]:
     def decorator(fn: ApplyFn) -> ApplyFn:
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = Method(
-            name, fn, description, uses_opa, trains, options, uses_ica, mergeable, proxy_source=proxy_source
+            name, fn, description, uses_opa, trains, options, mergeable, proxy_source=proxy_source,
+            defaults=dict(defaults or {}), legacy_fields=legacy_fields,
         )
         return fn
 
@@ -144,8 +160,35 @@ def dpt_options(config: ModelConfig) -> DPTOptions | None:
     return options if isinstance(options, DPTOptions) else None
 
 
-def ica_config(config: ModelConfig) -> ICAConfig:
-    return ICAConfig(targets=tuple(config.targets), rank=config.rank, scale=config.scale)
+def apply_method_defaults(raw: dict[str, Any], given: Iterable[Mapping[str, Any]]) -> None:
+    """Set the method's own defaults (:attr:`Method.defaults`) in ``raw``, a RunConfig as plain data.
+
+    ``given``: the layers the user wrote (a config file, command-line options), as sections of
+    plain data; a field set in any of them keeps its value. So ``dva train --method full``
+    trains at :data:`FINE_TUNE_LR`, and ``--method full --lr 1e-4`` at 1e-4.
+    """
+    given = list(given)
+    method = get_method(raw["model"]["method"])
+    for section, values in method.defaults.items():
+        for key, value in values.items():
+            if not any(key in (layer.get(section) or {}) for layer in given):
+                raw[section][key] = value
+
+
+@dataclass(frozen=True)
+class DVAOptions(DPTOptions):
+    """Options of ``--method dva``: ICA's adapters (``targets``, ``rank``, ``scale``) and DPT's."""
+
+    targets: tuple[str, ...] = ICAConfig.targets
+    rank: int = ICAConfig.rank
+    scale: float = ICAConfig.scale
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "targets", self.ica_config().targets)  # validated, canonical q, k, v order
+
+    def ica_config(self) -> ICAConfig:
+        return ICAConfig(targets=tuple(self.targets), rank=self.rank, scale=self.scale)
 
 
 def unfreeze(model: RetrievalModel, module_suffix: str) -> None:
@@ -162,31 +205,46 @@ def _frozen(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     pass
 
 
-@register_method("full", description="fine-tune every backbone weight (Tables 1, 10 'Fine-tuning')")
+_FINE_TUNING = {"train": {"lr": FINE_TUNE_LR}}
+_ICA_FIELDS = ("targets", "rank", "scale")
+
+
+@register_method(
+    "full", description="fine-tune every backbone weight (Tables 1, 10 'Fine-tuning')", defaults=_FINE_TUNING
+)
 def _full(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     model.backbone.requires_grad_(True)
 
 
-@register_method("partial-attn", description="fine-tune only the attention projectors attn.qkv (Table 1)")
+@register_method(
+    "partial-attn", description="fine-tune only the attention projectors attn.qkv (Table 1)", defaults=_FINE_TUNING
+)
 def _partial_attn(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     unfreeze(model, "attn.qkv")
 
 
-@register_method("partial-proj", description="fine-tune only the attention output projectors attn.proj (Table 1)")
+@register_method(
+    "partial-proj",
+    description="fine-tune only the attention output projectors attn.proj (Table 1)",
+    defaults=_FINE_TUNING,
+)
 def _partial_proj(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     unfreeze(model, "attn.proj")
 
 
-@register_method("partial-mlp", description="fine-tune only the blocks' MLPs (Table 1)")
+@register_method("partial-mlp", description="fine-tune only the blocks' MLPs (Table 1)", defaults=_FINE_TUNING)
 def _partial_mlp(model: RetrievalModel, config: ModelConfig, options: None) -> None:
     unfreeze(model, ".mlp")
 
 
 @register_method(
-    "ica", description="In-Context Adaptation adapters on the qkv projection (Table 8 'Base + ICA')", uses_ica=True
+    "ica",
+    description="In-Context Adaptation adapters on the qkv projection (Table 8 'Base + ICA')",
+    options=ICAConfig,
+    legacy_fields=_ICA_FIELDS,
 )
-def _ica(model: RetrievalModel, config: ModelConfig, options: None) -> None:
-    inject_ica(model.backbone, ica_config(config))
+def _ica(model: RetrievalModel, config: ModelConfig, options: ICAConfig) -> None:
+    inject_ica(model.backbone, options)
 
 
 @register_method(
@@ -213,12 +271,12 @@ def _clip_adapter(model: RetrievalModel, config: ModelConfig, options: CLIPAdapt
     "dva",
     description="ICA adapters trained on OPA's object views with the DPT loss (the paper's full method)",
     uses_opa=True,
-    uses_ica=True,
-    options=DPTOptions,
+    options=DVAOptions,
+    legacy_fields=_ICA_FIELDS,
 )
-def _dva(model: RetrievalModel, config: ModelConfig, options: DPTOptions) -> None:
-    # The model is ICA's; DPTOptions choose the loss, which the trainer builds from them.
-    inject_ica(model.backbone, ica_config(config))
+def _dva(model: RetrievalModel, config: ModelConfig, options: DVAOptions) -> None:
+    # The model is ICA's; the DPT options choose the loss, which the trainer builds from them.
+    inject_ica(model.backbone, options.ica_config())
 
 
 @register_method(

@@ -34,7 +34,7 @@ class Row:
     """One line of a table.
 
     ``overrides`` are RunConfig sections applied over the base config
-    (``{"model": {"method": "dva", "targets": ["q", "v"]}, "train": {"lambda_dist": 0.0}}``);
+    (``{"model": {"method": "dva", "method_options": {"targets": ["q", "v"]}}, "train": {"lambda_dist": 0.0}}``);
     ``paper`` holds the paper's numbers by column: recalls in percent, ``params`` in millions,
     ``latency`` in milliseconds (a column it leaves out is shown as "-").
     """

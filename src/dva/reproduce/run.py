@@ -19,9 +19,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dva import __version__
 from dva._io import atomic_write_json
-from dva.config import ModelConfig, OPAConfig, RunConfig, TrainConfig, from_dict
+from dva._version import __version__
+from dva.config import (
+    LEGACY_MODEL_FIELDS,
+    OPAConfig,
+    RunConfig,
+    TrainConfig,
+    from_dict,
+    hoist_legacy_fields,
+    identity_dict,
+)
 from dva.data import SplitSide, load_catalog, make_split
 from dva.errors import ConfigError
 from dva.models import get_method
@@ -31,14 +39,6 @@ from dva.runs import Run
 RUNS_DIR = "runs"
 EVAL_DIR = "reproduce"
 
-#: Config fields that do not change what a run computes (where data lives, how fast it is read,
-#: where and how it runs, how often it is saved) or that training fills in: not part of a run's
-#: identity. ``compile`` is an execution detail like ``device``: both change only the order of
-#: floating-point operations.
-NOT_IDENTITY = (
-    ("data", "root"), ("data", "num_workers"), ("train", "device"), ("train", "compile"), ("train", "checkpoint_every"),
-    ("train", "keep_checkpoints"), ("class_names",), ("num_classes",), ("dva_version",),
-)
 
 
 @dataclass
@@ -61,22 +61,25 @@ class RowResult:
 def row_config(row: Row, base: RunConfig, seed: int) -> RunConfig:
     """The run a row trains under ``seed``: ``base`` with the row's overrides, put in canonical form.
 
-    Settings the row's method does not read are reset to their defaults (ICA targets for
-    fine-tuning, boxes and lambda for methods without OPA), and method options are written out
-    in full, so configs that train the same model compare (and hash) equal.
+    Settings the row's method does not read are reset to their defaults (boxes and lambda for
+    methods without OPA), and method options are written out in full, so configs that train the
+    same model compare (and hash) equal.
     """
     raw = base.to_dict()
+    # The base's ICA settings (e.g. a smaller rank) apply to the rows whose method takes them,
+    # as when they were ModelConfig fields: written at the top of ``model``, they are read back
+    # as options by those methods and dropped for the others (ModelConfig.upgrade).
+    hoist_legacy_fields(raw["model"])
     for section, values in row.overrides.items():
         if section not in raw or not isinstance(raw[section], dict):
             raise ConfigError(f"row {row.name!r}: unknown config section {section!r}")
         raw[section] = {**raw[section], **values}
+    for key in [k for k in raw["model"]["method_options"] if k in LEGACY_MODEL_FIELDS]:
+        raw["model"].pop(key, None)  # the row's own ICA option wins over the base's
     raw["train"]["seed"] = seed
     config = from_dict(RunConfig, raw, where=f"row {row.name!r}")
     method = get_method(config.model.method)
     config.model.method_options = method.resolve_options(config.model.method_options)
-    if not method.uses_ica:
-        defaults = ModelConfig()
-        config.model.targets, config.model.rank, config.model.scale = defaults.targets, defaults.rank, defaults.scale
     if not method.uses_opa:
         config.opa = OPAConfig()
         config.train.lambda_dist = TrainConfig().lambda_dist
@@ -86,25 +89,30 @@ def row_config(row: Row, base: RunConfig, seed: int) -> RunConfig:
 
 
 def run_key(config: RunConfig) -> str:
-    """Directory name of a run: ``dva-qv-lam3-e10-img224-s0-1a2b3c4d``, the hash over its identity."""
-    identity = config.to_dict()
-    for path in NOT_IDENTITY:
-        parent = identity
-        for part in path[:-1]:
-            parent = parent[part]
-        parent.pop(path[-1], None)
+    """Directory name of a run: ``dva-qv-lam3-e10-img224-s0-1a2b3c4d``, the hash over its identity.
+
+    The hash is over :func:`dva.config.identity_dict`, whose layout is kept stable so that
+    finished runs keep their names; the readable part names ICA's targets, DPT's lambda and
+    the method options that differ from their defaults (ICA's own, named by the targets, aside).
+    """
+    identity = identity_dict(config)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:8]
     m, t = config.model, config.train
     method = get_method(m.method)
     parts = [m.method]
-    if method.uses_ica:
-        parts.append("".join(m.targets))
+    if "targets" in method.legacy_fields:
+        parts.append("".join(identity["model"]["targets"]))
     if method.uses_opa:
         parts.append(f"lam{t.lambda_dist:g}")
-    defaults = method.resolve_options({})
-    parts += [f"{k}-{v}" for k, v in sorted(m.method_options.items()) if defaults.get(k) != v]
+    defaults = method.default_options()
+    options = identity["model"]["method_options"]  # ICA's settings are outside, as they were
+    parts += [f"{k}-{v}" for k, v in sorted(options.items()) if _plain(defaults.get(k)) != v]
     parts += [f"e{t.epochs}", f"img{m.img_size}", f"s{t.seed}", digest]
     return "-".join(parts)
+
+
+def _plain(value: Any) -> Any:
+    return json.loads(json.dumps(value))
 
 
 def check_rows(rows: Sequence[Row], base: RunConfig, *, test_boxes: str | Path | None) -> None:

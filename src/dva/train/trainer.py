@@ -14,6 +14,7 @@ the run directory; a distributed step computes what a single-process step comput
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -24,11 +25,13 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from dva import __version__
 from dva._io import append_jsonl, atomic_write_json
+from dva._version import __version__
 from dva.checkpoint import save_tensors
-from dva.config import RunConfig
+from dva.config import RunConfig, TrainingRecord, resumable_fields
 from dva.data import DataSplit, load_catalog, make_split
+from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
+from dva.data.transforms import train_transform
 from dva.distributed import (
     all_gather_objects,
     all_gather_rows,
@@ -38,29 +41,21 @@ from dva.distributed import (
     main_first,
     wrap_ddp,
 )
-from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
-from dva.data.transforms import train_transform
-from dva.errors import CheckpointError, ConfigError, DataError, DvaError, WriteError
+from dva.errors import ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
 from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions
+from dva.losses.dpt import ORIGINAL, LossOutput
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
 from dva.models.methods import dpt_options
-from dva.runs import MODEL_PREFIX, Run, check_weights_metadata, weights_metadata
+from dva.runs import MODEL_PREFIX, Run, check_fits, check_weights_metadata, weights_metadata
 from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everything
 from dva.train.interrupt import GracefulInterrupt
 from dva.train.schedule import lr_factor
 from dva.train.state import Position, load_training_state, save_training_state
-from dva.losses.dpt import ORIGINAL, LossOutput
 
 LOSS_PREFIX = "loss."
 LOG_EVERY = 10
 
-#: Config fields that may change between an interrupted run and its resumption: they do
-#: not change what is computed, only where and how fast.
-RESUMABLE_CHANGES = frozenset(
-    {"data.root", "data.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints",
-     "train.compile"}
-)
 
 
 class TrainingInterrupted(DvaError):
@@ -71,7 +66,8 @@ class Trainer:
     """Train one run. ``Trainer(config, "runs/x").fit()``; ``fit(resume=True)`` continues it.
 
     ``split`` and ``views`` may be given directly (notebooks, tests); by default the split is
-    read from ``config.data`` and the views follow from the method.
+    read from ``config.data`` and the views follow from the method. ``config`` is only read:
+    what training finds out (the classes) goes to :attr:`record`, saved beside it.
     """
 
     def __init__(
@@ -89,6 +85,7 @@ class Trainer:
         self.views = views
         self.progress = progress
         self.method = get_method(config.model.method)
+        self.record: TrainingRecord | None = None
 
     # ------------------------------------------------------------------ set-up
     def fit(self, *, resume: bool = False) -> dict[str, Any]:
@@ -103,7 +100,7 @@ class Trainer:
             self._check_resume_config()
         barrier()  # every rank has read the run directory before rank 0 writes to it
         if self.dist.is_main:
-            self.config.save(self.run.config_path)
+            self.config.save(self.run.config_path, self.record)
         if self.run.finished:
             return self.run.summary()
         if not self.method.trains:
@@ -125,23 +122,32 @@ class Trainer:
         train = self.split.train
         if train.num_classes < 2:
             raise DataError(f"training needs at least two classes, the {self.split.protocol} split has {train.num_classes}")
-        self.config.class_names = list(train.class_names)
-        self.config.num_classes = train.num_classes
-        self.config.dva_version = __version__
+        self.record = TrainingRecord(list(train.class_names), train.num_classes, __version__)
 
     def _check_resume_config(self) -> None:
-        saved = _flatten(RunConfig.load(self.run.config_path).to_dict())
-        asked = _flatten(self.config.to_dict())
-        changed = [k for k in sorted(saved) if k not in RESUMABLE_CHANGES and saved.get(k) != asked.get(k) and k != "dva_version"]
+        """Refuse to resume with other settings than the run's, except those marked ``resumable``."""
+        saved = _comparable(RunConfig.load(self.run.config_path))
+        asked = _comparable(self.config)
+        may_change = resumable_fields()
+        changed = [k for k in sorted(set(saved) | set(asked))
+                   if k not in may_change and saved.get(k) != asked.get(k)]
         if changed:
             details = "; ".join(f"{k}: run has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{self.run.config_path}: cannot resume with different settings ({details})")
 
-    def _build(self) -> None:
+    def prepare(self, num_classes: int, batches_per_epoch: int | None = None) -> None:
+        """Build everything a training step needs but the data: model, loss, optimizer, schedule.
+
+        :meth:`fit` calls it; a benchmark calls it directly and times :meth:`train_step` on its
+        own batches, so what it measures is the step training takes, not a copy of it.
+        ``batches_per_epoch`` sets the learning-rate schedule (None: set later, from the data).
+        """
+        if not hasattr(self, "device"):
+            self.dist, self.device = init_distributed(resolve_device(self.config.train.device))
         cfg = self.config
         seed_everything(cfg.train.seed)
         self.model = create_model(cfg.model).to(self.device)
-        self.loss_fn = build_loss(cfg, self.model.embed_dim).to(self.device)
+        self.loss_fn = build_loss(cfg, num_classes, self.model.embed_dim).to(self.device)
         # What the step calls: the modules themselves, or their DDP wrappers (which keep the
         # ranks' adapters and proxies identical), compiled on request.
         self.train_model, self.train_loss = self.model, self.loss_fn
@@ -154,7 +160,20 @@ class Trainer:
         self.base_lrs = [group["lr"] for group in self.optimizer.param_groups]
         dtype = autocast_dtype(self.device, cfg.train.precision)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=dtype is torch.float16)
+        if batches_per_epoch is not None:
+            self._set_schedule(batches_per_epoch)
 
+    def _set_schedule(self, batches_per_epoch: int) -> None:
+        cfg = self.config.train
+        self.total_steps = cfg.epochs * batches_per_epoch
+        self.warmup_steps = round(cfg.warmup_epochs * batches_per_epoch)
+        dpt = dpt_options(self.config.model)
+        object_first = dpt.object_first if dpt is not None else 0.0
+        self.transfer_from_step = round(object_first * self.total_steps)
+
+    def _build(self) -> None:
+        cfg = self.config
+        self.prepare(self.record.num_classes)
         mean, std = self.model.normalization
         transform = train_transform(cfg.model.img_size, mean, std, cfg.data.resize_size)
         with main_first():  # rank 0 detects (and caches) boxes first, the others read its cache
@@ -175,11 +194,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             persistent_workers=cfg.data.num_workers > 0,  # no worker start-up at every epoch
         )
-        self.total_steps = cfg.train.epochs * self.sampler.batches_per_epoch
-        self.warmup_steps = round(cfg.train.warmup_epochs * self.sampler.batches_per_epoch)
-        dpt = dpt_options(self.config.model)
-        object_first = dpt.object_first if dpt is not None else 0.0
-        self.transfer_from_step = round(object_first * self.total_steps)
+        self._set_schedule(self.sampler.batches_per_epoch)
         self.max_failures = int(cfg.data.max_decode_errors * len(self.dataset))
 
     def _default_views(self) -> ViewMaker:
@@ -218,7 +233,7 @@ class Trainer:
         for batch in bar:
             sizes = self._count_problems(batch, position)
             if any(sum(per_rank) for per_rank in sizes.values()):
-                parts = self._step(batch, sizes, position.global_step)
+                parts = self.train_step(batch, position.global_step, sizes)
                 position.epoch_loss_sum += parts["loss"]
                 position.epoch_steps += 1
                 if position.global_step % LOG_EVERY == 0:
@@ -237,8 +252,14 @@ class Trainer:
                     f"continue with: dva train --resume {self.run.path}"
                 )
 
-    def _step(self, batch: TrainBatch, sizes: dict[str, list[int]], step: int) -> dict[str, float]:
-        """One optimizer step; ``sizes[kind][rank]``: images of each view kind on each rank."""
+    def train_step(self, batch: TrainBatch, step: int, sizes: dict[str, list[int]] | None = None) -> dict[str, float]:
+        """One optimizer step at global step ``step`` (its learning rate); returns the loss parts and lr.
+
+        ``sizes[kind][rank]``: images of each view kind on each rank (gathered by the loop under
+        torchrun); None: this process's own batch, as in a single-process run.
+        """
+        if sizes is None:
+            sizes = {k: [len(labels)] for k, (_, labels) in batch.views.items()}
         factor = lr_factor(step, self.total_steps, self.warmup_steps)
         self.loss_fn.transfer_on = step >= self.transfer_from_step
         for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
@@ -336,13 +357,7 @@ class Trainer:
             return Position()
         trainable, optimizer_state, position, metadata = load_training_state(self.run.resume_path)
         check_weights_metadata(metadata, self.config, self.run.resume_path)
-        expected = self._trainable_tensors()
-        if set(trainable) != set(expected):
-            raise ConfigError(f"{self.run.resume_path}: holds other parameters than this run's model")
-        for name, tensor in trainable.items():
-            if tensor.shape != expected[name].shape:
-                raise CheckpointError(f"{self.run.resume_path}: {name} has shape {tuple(tensor.shape)}, this run's "
-                                      f"model needs {tuple(expected[name].shape)} (from another backbone or rank?)")
+        check_fits(trainable, self._trainable_tensors(), self.run.resume_path, "this run's model and loss")
         with torch.no_grad():
             params = {MODEL_PREFIX + k: p for k, p in self.model.named_parameters() if p.requires_grad}
             params.update({LOSS_PREFIX + k: p for k, p in self.loss_fn.named_parameters()})
@@ -409,12 +424,12 @@ class Trainer:
             append_jsonl(self.run.metrics_path, {"time": round(time.time(), 3), **record})
 
 
-def build_loss(config: RunConfig, embed_dim: int) -> DPTLoss:
+def build_loss(config: RunConfig, num_classes: int, embed_dim: int) -> DPTLoss:
     """The method's objective: DPT (with its options) for OPA methods, else plain Proxy-Anchor."""
     method = get_method(config.model.method)
     dpt = dpt_options(config.model) or DPTOptions(background=False)
     return DPTLoss(
-        config.num_classes,
+        num_classes,
         embed_dim,
         background=method.uses_opa and dpt.background,
         lambda_dist=config.train.lambda_dist,
@@ -445,13 +460,20 @@ def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Ru
     raise ConfigError(f"train.optimizer: choose from adam, adamw, sgd, got {cfg.optimizer!r}")
 
 
+def _comparable(config: RunConfig) -> dict[str, Any]:
+    """``config`` as ``{"model.method_options.rank": 4, "train.lr": ...}``, method options in full."""
+    raw = config.to_dict()
+    raw["model"]["method_options"] = get_method(config.model.method).resolve_options(config.model.method_options)
+    return _flatten(json.loads(json.dumps(raw)))
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
-        if isinstance(v, dict) and k != "method_options":
+        if isinstance(v, dict) and k != "detector_options":
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
-            out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+            out[f"{prefix}{k}"] = v
     return out
 
 

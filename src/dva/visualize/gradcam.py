@@ -108,7 +108,7 @@ def frozen_and_adapted(model: IndexModel, img_size: int | None = None) -> tuple[
         raise ConfigError(f"{model.source} uses the frozen backbone: there is no adapted model to compare with")
     if img_size is not None and img_size != config.img_size:
         model = IndexModel(replace(model.config, model=replace(config, img_size=img_size)), model.weights, model.source)
-    frozen = create_model(replace(model.config.model, method="frozen")).eval()
+    frozen = create_model(replace(model.config.model, method="frozen", method_options={})).eval()
     return frozen, model.load_model()
 
 
