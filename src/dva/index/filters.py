@@ -89,11 +89,15 @@ class Filter:
         return self
 
     def __str__(self) -> str:
+        """The filter as the string that parses back to it."""
         if self.values:
             return f"{self.field}={self.values[0]}" if len(self.values) == 1 else f"{self.field} in {','.join(self.values)}"
-        low = "" if self.low is None else f"{self.low:g}{'<=' if self.low_inclusive else '<'}"
-        high = "" if self.high is None else f"{'<=' if self.high_inclusive else '<'}{self.high:g}"
-        return f"{low}{self.field}{high}"
+        low_op, high_op = ("<=" if self.low_inclusive else "<"), ("<=" if self.high_inclusive else "<")
+        if self.low is not None and self.high is not None:
+            return f"{self.low:g}{low_op}{self.field}{high_op}{self.high:g}"
+        if self.low is not None:
+            return f"{self.field}{'>=' if self.low_inclusive else '>'}{self.low:g}"
+        return f"{self.field}{high_op}{self.high:g}"
 
 
 FilterLike = Union[Filter, str]

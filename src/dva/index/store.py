@@ -364,6 +364,20 @@ class GalleryIndex:
             self._position_of.update((int(i), p) for p, i in enumerate(self.ids))
         return self._position_of[int(image_id)]
 
+    @staticmethod
+    def check_filters(path: str | Path, filters: Sequence[Filter]) -> None:
+        """Check that ``filters`` name fields of the index at ``path``, without loading it."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest.get("format_version", 1) < FORMAT_VERSION:
+            GalleryIndex.load(path).db.check_fields(filters)
+            return
+        db = IndexDB.open(path)
+        try:
+            db.check_fields(filters)
+        finally:
+            db.close()
+
     def select(self, filters: Sequence[Filter]) -> np.ndarray:
         """Sorted positions of the images every filter keeps (all of them without filters)."""
         if not filters:
