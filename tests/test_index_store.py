@@ -362,3 +362,31 @@ def test_post_search_filters_over_http(gallery_index, tmp_path):
             assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
         answer = client.post("/search/embedding", json={"embedding": vector, "filter": ["label"]})
         assert answer.status_code == 422 and "not understood" in answer.json()["detail"]
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (`apt-get install chromium`)")
+def test_the_page_filter_input_restricts_the_results(gallery_index):
+    from playwright.sync_api import expect, sync_playwright
+
+    gallery, index = gallery_index
+    searcher = Searcher(index)
+    expected = searcher.search(gallery.paths[0], k=4, filter=["label in class_1,class_2", "label=class_2"])
+    with serve_in_thread(create_app(searcher)) as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"])
+        try:
+            page = browser.new_page()
+            page.goto(url + "/")
+            expect(page.locator("#status")).to_contain_text("24 images")
+            page.fill("#k", "4")
+            page.fill("#filter", "label in class_1,class_2; label=class_2")
+            page.set_input_files("#file", str(gallery.paths[0]))
+            cards = page.locator(".result")
+            expect(cards).to_have_count(4)
+            assert [cards.nth(i).get_attribute("data-label") for i in range(4)] == [m.label for m in expected]
+            page.fill("#filter", "colour=red")
+            page.dispatch_event("#filter", "change")
+            expect(page.locator("#error")).to_contain_text("no field 'colour'")
+        finally:
+            browser.close()

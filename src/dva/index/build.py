@@ -144,7 +144,7 @@ def pending_items(
     items, _ = split_storable(items)  # as build_index_dir does: shard positions must agree
     if is_index_dir(out):
         manifest = read_manifest(out)
-        plan = plan_update(items, live_images(out, manifest))
+        plan = plan_update(items, live_images(out, manifest, [str(item.path) for item in items]))
         return plan.todo, _own_model(out, manifest, model)
     _check_new_index(out, model)
     return list(items), model
@@ -192,8 +192,9 @@ def plan_update(items: Sequence[GalleryItem], live: dict[str, StoredImage], skip
     return plan
 
 
-def live_images(out: Path, manifest: dict[str, Any]) -> dict[str, StoredImage]:
-    """The images of the index's current version, by path (format 1 read as it is)."""
+def live_images(out: Path, manifest: dict[str, Any], paths: Sequence[str] | None = None) -> dict[str, StoredImage]:
+    """The images of the index's current version, by path: all, or those of ``paths``
+    (format 1 read as it is)."""
     if manifest.get("format_version", 1) < FORMAT_VERSION:
         _, rows, _ = read_legacy(out, manifest)
         # stat-ed as the conversion will, so a sharded run plans the same images before and after it
@@ -202,9 +203,17 @@ def live_images(out: Path, manifest: dict[str, Any]) -> dict[str, StoredImage]:
                 for i, row in enumerate(rows)}
     db = IndexDB.open(out)
     try:
-        return db.live(int(manifest["version"]))
+        return db.live(int(manifest["version"]), paths)
     finally:
         db.close()
+
+
+def _candidate_paths(items: Sequence[GalleryItem], remove: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The indexed paths an update may touch: the gallery's, and each --remove as given or resolved."""
+    paths = [str(item.path) for item in items]
+    for given in remove:
+        paths += [os.path.abspath(os.path.expanduser(given)), str(Path(given).expanduser().resolve())]
+    return paths
 
 
 def resolve_removals(out: Path, paths: Sequence[str | os.PathLike[str]], live: dict[str, StoredImage]) -> list[str]:
@@ -295,7 +304,8 @@ def _update(
 ) -> IndexReport:
     start = time.perf_counter()
     manifest = read_manifest(out)
-    live = live_images(out, manifest)
+    wanted = None if remove_missing else _candidate_paths(items, remove)
+    live = live_images(out, manifest, wanted)
     removals = resolve_removals(out, remove, live)  # before anything is written: a typo changes nothing
     own = _own_model(out, manifest, model)
     settings = {
@@ -308,7 +318,7 @@ def _update(
     db = IndexDB.open(out)
     try:
         version = int(manifest["version"])
-        live = db.live(version)  # after a conversion: its rows (same paths and ids)
+        live = db.live(version, wanted)  # after a conversion: its rows (same paths and ids)
         db.rollback_to(version)  # rows of a killed update
         remove_stale_files(out, keep={*manifest["files"]["shards"], manifest["files"]["faiss"]})
         if remove_missing:
@@ -334,12 +344,12 @@ def _update(
             dropped.add(live[path].id)
         if not rows and not retired and settings == manifest["settings"]:
             return IndexReport(
-                str(out), version, len(live), 0, plan.unchanged, unreadable=_unreadable(todo, embeddings),
+                str(out), version, manifest["count"], 0, plan.unchanged, unreadable=_unreadable(todo, embeddings),
                 index=manifest["index"], embed_seconds=seconds, total_seconds=time.perf_counter() - start,
             )
         added = sum(1 for i in embeddings.indices.tolist() if i < len(plan.new))
         new_manifest = {**manifest, "version": version + 1, "settings": settings, "next_id": next_id,
-                        "count": len(live) - len(dropped) + len(embeddings.indices)}
+                        "count": manifest["count"] - len(dropped) + len(embeddings.indices)}
         new_manifest = _commit(out, new_manifest, db, embeddings.vectors, rows, retired, dropped, manifest)
     finally:
         db.close()

@@ -86,7 +86,8 @@ CREATE TABLE IF NOT EXISTS images (
 CREATE INDEX IF NOT EXISTS images_id ON images(id);
 CREATE INDEX IF NOT EXISTS images_path ON images(path);
 CREATE INDEX IF NOT EXISTS images_label ON images(label);
-CREATE INDEX IF NOT EXISTS images_versions ON images(added, removed);
+CREATE INDEX IF NOT EXISTS images_added ON images(added);
+CREATE INDEX IF NOT EXISTS images_removed ON images(removed);
 CREATE TABLE IF NOT EXISTS fields (
     key INTEGER NOT NULL,         -- images.key
     name TEXT NOT NULL,
@@ -194,9 +195,18 @@ class IndexDB:
     def visible_rows(self, version: int) -> list[tuple]:
         return self.query(f"SELECT {_COLUMNS} FROM images i WHERE {visible(version)} ORDER BY id")
 
-    def live(self, version: int) -> dict[str, StoredImage]:
-        """The rows of ``version`` by path (what the writer compares a gallery with)."""
-        return {row[2]: _stored(row) for row in self.visible_rows(version)}
+    def live(self, version: int, paths: Iterable[str] | None = None) -> dict[str, StoredImage]:
+        """The rows of ``version`` by path (what the writer compares a gallery with): all of
+        them, or those of ``paths`` only, looked up by the path index (an update then costs
+        what it touches, not the size of the index)."""
+        if paths is None:
+            return {row[2]: _stored(row) for row in self.visible_rows(version)}
+        wanted, found = list(dict.fromkeys(paths)), {}
+        for start in range(0, len(wanted), 500):  # SQLite's limit on parameters is 999 in old builds
+            chunk = wanted[start : start + 500]
+            sql = f"SELECT {_COLUMNS} FROM images i WHERE {visible(version)} AND path IN ({','.join('?' * len(chunk))})"
+            found.update((row[2], _stored(row)) for row in self.query(sql, chunk))
+        return found
 
     def field_names(self) -> list[str]:
         return [name for (name,) in self.query("SELECT DISTINCT name FROM fields ORDER BY name")]
