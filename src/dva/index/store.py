@@ -67,6 +67,8 @@ METADATA_DB = "metadata.sqlite"
 #: Re-snapshot an approximate index when the vectors it lacks or holds in excess exceed this
 #: fraction of the index: opening then adds at most that many vectors to the snapshot.
 SNAPSHOT_SLACK = 0.1
+#: Filter answers a loaded index keeps (:meth:`GalleryIndex.select`).
+SELECT_CACHE = 32
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS images (
@@ -311,6 +313,7 @@ class GalleryIndex:
     #: The format the folder holds: 1 is searched as it is and converted by the next writer.
     format_version: int = FORMAT_VERSION
     _position_of: dict[int, int] = field(default_factory=dict, repr=False)
+    _selected: dict[tuple[Filter, ...], np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> GalleryIndex:
@@ -389,9 +392,25 @@ class GalleryIndex:
             db.close()
 
     def select(self, filters: Sequence[Filter]) -> np.ndarray:
-        """Sorted positions of the images every filter keeps (all of them without filters)."""
+        """Sorted positions of the images every filter keeps (all of them without filters).
+
+        The last :data:`SELECT_CACHE` answers are kept: a loaded index is one version, so a
+        filter's answer cannot change, and a server sees the same filters again and again.
+        """
         if not filters:
             return np.arange(len(self), dtype=np.int64)
+        key = tuple(filters)
+        cached = self._selected.get(key)
+        if cached is None:
+            cached = self._select(filters)
+            cached.flags.writeable = False
+            with self.db._lock:
+                self._selected[key] = cached
+                while len(self._selected) > SELECT_CACHE:
+                    self._selected.pop(next(iter(self._selected)))
+        return cached
+
+    def _select(self, filters: Sequence[Filter]) -> np.ndarray:
         ids = self.db.select(filters, self.version)
         positions = np.searchsorted(self.ids, ids)
         return positions[(positions < len(self.ids)) & (self.ids[np.minimum(positions, len(self.ids) - 1)] == ids)] \
