@@ -101,6 +101,12 @@ def test_remove_update_by_content_and_skip_unchanged_files(tmp_path, monkeypatch
     assert index_gallery(tmp_path / "index", [], remove_missing=True, **QUIET).removed == 1
     assert str(paths[7]) not in GalleryIndex.load(tmp_path / "index").ids_by_path
 
+    # removing every image leaves a valid, empty index
+    remaining = list(GalleryIndex.load(tmp_path / "index").ids_by_path)
+    assert index_gallery(tmp_path / "index", [], remove=remaining, **QUIET).count == 0
+    empty = Searcher(tmp_path / "index")
+    assert len(empty) == 0 and empty.search(paths[0], k=3) == [] and empty.search(paths[0], filter="year>1") == []
+
 
 def test_approximate_snapshots_follow_adds_and_removals(tmp_path):
     gallery = write_gallery(tmp_path / "photos", num_classes=4, per_class=10)

@@ -190,4 +190,5 @@ def recall_vs_exact(
 
 
 def _as_matrix(vectors: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    matrix = np.ascontiguousarray(vectors, dtype=np.float32)
+    return matrix if matrix.ndim == 2 else matrix.reshape(len(matrix), -1)  # (0, D) has no -1 to infer

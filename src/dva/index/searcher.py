@@ -176,6 +176,9 @@ class Searcher:
             cut = check_threshold(threshold)
         filters = parse_filters(filter)
         queries = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        if not len(self):  # every image was removed
+            self.index.db.check_fields(filters)
+            return [[] for _ in queries]
         if filters:
             allowed = self.index.select(filters)
             if not len(allowed):
