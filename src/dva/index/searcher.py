@@ -202,27 +202,31 @@ class Searcher:
         self, queries: np.ndarray, k: int, allowed: np.ndarray, rerank: str | None, rerank_k: int, alpha: float
     ) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, positions)`` of the top-``k`` among the positions ``allowed`` (sorted)."""
-        if rerank is not None or self.index.spec.exact or len(allowed) <= EXACT_SUBSET_MAX:
-            subset = np.ascontiguousarray(self.index.embeddings[allowed], dtype=np.float32)
-            flat = faiss.IndexFlatIP(self.embed_dim)
-            flat.add(subset)
-            if rerank is None:
-                scores, local = flat.search(queries, k)
-            else:  # re-ranking within the subset: its neighbours are subset images too
-                local = self._reranked_local(queries, k, subset, flat, rerank, rerank_k, alpha)
-                scores = None
+        if rerank is not None:  # re-ranking within the subset: its neighbours are subset images too
+            subset, flat = self._subset_index(allowed)
+            local = self._reranked_local(queries, k, subset, flat, rerank, rerank_k, alpha)
             positions = np.where(local >= 0, allowed[np.maximum(local, 0)], -1)
-            return (self._cosines(queries, positions) if scores is None else scores), positions
-        params = search_parameters(self.index.spec, faiss.IDSelectorBatch(allowed))
+            return self._cosines(queries, positions), positions
+        if len(allowed) <= EXACT_SUBSET_MAX and not self.index.spec.exact:
+            return self._exact_on(queries, k, allowed)
+        # A flat index with a selector is exact and copies nothing; HNSW/IVF visit kept images only.
+        params = search_parameters(self.index.spec, self.index.selector(allowed))
         scores, positions = self.index.faiss_index.search(queries, k, params=params)
         short = (positions < 0).any(axis=1)
         if short.any():  # the graph or the probed cells held fewer than k: search those exactly
-            subset = np.ascontiguousarray(self.index.embeddings[allowed], dtype=np.float32)
-            exact = faiss.IndexFlatIP(self.embed_dim)
-            exact.add(subset)
-            exact_scores, local = exact.search(np.ascontiguousarray(queries[short]), k)
-            scores[short], positions[short] = exact_scores, allowed[local]
+            scores[short], positions[short] = self._exact_on(np.ascontiguousarray(queries[short]), k, allowed)
         return scores, positions
+
+    def _exact_on(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, flat = self._subset_index(allowed)
+        scores, local = flat.search(queries, k)
+        return scores, allowed[local]
+
+    def _subset_index(self, allowed: np.ndarray) -> tuple[np.ndarray, faiss.Index]:
+        subset = np.ascontiguousarray(self.index.embeddings[allowed], dtype=np.float32)
+        flat = faiss.IndexFlatIP(self.embed_dim)
+        flat.add(subset)
+        return subset, flat
 
     def _reranked_local(
         self, queries: np.ndarray, k: int, subset: np.ndarray, flat: faiss.Index, rerank: str, n: int, alpha: float

@@ -314,6 +314,7 @@ class GalleryIndex:
     format_version: int = FORMAT_VERSION
     _position_of: dict[int, int] = field(default_factory=dict, repr=False)
     _selected: dict[tuple[Filter, ...], np.ndarray] = field(default_factory=dict, repr=False)
+    _selectors: dict[int, tuple[np.ndarray, faiss.IDSelector]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> GalleryIndex:
@@ -409,6 +410,21 @@ class GalleryIndex:
                 while len(self._selected) > SELECT_CACHE:
                     self._selected.pop(next(iter(self._selected)))
         return cached
+
+    def selector(self, positions: np.ndarray) -> faiss.IDSelector:
+        """A FAISS selector of ``positions`` (an answer of :meth:`select`), built once per answer:
+        a hash set of a large subset costs milliseconds, more than a flat search of it."""
+        key = id(positions)
+        with self.db._lock:
+            cached = self._selectors.get(key)
+            if cached is not None and cached[0] is positions:
+                return cached[1]
+        selector = faiss.IDSelectorBatch(positions)
+        with self.db._lock:
+            self._selectors[key] = (positions, selector)
+            while len(self._selectors) > SELECT_CACHE:
+                self._selectors.pop(next(iter(self._selectors)))
+        return selector
 
     def _select(self, filters: Sequence[Filter]) -> np.ndarray:
         ids = self.db.select(filters, self.version)
