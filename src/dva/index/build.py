@@ -225,7 +225,7 @@ def resolve_removals(out: Path, paths: Sequence[str | os.PathLike[str]], live: d
         if match is None:
             raise DataError(f"--remove {given}: not in the index {out}; nothing was changed")
         found.append(match)
-    return found
+    return list(dict.fromkeys(found))  # the same image named twice is removed once
 
 
 def _check_new_index(out: Path, model: IndexModel | None) -> None:
