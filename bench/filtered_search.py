@@ -1,13 +1,15 @@
 """Filtered vs unfiltered search latency, exact (flat) and approximate (HNSW) indexes.
 
-A synthetic index (random unit vectors standing in for embeddings, 100 labels, a numeric
-``year`` field) is built once per index type; each filter is then timed as one
+A synthetic index is built once per index type: clustered unit vectors stand in for
+embeddings (image i belongs to class ``i % 100``, its vector is the class centre plus noise,
+as a fine-grained gallery's embeddings cluster by class), with 100 labels and a numeric
+``year`` field. Queries are stored vectors plus a little noise. each filter is then timed as one
 ``Searcher.search_embedding`` call per query (median over ``--queries`` queries), with the
 fraction of the gallery it keeps, the time of its SQL lookup on first use (a ``Searcher``
 then keeps the answer), and the recall@10 of the filtered answer against exact search over
 the kept images (1.0 means exact).
 
-    python bench/filtered_search.py                   # N = 50,000, D = 384, flat and hnsw
+    OMP_NUM_THREADS=1 python bench/filtered_search.py     # N = 50,000, D = 384, flat and hnsw
     python bench/filtered_search.py --size 20000 --types flat
 """
 
@@ -26,7 +28,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from index_update import fake_embedder, make_files  # noqa: E402
+from index_update import make_files  # noqa: E402
+
+from dva.evaluate.embed import Embeddings  # noqa: E402
 
 from dva.index.build import build_index_dir  # noqa: E402
 from dva.index.model import IndexModel  # noqa: E402
@@ -39,6 +43,19 @@ FILTERS = [
     ("label=class_7 (1%)", ["label=class_7"]),
     ("label=class_7 AND year<1930 (0.25%)", ["label=class_7", "year<1930"]),
 ]
+
+
+def clustered_embedder(dim: int, classes: int = 100):
+    """Vectors of image i around centre ``i % classes`` (the class its label names)."""
+    def embed(model, items):
+        rng = np.random.default_rng(0)
+        centres = rng.standard_normal((classes, dim)).astype(np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        labels = np.arange(len(items)) % classes
+        vectors = centres[labels] + 0.8 * rng.standard_normal((len(items), dim)).astype(np.float32) / np.sqrt(dim)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        return Embeddings(vectors, labels, np.arange(len(items)), []), 0.0
+    return embed
 
 
 def main() -> None:
@@ -55,12 +72,12 @@ def main() -> None:
     for index_type in args.types:
         out = work / index_type
         build_index_dir(out, items, model=model, index_type=index_type, approx_threshold=None,
-                        embedder=fake_embedder(384, 0))
+                        embedder=clustered_embedder(384))
         searcher = Searcher(out)
         vectors = np.asarray(searcher.index.embeddings)
         rng = np.random.default_rng(0)
         queries = vectors[rng.choice(len(vectors), args.queries, replace=False)]
-        queries = queries + 0.05 * rng.standard_normal(queries.shape).astype(np.float32)
+        queries = queries + 0.3 * rng.standard_normal(queries.shape).astype(np.float32) / np.sqrt(queries.shape[1])
         for name, filters in FILTERS:
             start = time.perf_counter()
             kept = searcher.index.select(searcher_filters(filters))
