@@ -8,7 +8,7 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dva.index.faiss_index import recall_vs_exact, search_parameters
+from dva.index.faiss_index import recall_vs_exact, search_parameters, search_selected
 from dva.index.legacy import broken_metadata_rows
 from dva.index.store import FORMAT_VERSION, GalleryIndex, read_manifest, update_lock
 
@@ -81,7 +81,7 @@ def filtered_recall(index: GalleryIndex, *, k: int = 10, num_queries: int = 200,
         exact.add(subset)
         truth = keep[exact.search(queries, kk)[1]]
         params = search_parameters(index.spec, faiss.IDSelectorBatch(keep))
-        found = index.faiss_index.search(queries, kk, params=params)[1]
+        found = search_selected(index.faiss_index, queries, kk, params)[1]
         hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
         out[f"{fraction:.0%}"] = hits / (len(queries) * kk)
     return out

@@ -148,6 +148,22 @@ def search_parameters(spec: IndexSpec, selector: faiss.IDSelector) -> faiss.Sear
     return faiss.SearchParameters(sel=selector)
 
 
+def search_selected(
+    index: faiss.Index, queries: np.ndarray, k: int, params: faiss.SearchParameters
+) -> tuple[np.ndarray, np.ndarray]:
+    """``index.search(queries, k, params=params)``, through the SWIG method itself.
+
+    ``faiss.contrib.torch_utils`` (imported by pytorch-metric-learning) replaces
+    ``Index.search`` for every index with a version that has no ``params``; ``search_c`` is
+    the untouched C++ call both versions wrap.
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    scores = np.empty((len(queries), k), dtype=np.float32)
+    labels = np.empty((len(queries), k), dtype=np.int64)
+    index.search_c(len(queries), faiss.swig_ptr(queries), k, faiss.swig_ptr(scores), faiss.swig_ptr(labels), params)
+    return scores, labels
+
+
 def _inner(index: faiss.Index) -> faiss.Index:
     """The index an ``IDMap``/``IDMap2`` wraps (or ``index`` itself); ``index`` must outlive it."""
     return faiss.downcast_index(index.index) if isinstance(index, (faiss.IndexIDMap, faiss.IndexIDMap2)) else index

@@ -36,7 +36,7 @@ from dva.data.images import load_image, to_rgb
 from dva.errors import DataError
 from dva.evaluate.embed import embedding_transform
 from dva.index.calibrate import check_threshold, load_calibration
-from dva.index.faiss_index import search_parameters
+from dva.index.faiss_index import search_parameters, search_selected
 from dva.index.filters import FilterLike, parse_filters
 from dva.index.model import IndexModel
 from dva.index.rerank import DEFAULT_ALPHA, DEFAULT_RERANK_K, check_rerank, database_augmentation, query_expansion
@@ -211,7 +211,7 @@ class Searcher:
             return self._exact_on(queries, k, allowed)
         # A flat index with a selector is exact and copies nothing; HNSW/IVF visit kept images only.
         params = search_parameters(self.index.spec, self.index.selector(allowed))
-        scores, positions = self.index.faiss_index.search(queries, k, params=params)
+        scores, positions = search_selected(self.index.faiss_index, queries, k, params)
         short = (positions < 0).any(axis=1)
         if short.any():  # the graph or the probed cells held fewer than k: search those exactly
             scores[short], positions[short] = self._exact_on(np.ascontiguousarray(queries[short]), k, allowed)
