@@ -159,7 +159,7 @@ KILLER = textwrap.dedent("""
         store._save_npy = half
     elif point == "snapshot":
         store._save_faiss = after("_save_faiss")
-    elif point == "rows":  # the rows are committed to SQLite, the manifest is not
+    elif point in ("rows", "convert"):  # the rows are committed to SQLite, the manifest is not
         original_apply = store.IndexDB.apply
         def apply(self, *args, **kwargs):
             original_apply(self, *args, **kwargs)
@@ -171,12 +171,15 @@ KILLER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point, in_force", [("shard", 1), ("snapshot", 1), ("rows", 1), ("manifest", 2)])
+@pytest.mark.parametrize("point, in_force", [("shard", 1), ("snapshot", 1), ("rows", 1), ("manifest", 2),
+                                             ("convert", 1)])
 def test_a_kill_at_any_step_of_an_update_leaves_version_v_or_v_plus_1(tmp_path, point, in_force):
     gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=4)
     items = read_gallery(gallery.root)
     index_type = "hnsw" if point == "snapshot" else "flat"
     index_gallery(tmp_path / "index", items[:6], model=frozen_model(), index_type=index_type, **QUIET)
+    if point == "convert":  # a format-1 index: the kill hits its conversion, after its rows are in SQLite
+        downgrade_to_format_1(tmp_path / "index")
     v1 = Searcher(tmp_path / "index")
     v1_answer = [m.id for m in v1.search(gallery.paths[1], k=6)]
     script = tmp_path / "killer.py"
@@ -188,6 +191,7 @@ def test_a_kill_at_any_step_of_an_update_leaves_version_v_or_v_plus_1(tmp_path, 
 
     searcher = Searcher(tmp_path / "index")  # a reader sees exactly one version
     assert searcher.index.version == in_force
+    assert searcher.index.format_version == (1 if point == "convert" else 2)
     expected_ids = list(range(6)) if in_force == 1 else [1, 2, 3, 4, 5, 6, 7]
     assert list(searcher.index.ids) == expected_ids
     assert len(searcher.search(gallery.paths[1], k=10)) == len(expected_ids)
