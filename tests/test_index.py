@@ -3,8 +3,10 @@ approximate indexes, the Searcher API and the `dva index` / `dva search` command
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
+import sqlite3
 
 import numpy as np
 import pytest
@@ -94,19 +96,20 @@ def test_index_layout_search_and_unreadable_files(tmp_path):
     assert [path for path, _ in report.unreadable] == [str(tmp_path / "photos/class_0/truncated.jpg")]
     assert report.index["type"] == "flat" and report.index["recall@10"] == 1.0
     files = sorted(p.name for p in (tmp_path / "index").iterdir())
-    assert files == ["config.json", "embeddings-000001.npy", "faiss-000001.index", "manifest.json",
-                     "metadata-000001.jsonl"]
+    assert files == ["config.json", "manifest.json", "metadata.sqlite", "vectors-000001.npy"]  # flat: no FAISS file
     manifest = json.loads((tmp_path / "index/manifest.json").read_text())
     assert manifest["model"]["backbone"] == TINY_BACKBONE and manifest["embed_dim"] == 64 and manifest["count"] == 12
-    rows = [json.loads(x) for x in (tmp_path / "index/metadata-000001.jsonl").read_text().splitlines()]
-    assert rows[5] == {"path": str(gallery.paths[5]), "label": "class_1"}
+    assert manifest["format_version"] == 2 and manifest["next_id"] == 12
+    with sqlite3.connect(tmp_path / "index/metadata.sqlite") as db:
+        row = db.execute("SELECT path, label, sha256, shard, row FROM images WHERE id = 5").fetchone()
+    assert row == (str(gallery.paths[5]), "class_1", hashlib.sha256(gallery.paths[5].read_bytes()).hexdigest(), 1, 5)
 
     searcher = dva.Searcher(tmp_path / "index")
     top = searcher.search(gallery.paths[5], k=3)
     assert top[0].id == 5 and top[0].path == str(gallery.paths[5]) and top[0].label == "class_1"
     assert top[0].score == pytest.approx(1.0, abs=1e-5) and top[0].score >= top[1].score >= top[2].score
     # the stored embedding is the query's embedding: searching by it gives the same answer
-    stored = np.load(tmp_path / "index/embeddings-000001.npy")
+    stored = np.load(tmp_path / "index/vectors-000001.npy")
     assert np.allclose(searcher.embed([gallery.paths[5]])[0], stored[5], atol=1e-5)
     assert [m.id for m in searcher.search_embedding(stored[5] * 3.0, k=3)] == [m.id for m in top]
     batch = searcher.search_batch([gallery.paths[0], gallery.paths[11]], k=2)
@@ -155,8 +158,9 @@ def test_adding_images_embeds_only_the_new_ones(tmp_path, monkeypatch):
     assert embedded == [item.path for item in items[6:]]
     after = GalleryIndex.load(tmp_path / "index")
     assert np.array_equal(after.embeddings[:6], old_vectors) and after.rows[:6] == old_rows  # ids are stable
-    assert sorted(p.name for p in (tmp_path / "index").glob("*-00000*")) == [
-        "embeddings-000002.npy", "faiss-000002.index", "metadata-000002.jsonl"]  # old version cleaned up
+    assert list(after.ids) == list(range(12))
+    # the update appended a shard; version 1's shard is untouched
+    assert sorted(p.name for p in (tmp_path / "index").glob("vectors-*")) == ["vectors-000001.npy", "vectors-000002.npy"]
     assert Searcher(tmp_path / "index").search(gallery.paths[9], k=1)[0].id == 9
 
     # nothing new: nothing embedded, no new version
@@ -184,7 +188,7 @@ def test_a_crash_mid_update_leaves_the_previous_version_in_force(tmp_path, monke
     assert len(Searcher(tmp_path / "index")) == 4
     # the next update succeeds and removes the crashed attempt's files
     assert index_gallery(tmp_path / "index", items, **QUIET).count == 8
-    assert len(list((tmp_path / "index").glob("embeddings-*"))) == 1
+    assert sorted(p.name for p in (tmp_path / "index").glob("vectors-*")) == ["vectors-000001.npy", "vectors-000002.npy"]
 
     # a crash while building a new index leaves no index and no partial folder
     monkeypatch.setattr(store_module, "atomic_write_json", crash)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
+from legacy_index import downgrade_to_format_1
 
 import dva
 import dva.index.store
@@ -54,9 +55,10 @@ def test_line_separators_in_paths_labels_and_metadata_keep_the_index_readable(tm
     assert code == 0 and json.loads(out)["count"] == 3, err
 
 
-def test_check_repairs_an_index_written_with_raw_separators(tmp_path, capsys):
+def test_check_converts_an_index_written_with_raw_separators(tmp_path, capsys):
     gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=2)
     index_gallery(tmp_path / "index", read_gallery(gallery.root), model=frozen_model(), **QUIET)
+    downgrade_to_format_1(tmp_path / "index")
     metadata = tmp_path / "index/metadata-000001.jsonl"
     rows = [json.loads(line) for line in metadata.read_text().split("\n") if line]
     rows[1]["label"] = "odd\u2028label"
@@ -64,10 +66,12 @@ def test_check_repairs_an_index_written_with_raw_separators(tmp_path, capsys):
     metadata.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     code, out, err = run_cli(capsys, "index", "--check", str(tmp_path / "index"), "--json")
     assert code == 0, err
-    assert json.loads(out)["repaired_rows"] == 1
-    assert not any(c in metadata.read_text(encoding="utf-8") for c in SEPARATORS)
+    report = json.loads(out)
+    assert report["repaired_rows"] == 1 and report["converted"] is True
+    assert not metadata.exists()  # converted to format 2: the JSON-lines file is gone
     assert GalleryIndex.load(tmp_path / "index").rows[1]["label"] == "odd\u2028label"
-    assert check_index(tmp_path / "index")["repaired_rows"] == 0
+    again = check_index(tmp_path / "index")
+    assert again["repaired_rows"] == 0 and again["converted"] is False
 
 
 def test_file_names_that_are_not_utf8_are_skipped_before_embedding(tmp_path, capsys, monkeypatch):
@@ -129,7 +133,8 @@ FROZEN_ARGS = ("--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--im
 
 def test_a_full_disk_in_the_faiss_write_is_one_line_and_leaves_no_version_behind(tmp_path, capsys, monkeypatch):
     gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=2)
-    index_gallery(tmp_path / "index", read_gallery(gallery.root), model=frozen_model(), **QUIET)
+    # HNSW: an approximate index keeps a FAISS snapshot, which this update must take again
+    index_gallery(tmp_path / "index", read_gallery(gallery.root), model=frozen_model(), index_type="hnsw", **QUIET)
     before = _files(tmp_path / "index")
     class_image(0, 7).save(gallery.root / "class_0" / "new.jpg")
 
@@ -175,9 +180,9 @@ def test_leftovers_of_killed_and_failed_runs_are_removed_by_the_next_run(tmp_pat
     index_gallery(tmp_path / "index", read_gallery(gallery.root), model=frozen_model(), **QUIET)
     assert not abandoned.exists()
     expected = _files(tmp_path / "index")
-    # a killed update's temporary file, a failed update's version 2, an old version 0
-    for name in (".metadata-000002.jsonl.x1y2.tmp", "embeddings-000002.npy", "faiss-000002.index",
-                 "metadata-000000.jsonl"):
+    # a killed update's temporary file, a failed update's version 2, format 1's files
+    for name in (".vectors-000002.npy.x1y2.tmp", "vectors-000002.npy", "faiss-000002.index",
+                 "metadata-000000.jsonl", "embeddings-000001.npy"):
         (tmp_path / "index" / name).write_bytes(b"left over")
     report = index_gallery(tmp_path / "index", read_gallery(gallery.root), **QUIET)  # nothing to add
     assert report.added == 0 and report.version == 1

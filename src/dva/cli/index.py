@@ -45,6 +45,10 @@ def index(
     merge_shards: bool = typer.Option(
         False, "--merge-shards", help="Build the index from the shards of OUT.shards/ (same options as the shards)."
     ),
+    remove: list[Path] = typer.Option(
+        [], "--remove", help="Delete this indexed image from OUT (repeatable); a path not in the index changes nothing."
+    ),
+    remove_missing: bool = typer.Option(False, "--remove-missing", help="Delete from OUT every image whose file is gone."),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = WorkersOpt,
     device: str = DeviceOpt,
@@ -52,10 +56,12 @@ def index(
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = JsonOpt,
 ) -> None:
-    """Embed a gallery and write a searchable index; run again to add new images only.
+    """Embed a gallery and write a searchable index; run again to add new or changed images only.
 
-    Images whose path is already indexed are not embedded again; unreadable ones are skipped
-    and listed. The index records the model, so `dva search` and `dva serve` need only the index.
+    An indexed image whose file is unchanged (sha256 of its bytes) is not embedded again; a
+    changed one is; unreadable ones are skipped and listed. --remove PATH and --remove-missing
+    delete images (with or without --images). The index records the model, so `dva search` and
+    `dva serve` need only the index.
 
     Large galleries: torchrun --nproc-per-node N -m dva index ... embeds N shards in parallel
     (one per GPU) and rank 0 builds the same index one process would; or --shard I/N per job,
@@ -69,12 +75,17 @@ def index(
         if json_out:
             print_json(report)
         else:
+            filtered = ", ".join(f"{kept} kept: {recall:.3f}" for kept, recall in report["filtered_recall@10"].items())
             print_table([{"images": report["count"], "index": report["index"]["factory"],
-                          "recall@10": report["recall@10"], "missing files": report["missing_files"],
+                          "recall@10": report["recall@10"], "filtered recall@10": filtered or "-",
+                          "missing files": report["missing_files"], "converted": "yes" if report["converted"] else "no",
                           "repaired rows": report["repaired_rows"]}])
         return
-    if images is None or out is None:
-        raise ConfigError("pass --images DIR_OR_LIST and --out INDEX_DIR (or --check INDEX_DIR)")
+    removing = bool(remove) or remove_missing
+    if out is None or (images is None and not removing):
+        raise ConfigError("pass --images DIR_OR_LIST and --out INDEX_DIR (or --check INDEX_DIR, or --out with --remove)")
+    if removing and (shard is not None or merge_shards or launched_by_torchrun()):
+        raise ConfigError("--remove/--remove-missing run on their own or with --images, not with sharded embedding")
     if frozen and run is not None:
         raise ConfigError("pass either --run RUN_DIR or --frozen --backbone NAME, not both")
     model = None
@@ -86,7 +97,7 @@ def index(
         model = IndexModel.from_run(run, weights)
     if shard is not None and merge_shards:
         raise ConfigError("--shard embeds one shard, --merge-shards merges them: pass one")
-    items = read_gallery(images, folder_labels=folder_labels)
+    items = read_gallery(images, folder_labels=folder_labels) if images is not None else []
     embed = dict(batch_size=batch_size, num_workers=workers, precision=precision, progress=not quiet)
     build = dict(model=model, index_type=index_type, approx_threshold=approx_threshold)
     if shard is not None:
@@ -103,7 +114,7 @@ def index(
             return
         report = merge(out, items, **build)
     else:
-        report = index_gallery(out, items, device=device, **build, **embed)
+        report = index_gallery(out, items, device=device, remove=remove, remove_missing=remove_missing, **build, **embed)
     if json_out:
         print_json(report.to_dict())
         return
@@ -113,7 +124,8 @@ def index(
         print(f"warning: ... and {len(report.unreadable) - SHOWN_FAILURES} more (--json lists all)", file=sys.stderr)
     print_table([{
         "index": report.path, "version": report.version, "images": report.count, "added": report.added,
-        "already indexed": report.already_indexed, "unreadable": len(report.unreadable),
+        "already indexed": report.already_indexed, "updated": report.updated, "removed": report.removed,
+        "unreadable": len(report.unreadable),
         "type": report.index["factory"], "recall@10": report.index["recall@10"],
         "img/s": report.added / report.embed_seconds if report.embed_seconds else 0.0,
     }])
@@ -133,22 +145,35 @@ def search(
     threshold: float | None = typer.Option(
         None, "--threshold", help="A match when score >= this (overrides the index's `dva calibrate` threshold)."
     ),
+    filters: list[str] = typer.Option(
+        [], "--filter", help="Keep only images that match (repeatable, AND): label=Cardinal, 'label in A,B', "
+        "'year>=2000', 'price<10', '10<=year<=20' (label, path or a field of the gallery list)."
+    ),
     json_out: bool = JsonOpt,
 ) -> None:
     """The top-k gallery images of each query by cosine similarity (path, label, score).
+
+    --filter restricts the search to images whose label or metadata match; the results are
+    the exact top-k among them, also with an approximate index.
 
     With a calibrated index (`dva calibrate`) or --threshold, each match also says whether it is
     the same item (is_match: score >= threshold).
     """
     from dva.index import Searcher
     from dva.index.calibrate import check_threshold
+    from dva.index.filters import parse_filters
     from dva.index.rerank import check_rerank
+    from dva.index.store import GalleryIndex
 
     check_rerank(rerank, rerank_k, alpha)  # before the model is built
     if threshold is not None:
         check_threshold(threshold)
+    parsed = parse_filters(filters)
+    if parsed:  # an unknown field is an error before the model is built
+        GalleryIndex.check_filters(index_dir, parsed)
     searcher = Searcher(index_dir, device=device)
-    results = searcher.search_batch(images, k, rerank=rerank, rerank_k=rerank_k, alpha=alpha, threshold=threshold)
+    results = searcher.search_batch(images, k, rerank=rerank, rerank_k=rerank_k, alpha=alpha, threshold=threshold,
+                                    filter=parsed)
     if json_out:
         print_json([{"query": str(q), "results": [m.to_dict() for m in ms]} for q, ms in zip(images, results)])
         return

@@ -3,6 +3,7 @@
 from dva.index.build import IndexReport, index_gallery
 from dva.index.check import check_index
 from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, INDEX_TYPES, IndexSpec, plan_index
+from dva.index.filters import Filter, parse_filters
 from dva.index.gallery import GalleryItem, read_gallery
 from dva.index.model import IndexModel
 from dva.index.searcher import Match, Searcher
@@ -10,6 +11,7 @@ from dva.index.store import GalleryIndex
 
 __all__ = [
     "DEFAULT_APPROX_THRESHOLD",
+    "Filter",
     "INDEX_TYPES",
     "GalleryIndex",
     "GalleryItem",
@@ -20,6 +22,7 @@ __all__ = [
     "Searcher",
     "check_index",
     "index_gallery",
+    "parse_filters",
     "plan_index",
     "read_gallery",
 ]

@@ -1,14 +1,18 @@
-"""``dva index``: embed a gallery and write (or grow) an index directory.
+"""``dva index``: embed a gallery and write (or update) an index directory.
 
-Building is incremental: images whose path is already in the index are not embedded
-again, new ones are appended (ids of old images never change), and the FAISS index is
-extended, or rebuilt from the stored embeddings when the gallery has grown into another
-index type. Unreadable images are skipped and reported, never fatal, unless nothing at all
-could be read. The embedding step can also be split over processes (:mod:`dva.index.shards`).
+Building is incremental: an image whose path is in the index and whose file is unchanged
+(same size and mtime, or else the same sha256 of its bytes) is skipped; a new image is
+embedded and appended (a new id; ids of the others never change); a file whose content
+changed is embedded again and gets a new id; a changed label or list field only updates the
+metadata (same id). ``remove`` and ``remove_missing`` delete images. Only what changed is
+written (:mod:`dva.index.store`). Unreadable images are skipped and reported, never fatal,
+unless nothing at all could be read. The embedding step can also be split over processes
+(:mod:`dva.index.shards`). An index of format 1 is converted by the first update.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -24,10 +28,24 @@ from dva.data.loaders import ImageDataset
 from dva.distributed import shard_bounds
 from dva.errors import ConfigError, DataError
 from dva.evaluate.embed import Embeddings, embed_dataset, embedding_transform
-from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, build_index, plan_index, recall_vs_exact
+from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, IndexSpec, build_index, plan_index, recall_vs_exact
 from dva.index.gallery import GalleryItem, split_storable
+from dva.index.legacy import read_legacy
 from dva.index.model import IndexModel
-from dva.index.store import GalleryIndex, is_index_dir, remove_stale_files, update_lock, write_version
+from dva.index.store import (
+    FORMAT_VERSION,
+    METADATA_DB,
+    SNAPSHOT_SLACK,
+    IndexDB,
+    NewRow,
+    StoredImage,
+    commit_version,
+    gather_vectors,
+    is_index_dir,
+    read_manifest,
+    remove_stale_files,
+    update_lock,
+)
 
 #: Recall of approximate indexes is measured at build time for the manifest, like ``--check``.
 RECALL_K = 10
@@ -45,6 +63,9 @@ class IndexReport:
     count: int
     added: int
     already_indexed: int
+    #: Images embedded again (content changed) or whose label or fields changed.
+    updated: int = 0
+    removed: int = 0
     #: ``(path, reason)`` of every image that could not be read; they are not in the index.
     unreadable: list[tuple[str, str]] = field(default_factory=list)
     index: dict[str, Any] = field(default_factory=dict)
@@ -67,8 +88,13 @@ def index_gallery(
     device: str = "auto",
     precision: str = "auto",
     progress: bool = True,
+    remove: Sequence[str | os.PathLike[str]] = (),
+    remove_missing: bool = False,
 ) -> IndexReport:
-    """Create the index ``out`` from ``items``, or add the new ones to the index already there.
+    """Create the index ``out`` from ``items``, or update the index already there with them.
+
+    ``remove`` deletes these paths from the index (each must be in it, else nothing changes);
+    ``remove_missing`` deletes every indexed image whose file is gone.
 
     ``model`` is required for a new index; for an existing one the index's own model is used,
     and a different ``model`` is refused (its embeddings would not be comparable).
@@ -78,7 +104,7 @@ def index_gallery(
     embed = dict(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision, progress=progress)
     return build_index_dir(
         out, items, model=model, index_type=index_type, approx_threshold=approx_threshold,
-        embedder=lambda own, todo: embed_items(own, todo, **embed),
+        embedder=lambda own, todo: embed_items(own, todo, **embed), remove=remove, remove_missing=remove_missing,
     )
 
 
@@ -90,14 +116,18 @@ def build_index_dir(
     index_type: str | None,
     approx_threshold: int | None,
     embedder: Embedder,
+    remove: Sequence[str | os.PathLike[str]] = (),
+    remove_missing: bool = False,
 ) -> IndexReport:
     """:func:`index_gallery` with the embedding step given (the merge of sharded embeddings gives its own)."""
     out = Path(out)
     items, skipped = split_storable(items)
     if is_index_dir(out):
         with update_lock(out):
-            report = _update(out, items, model, index_type, approx_threshold, embedder)
+            report = _update(out, items, model, index_type, approx_threshold, embedder, remove, remove_missing)
     else:
+        if remove or remove_missing:
+            raise ConfigError(f"{out}: not an index (no manifest.json); there is nothing to remove")
         _check_new_index(out, model)
         report = _create(
             out, items, model, index_type or "auto", approx_threshold or DEFAULT_APPROX_THRESHOLD, embedder, skipped
@@ -109,14 +139,93 @@ def build_index_dir(
 def pending_items(
     out: str | Path, items: Sequence[GalleryItem], model: IndexModel | None
 ) -> tuple[list[GalleryItem], IndexModel]:
-    """The images an index run would embed into ``out`` (those it lacks), and the model that embeds them."""
+    """The images an index run would embed into ``out`` (new or changed), and the model that embeds them."""
     out = Path(out)
     items, _ = split_storable(items)  # as build_index_dir does: shard positions must agree
     if is_index_dir(out):
-        index = GalleryIndex.load(out)
-        return _new_items(index, items), _own_model(out, index, model)
+        manifest = read_manifest(out)
+        plan = plan_update(items, live_images(out, manifest, [str(item.path) for item in items]))
+        return plan.todo, _own_model(out, manifest, model)
     _check_new_index(out, model)
     return list(items), model
+
+
+@dataclass
+class UpdatePlan:
+    """What an update does to each image of the gallery, decided before anything is embedded."""
+
+    new: list[GalleryItem] = field(default_factory=list)
+    #: ``(item, its current row)`` of files whose content changed: embedded again, new id.
+    changed: list[tuple[GalleryItem, StoredImage]] = field(default_factory=list)
+    #: ``(item, its current row)`` of unchanged files whose label or fields changed: same id and vector.
+    relabelled: list[tuple[GalleryItem, StoredImage]] = field(default_factory=list)
+    unchanged: int = 0
+
+    @property
+    def todo(self) -> list[GalleryItem]:
+        """The images to embed, in this order (sharded embedding relies on it)."""
+        return self.new + [item for item, _ in self.changed]
+
+
+def plan_update(items: Sequence[GalleryItem], live: dict[str, StoredImage], skip: set[str] = frozenset()) -> UpdatePlan:
+    """Compare the gallery with the index: the file's size and mtime first, its sha256 when
+    they differ (a touched but identical file is not embedded again)."""
+    plan = UpdatePlan()
+    for item in items:
+        path = str(item.path)
+        if path in skip:
+            continue
+        old = live.get(path)
+        if old is None:
+            plan.new.append(item)
+            continue
+        stat = _stat(item.path)
+        if stat is not None and stat != (old.size, old.mtime_ns):
+            digest = file_sha256(item.path)
+            if digest is not None and digest != old.sha256:
+                plan.changed.append((item, old))
+                continue
+        if item.label != old.label or item.metadata != old.fields:
+            plan.relabelled.append((item, old))
+        else:
+            plan.unchanged += 1
+    return plan
+
+
+def live_images(out: Path, manifest: dict[str, Any], paths: Sequence[str] | None = None) -> dict[str, StoredImage]:
+    """The images of the index's current version, by path: all, or those of ``paths``
+    (format 1 read as it is)."""
+    if manifest.get("format_version", 1) < FORMAT_VERSION:
+        _, rows, _ = read_legacy(out, manifest)
+        # stat-ed as the conversion will, so a sharded run plans the same images before and after it
+        return {row["path"]: StoredImage(i, i, row["path"], row.get("label"), _fields(row), None,
+                                         *(_stat(Path(row["path"])) or (None, None)), 0, i)
+                for i, row in enumerate(rows)}
+    db = IndexDB.open(out)
+    try:
+        return db.live(int(manifest["version"]), paths)
+    finally:
+        db.close()
+
+
+def _candidate_paths(items: Sequence[GalleryItem], remove: Sequence[str | os.PathLike[str]]) -> list[str]:
+    """The indexed paths an update may touch: the gallery's, and each --remove as given or resolved."""
+    paths = [str(item.path) for item in items]
+    for given in remove:
+        paths += [os.path.abspath(os.path.expanduser(given)), str(Path(given).expanduser().resolve())]
+    return paths
+
+
+def resolve_removals(out: Path, paths: Sequence[str | os.PathLike[str]], live: dict[str, StoredImage]) -> list[str]:
+    """The indexed paths ``paths`` name (as given, made absolute, or resolved); one not indexed is an error."""
+    found = []
+    for given in paths:
+        candidates = [os.path.abspath(os.path.expanduser(given)), str(Path(given).expanduser().resolve())]
+        match = next((c for c in candidates if c in live), None)
+        if match is None:
+            raise DataError(f"--remove {given}: not in the index {out}; nothing was changed")
+        found.append(match)
+    return list(dict.fromkeys(found))  # the same image named twice is removed once
 
 
 def _check_new_index(out: Path, model: IndexModel | None) -> None:
@@ -126,18 +235,14 @@ def _check_new_index(out: Path, model: IndexModel | None) -> None:
         raise ConfigError(f"{out}: exists and is not a dva index (no manifest.json); choose a new or empty folder")
 
 
-def _own_model(out: Path, index: GalleryIndex, model: IndexModel | None) -> IndexModel:
+def _own_model(out: Path, manifest: dict[str, Any], model: IndexModel | None) -> IndexModel:
     """The index's recorded model; another ``model`` would give incomparable embeddings."""
-    if model is not None and model.fingerprint() != index.manifest["model"]["fingerprint"]:
+    if model is not None and model.fingerprint() != manifest["model"]["fingerprint"]:
         raise ConfigError(
-            f"{out} was built with {index.manifest['model']['source']}; {model.source} gives other embeddings. "
+            f"{out} was built with {manifest['model']['source']}; {model.source} gives other embeddings. "
             "Add images without --run/--frozen (the index's own model is used) or build a new index"
         )
     return IndexModel.from_index(out)
-
-
-def _new_items(index: GalleryIndex, items: Sequence[GalleryItem]) -> list[GalleryItem]:
-    return [item for item in items if str(item.path) not in index.ids_by_path]
 
 
 def _create(
@@ -160,15 +265,21 @@ def _create(
             failures = [reason for _, reason in skipped] + [reason for _, reason in embeddings.failures]
             first = failures[0] if failures else "the gallery is empty"
             raise DataError(f"no image of the gallery could be read (first: {first})")
-        rows = [_row(items[i]) for i in embeddings.indices]
+        rows = [_new_row(items[i], j, 1, j) for j, i in enumerate(embeddings.indices.tolist())]
         manifest = {
             "version": 1,
             "dva_version": __version__,
             "embed_dim": int(embeddings.vectors.shape[1]),
             "model": {**model.describe(), "fingerprint": model.fingerprint()},
             "settings": {"index_type": index_type, "approx_threshold": threshold},
+            "count": len(rows),
+            "next_id": len(rows),
         }
-        manifest = _write(partial, manifest, embeddings.vectors, rows, None)
+        db = IndexDB.open(partial, create=True)
+        try:
+            manifest = _commit(partial, manifest, db, embeddings.vectors, rows, [], set(), None)
+        finally:
+            db.close()
         try:
             if out.exists():
                 out.rmdir()  # empty, checked above
@@ -176,8 +287,8 @@ def _create(
         except OSError as e:
             raise ConfigError(f"{out}: could not move the new index into place ({e}); was it created meanwhile?") from None
     return IndexReport(
-        str(out), 1, len(rows), len(rows), 0, _unreadable(items, embeddings), manifest["index"],
-        seconds, time.perf_counter() - start,
+        str(out), 1, len(rows), len(rows), 0, unreadable=_unreadable(items, embeddings), index=manifest["index"],
+        embed_seconds=seconds, total_seconds=time.perf_counter() - start,
     )
 
 
@@ -188,44 +299,183 @@ def _update(
     index_type: str | None,
     threshold: int | None,
     embedder: Embedder,
+    remove: Sequence[str | os.PathLike[str]],
+    remove_missing: bool,
 ) -> IndexReport:
     start = time.perf_counter()
-    index = GalleryIndex.load(out)
-    remove_stale_files(out, keep=set(index.manifest["files"].values()))  # what killed or failed runs left
-    own = _own_model(out, index, model)
+    manifest = read_manifest(out)
+    wanted = None if remove_missing else _candidate_paths(items, remove)
+    live = live_images(out, manifest, wanted)
+    removals = resolve_removals(out, remove, live)  # before anything is written: a typo changes nothing
+    own = _own_model(out, manifest, model)
     settings = {
-        "index_type": index_type or index.manifest["settings"]["index_type"],
-        "approx_threshold": threshold or index.manifest["settings"]["approx_threshold"],
+        "index_type": index_type or manifest["settings"]["index_type"],
+        "approx_threshold": threshold or manifest["settings"]["approx_threshold"],
     }
-    new = _new_items(index, items)
-    embeddings, seconds = embedder(own, new)
-    vectors = np.concatenate([np.asarray(index.embeddings), embeddings.vectors.reshape(-1, index.embed_dim)])
-    rows = index.rows + [_row(new[i]) for i in embeddings.indices]
-    unchanged = not len(embeddings.vectors) and settings == index.manifest["settings"]
-    manifest = index.manifest
-    if not unchanged:
-        manifest = {**index.manifest, "version": index.version + 1, "settings": settings}
-        manifest = _write(out, manifest, vectors, rows, index)
+    plan_index(0, index_type=settings["index_type"], approx_threshold=settings["approx_threshold"])
+    if manifest.get("format_version", 1) < FORMAT_VERSION:
+        manifest = migrate_legacy(out, manifest)
+    db = IndexDB.open(out)
+    try:
+        version = int(manifest["version"])
+        live = db.live(version, wanted)  # after a conversion: its rows (same paths and ids)
+        db.rollback_to(version)  # rows of a killed update
+        remove_stale_files(out, keep={*manifest["files"]["shards"], manifest["files"]["faiss"]})
+        if remove_missing:
+            removals += [path for path in live if path not in removals and not Path(path).is_file()]
+        plan = plan_update(items, live, skip=set(removals))
+        todo = plan.todo
+        embeddings, seconds = embedder(own, todo)
+        next_id = int(manifest["next_id"])
+        rows, retired, dropped = [], [], set()
+        for j, i in enumerate(embeddings.indices.tolist()):
+            rows.append(_new_row(todo[i], next_id, version + 1, j))
+            next_id += 1
+            if i >= len(plan.new):  # a changed file: its old id leaves
+                old = plan.changed[i - len(plan.new)][1]
+                retired.append(old)
+                dropped.add(old.id)
+        for item, old in plan.relabelled:
+            rows.append(NewRow(old.id, old.path, item.label, dict(item.metadata), old.sha256, old.size, old.mtime_ns,
+                               old.shard, old.row))
+            retired.append(old)
+        for path in removals:
+            retired.append(live[path])
+            dropped.add(live[path].id)
+        if not rows and not retired and settings == manifest["settings"]:
+            return IndexReport(
+                str(out), version, manifest["count"], 0, plan.unchanged, unreadable=_unreadable(todo, embeddings),
+                index=manifest["index"], embed_seconds=seconds, total_seconds=time.perf_counter() - start,
+            )
+        added = sum(1 for i in embeddings.indices.tolist() if i < len(plan.new))
+        new_manifest = {**manifest, "version": version + 1, "settings": settings, "next_id": next_id,
+                        "count": manifest["count"] - len(dropped) + len(embeddings.indices)}
+        new_manifest = _commit(out, new_manifest, db, embeddings.vectors, rows, retired, dropped, manifest)
+    finally:
+        db.close()
     return IndexReport(
-        str(out), manifest["version"], len(rows), len(embeddings.vectors), len(items) - len(new),
-        _unreadable(new, embeddings), manifest["index"], seconds, time.perf_counter() - start,
+        str(out), new_manifest["version"], new_manifest["count"], added, plan.unchanged,
+        updated=len(embeddings.indices) - added + len(plan.relabelled), removed=len(removals),
+        unreadable=_unreadable(todo, embeddings), index=new_manifest["index"], embed_seconds=seconds,
+        total_seconds=time.perf_counter() - start,
     )
 
 
-def _write(
-    path: Path, manifest: dict, vectors: np.ndarray, rows: list[dict], previous: GalleryIndex | None
+def _commit(
+    path: Path,
+    manifest: dict[str, Any],
+    db: IndexDB,
+    vectors: np.ndarray,
+    rows: list[NewRow],
+    retired: Sequence[StoredImage],
+    dropped: set[int],
+    previous: dict[str, Any] | None,
 ) -> dict[str, Any]:
-    """Choose the FAISS index for the new size, extend or rebuild it, measure recall, commit."""
+    """Choose the FAISS index for the new size, decide whether its snapshot must be taken
+    again, measure recall when it is, and commit the version."""
     settings = manifest["settings"]
-    spec = plan_index(len(vectors), index_type=settings["index_type"], approx_threshold=settings["approx_threshold"])
-    if previous is not None and previous.spec == spec:
-        faiss_index = previous.faiss_index
-        faiss_index.add(np.ascontiguousarray(vectors[len(previous) :]))
+    spec = plan_index(manifest["count"], index_type=settings["index_type"], approx_threshold=settings["approx_threshold"])
+    snapshot, keep = None, False
+    index_info = {**spec.to_dict(), f"recall@{RECALL_K}": 1.0}
+    if not spec.exact:
+        keep = previous is not None and previous["files"]["faiss"] is not None and \
+            IndexSpec.from_dict(previous["index"]) == spec and _snapshot_fresh(db, previous, spec, rows, retired, dropped,
+                                                                              manifest["count"])
+        if keep:
+            index_info = previous["index"]
+        else:
+            ids, vectors_all = _vectors_after(path, previous, db, vectors, rows, dropped, int(manifest["embed_dim"]))
+            snapshot = build_index(spec, vectors_all, ids=ids)
+            index_info[f"recall@{RECALL_K}"] = recall_vs_exact(snapshot, vectors_all, k=RECALL_K, ids=ids)
+            manifest["snapshot"] = {"version": manifest["version"], "count": len(ids)}
     else:
-        faiss_index = build_index(spec, vectors)
-    recall = 1.0 if spec.exact else recall_vs_exact(faiss_index, vectors, k=RECALL_K)
-    manifest = {**manifest, "index": {**spec.to_dict(), f"recall@{RECALL_K}": recall}}
-    return write_version(path, manifest, vectors, rows, faiss_index)
+        manifest.pop("snapshot", None)
+    manifest = {**manifest, "index": index_info}
+    vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1) if len(vectors) else vectors
+    return commit_version(path, manifest, db, vectors=vectors, rows=rows, removed_keys=[r.key for r in retired],
+                          snapshot=snapshot, keep_snapshot=keep)
+
+
+def _snapshot_fresh(
+    db: IndexDB, previous: dict[str, Any], spec: IndexSpec, rows: list[NewRow], retired: Sequence[StoredImage],
+    dropped: set[int], count: int,
+) -> bool:
+    """Whether the current snapshot can serve the new version: what it lacks or holds in excess
+    stays under :data:`SNAPSHOT_SLACK` of the index (HNSW: it holds nothing in excess)."""
+    s = int(previous["snapshot"]["version"])
+    inside, outside = db.snapshot_stats(int(previous["version"]), s)
+    gone = [r for r in retired if r.id in dropped]
+    inside -= sum(1 for r in gone if r.shard <= s)
+    outside -= sum(1 for r in gone if r.shard > s)
+    outside += sum(1 for r in rows if r.shard == previous["version"] + 1)
+    excess = int(previous["snapshot"]["count"]) - inside
+    if spec.type == "hnsw" and excess:
+        return False
+    return outside + excess <= SNAPSHOT_SLACK * max(count, 1)
+
+
+def _vectors_after(
+    path: Path, previous: dict[str, Any] | None, db: IndexDB, vectors: np.ndarray, rows: list[NewRow], dropped: set[int],
+    dim: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(ids, vectors)`` of the new version, sorted by id: the kept images' from their shards,
+    then the new ones (new ids are the largest)."""
+    new_ids = np.array([r.id for r in rows if previous is None or r.shard == previous["version"] + 1], np.int64)
+    new_vectors = np.asarray(vectors, np.float32).reshape(len(new_ids), dim)
+    if previous is None:
+        return new_ids, new_vectors
+    kept = [r for r in db.visible_rows(int(previous["version"])) if r[1] not in dropped]
+    old = gather_vectors(path, previous, np.array([r[8] for r in kept], np.int64), np.array([r[9] for r in kept], np.int64))
+    return np.concatenate([np.array([r[1] for r in kept], np.int64), new_ids]), np.concatenate([old, new_vectors])
+
+
+def migrate_legacy(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Convert a format-1 index to format 2 as version v+1 (ids unchanged; call holding
+    :func:`update_lock`). Files are stat-ed, not hashed: a file changed after this is seen as
+    changed, one changed before it is not."""
+    embeddings, rows, _ = read_legacy(out, manifest)
+    (out / METADATA_DB).unlink(missing_ok=True)  # a conversion killed before its commit
+    version = int(manifest["version"]) + 1
+    new_rows = []
+    for i, row in enumerate(rows):
+        stat = _stat(Path(row["path"])) or (None, None)
+        new_rows.append(NewRow(i, row["path"], row.get("label"), _fields(row), None, *stat, version, i))
+    db = IndexDB.open(out, create=True)
+    try:
+        new = {**manifest, "version": version, "count": len(rows), "next_id": len(rows), "files": None}
+        return _commit(out, new, db, np.asarray(embeddings, np.float32), new_rows, [], set(), None)
+    finally:
+        db.close()
+
+
+def _new_row(item: GalleryItem, image_id: int, shard: int, row: int) -> NewRow:
+    size, mtime_ns = _stat(item.path) or (None, None)
+    return NewRow(image_id, str(item.path), item.label, dict(item.metadata), file_sha256(item.path), size, mtime_ns,
+                  shard, row)
+
+
+def _fields(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("path", "label")}
+
+
+def _stat(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def file_sha256(path: Path) -> str | None:
+    """sha256 of the file's bytes: what "the same image" means for an update (None: unreadable)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
+    except OSError:
+        return None
+    return digest.hexdigest()
 
 
 def embed_items(
@@ -242,10 +492,6 @@ def embed_items(
     )
     embeddings = embed_dataset(net, dataset, desc="indexing", shard=shard, **embed)
     return embeddings, time.perf_counter() - start
-
-
-def _row(item: GalleryItem) -> dict[str, Any]:
-    return {"path": str(item.path), "label": item.label, **item.metadata}
 
 
 def _unreadable(items: Sequence[GalleryItem], embeddings: Embeddings) -> list[tuple[str, str]]:

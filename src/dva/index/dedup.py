@@ -107,7 +107,7 @@ def find_duplicates(
         vectors = np.asarray(index.embeddings[ids], dtype=np.float32)
         scores = vectors @ vectors[0]
         groups.append([
-            Member(int(i), index.rows[i]["path"], index.rows[i]["label"], 1.0 if j == 0 else float(scores[j]))
+            Member(int(index.ids[i]), index.rows[i]["path"], index.rows[i]["label"], 1.0 if j == 0 else float(scores[j]))
             for j, i in enumerate(ids)
         ])
     groups.sort(key=lambda g: (-len(g), g[0].id))

@@ -9,6 +9,13 @@
 The model is rebuilt from the config recorded in the index (adapters merged), images go
 through the same evaluation transform as the gallery did, and scores are cosine
 similarities (inner products of L2-normalised embeddings).
+
+``filter=`` restricts a search to images whose label or metadata match
+(:mod:`dva.index.filters`): ``searcher.search("q.jpg", k=5, filter=["label in A,B", "year>=2000"])``.
+Filtered results are exact in what they keep: every match passes every filter, and k of them
+come back whenever k images pass. A subset of up to :data:`EXACT_SUBSET_MAX` images is
+searched exactly (one matrix product); a larger one goes through the approximate index with
+an id selector, and a query that finds fewer than k there is searched exactly.
 """
 
 from __future__ import annotations
@@ -29,12 +36,17 @@ from dva.data.images import load_image, to_rgb
 from dva.errors import DataError
 from dva.evaluate.embed import embedding_transform
 from dva.index.calibrate import check_threshold, load_calibration
+from dva.index.faiss_index import search_parameters, search_selected
+from dva.index.filters import FilterLike, parse_filters
 from dva.index.model import IndexModel
 from dva.index.rerank import DEFAULT_ALPHA, DEFAULT_RERANK_K, check_rerank, database_augmentation, query_expansion
 from dva.index.store import GalleryIndex
 from dva.runtime import autocast, resolve_device
 
 ImageLike = Union[str, os.PathLike, Image.Image]
+#: Filtered subsets up to this size are searched exactly: at 768 floats that is ~60 MFLOP a
+#: query, a few milliseconds, and HNSW's graph search degrades when a filter keeps few images.
+EXACT_SUBSET_MAX = 20_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +118,8 @@ class Searcher:
     def search(self, image: ImageLike, k: int = 10, **options: Any) -> list[Match]:
         """The ``k`` gallery images most similar to ``image`` (a path or a PIL image), best first.
 
-        ``options`` are those of :meth:`search_embeddings` (``rerank``, ``rerank_k``, ``alpha``,
-        ``threshold``).
+        ``options`` are those of :meth:`search_embeddings` (``filter``, ``rerank``, ``rerank_k``,
+        ``alpha``, ``threshold``).
         """
         return self.search_batch([image], k, **options)[0]
 
@@ -131,6 +143,7 @@ class Searcher:
         rerank_k: int = DEFAULT_RERANK_K,
         alpha: float = DEFAULT_ALPHA,
         threshold: float | None = None,
+        filter: FilterLike | Sequence[FilterLike] | None = None,  # noqa: A002 - the API's word for it
     ) -> list[list[Match]]:
         """Top-``k`` of each row of ``embeddings`` (``(n, D)``).
 
@@ -139,7 +152,9 @@ class Searcher:
         neighbours (DBA, computed on first use and cached); :mod:`dva.index.rerank`. The order
         then follows the re-ranked similarity, while ``score`` stays the plain cosine to the
         query, so it and ``is_match`` keep their meaning (scores may then not decrease).
-        ``threshold`` overrides the calibrated one for ``is_match``.
+        ``threshold`` overrides the calibrated one for ``is_match``. ``filter`` (a
+        :class:`~dva.index.filters.Filter`, a string such as ``"label=Cardinal"``, or a list of
+        them, ANDed) keeps only matching images; re-ranking then runs within them as well.
         """
         # Few numpy calls: with HNSW a query takes well under a millisecond, so per-call
         # overhead here is what separates this from raw FAISS (bench/speed.py measures it).
@@ -159,17 +174,68 @@ class Searcher:
         cut = self.calibration.threshold if self.calibration is not None else None
         if threshold is not None:
             cut = check_threshold(threshold)
+        filters = parse_filters(filter)
         queries = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        if rerank is None:
+        if not len(self):  # every image was removed
+            self.index.db.check_fields(filters)
+            return [[] for _ in queries]
+        if filters:
+            allowed = self.index.select(filters)
+            if not len(allowed):
+                return [[] for _ in queries]
+            scores, ids = self._filtered_search(queries, min(k, len(allowed)), allowed, rerank, rerank_k, alpha)
+        elif rerank is None:
             scores, ids = self.index.faiss_index.search(queries, min(k, len(self)))
         else:
             ids = self._reranked_ids(queries, min(k, len(self)), rerank, rerank_k, alpha)
-            scores = np.einsum("qd,qkd->qk", queries, self.index.embeddings[np.maximum(ids, 0).ravel()].reshape(
-                *ids.shape, -1))
+            scores = self._cosines(queries, ids)
         return [
-            [self.match(i, s, cut) for i, s in zip(row_ids, row_scores) if i >= 0]
+            [self._match_at(i, s, cut) for i, s in zip(row_ids, row_scores) if i >= 0]
             for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
         ]
+
+    def _cosines(self, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        vectors = self.index.embeddings[np.maximum(positions, 0).ravel()].reshape(*positions.shape, -1)
+        return np.einsum("qd,qkd->qk", queries, vectors)
+
+    def _filtered_search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray, rerank: str | None, rerank_k: int, alpha: float
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, positions)`` of the top-``k`` among the positions ``allowed`` (sorted)."""
+        if rerank is not None:  # re-ranking within the subset: its neighbours are subset images too
+            subset, flat = self._subset_index(allowed)
+            local = self._reranked_local(queries, k, subset, flat, rerank, rerank_k, alpha)
+            positions = np.where(local >= 0, allowed[np.maximum(local, 0)], -1)
+            return self._cosines(queries, positions), positions
+        if len(allowed) <= EXACT_SUBSET_MAX and not self.index.spec.exact:
+            return self._exact_on(queries, k, allowed)
+        # A flat index with a selector is exact and copies nothing; HNSW/IVF visit kept images only.
+        params = search_parameters(self.index.spec, self.index.selector(allowed))
+        scores, positions = search_selected(self.index.faiss_index, queries, k, params)
+        short = (positions < 0).any(axis=1)
+        if short.any():  # the graph or the probed cells held fewer than k: search those exactly
+            scores[short], positions[short] = self._exact_on(np.ascontiguousarray(queries[short]), k, allowed)
+        return scores, positions
+
+    def _exact_on(self, queries: np.ndarray, k: int, allowed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        _, flat = self._subset_index(allowed)
+        scores, local = flat.search(queries, k)
+        return scores, allowed[local]
+
+    def _subset_index(self, allowed: np.ndarray) -> tuple[np.ndarray, faiss.Index]:
+        subset = np.ascontiguousarray(self.index.embeddings[allowed], dtype=np.float32)
+        flat = faiss.IndexFlatIP(self.embed_dim)
+        flat.add(subset)
+        return subset, flat
+
+    def _reranked_local(
+        self, queries: np.ndarray, k: int, subset: np.ndarray, flat: faiss.Index, rerank: str, n: int, alpha: float
+    ) -> np.ndarray:
+        if rerank == "aqe":
+            return flat.search(query_expansion(queries, subset, flat, n=n, alpha=alpha), k)[1]
+        augmented = faiss.IndexFlatIP(self.embed_dim)
+        augmented.add(database_augmentation(subset, flat, n=n, alpha=alpha))
+        return augmented.search(queries, k)[1]
 
     def _reranked_ids(self, queries: np.ndarray, k: int, rerank: str, n: int, alpha: float) -> np.ndarray:
         if rerank == "aqe":
@@ -186,9 +252,20 @@ class Searcher:
         return dba.search(queries, k)[1]
 
     def match(self, image_id: int, score: float = float("nan"), threshold: float | None = None) -> Match:
-        row = self.index.rows[image_id]
+        """The :class:`Match` of image ``image_id``; ``KeyError`` when the index has no such image."""
+        return self._match_at(self.index.position(image_id), score, threshold)
+
+    def has_image(self, image_id: int) -> bool:
+        try:
+            self.index.position(image_id)
+        except KeyError:
+            return False
+        return True
+
+    def _match_at(self, position: int, score: float = float("nan"), threshold: float | None = None) -> Match:
+        row = self.index.rows[position]
         metadata = {key: value for key, value in row.items() if key not in ("path", "label")} if len(row) > 2 else {}
-        return Match(image_id, row["path"], row["label"], score, metadata,
+        return Match(int(self.index.ids[position]), row["path"], row["label"], score, metadata,
                      None if threshold is None else bool(score >= threshold))
 
     def describe(self) -> dict[str, Any]:

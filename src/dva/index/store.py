@@ -3,20 +3,36 @@
 ::
 
     INDEX_DIR/
-      manifest.json            what is current: version, image count, model, index type and
-                               parameters, measured recall, and the names of the files below
-      config.json              RunConfig of the model that made the embeddings (a run's, or a
-                               frozen backbone's): the directory loads like a run (dva.Run)
-      model.safetensors        the run's trained weights (absent for a frozen backbone)
-      embeddings-000002.npy    (N, D) float32 L2-normalised embeddings; row i is image id i
-      metadata-000002.jsonl    line i: {"path", "label", ...extra fields} of image id i
-      faiss-000002.index       FAISS index over the embeddings, FAISS ids = row numbers
+      manifest.json          the commit point: version, count, model, index type and parameters,
+                             measured recall, next free id, and the names of the files below
+      config.json            RunConfig of the model that made the embeddings (a run's, or a
+                             frozen backbone's): the directory loads like a run (dva.Run)
+      model.safetensors      the run's trained weights (absent for a frozen backbone)
+      metadata.sqlite        one row per image version: id, path, label, extra fields (JSON),
+                             sha256/size/mtime of the file, where its vector is (shard, row),
+                             and the versions that added and removed it; user fields also
+                             one row per value in ``fields`` (name, text, num) for filters
+      vectors-000001.npy     append-only shards: version V's shard holds the float32
+      vectors-000004.npy     L2-normalised vectors of the images version V added
+      faiss-000004.index     approximate indexes only: a snapshot (FAISS ids = image ids)
 
-Like clip-retrieval, embeddings and metadata on disk are the contract; the FAISS file is
-derived from them and can always be rebuilt. Updates are crash-safe: data files carry a
-version number, an update writes version v+1 beside version v, then atomically replaces
-``manifest.json`` (the commit point), then deletes the files no manifest names. A crash at
-any moment leaves either version v or version v+1 in force, never a mix.
+**Updates in place, O(change).** Version v+1 writes only its own shard (the new vectors) and
+its rows in SQLite; the other images' files are not touched. Image ids are stable: an id is
+never reused, and never changes while the image is in the index. An exact (flat) index is
+built from the shards when the index is opened, so it costs no write at all; an approximate
+one keeps a FAISS snapshot taken at some version s, and opening the index adds the vectors
+added since s and removes those removed since (:func:`dva.index.faiss_index.ids_to_positions`).
+The snapshot is written again only when the tail grows past :data:`SNAPSHOT_SLACK` of the
+index, so its cost is spread over many updates (and at once for HNSW after a removal: FAISS's
+HNSW cannot delete).
+
+**Crash safety.** The manifest stays the commit point. Rows carry the version that added
+them and the one that removed them, so the SQLite file holds version v and v+1 side by side
+until the manifest says which is in force; readers see the rows of the manifest's version
+only. An update writes the v+1 shard (and snapshot) beside version v's files, commits its
+rows to SQLite in one transaction, then atomically replaces ``manifest.json``, then deletes
+what no manifest names. A crash at any moment leaves version v or v+1 in force, never a mix:
+the next writer rolls back rows of versions above the manifest's and removes unnamed files.
 """
 
 from __future__ import annotations
@@ -24,8 +40,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
 from pathlib import Path
@@ -34,20 +52,69 @@ from typing import Any
 import faiss
 import numpy as np
 
-from dva._io import atomic_write, atomic_write_json, read_jsonl
+from dva._io import atomic_write, atomic_write_json
 from dva.errors import DataError, WriteError
-from dva.index.faiss_index import IndexSpec, apply_search_params
+from dva.index.faiss_index import IndexSpec, apply_search_params, build_index, ids_to_positions
+from dva.index.filters import BUILTIN_FIELDS, Filter, field_values, filter_sql
+from dva.index.legacy import SUFFIXES as LEGACY_SUFFIXES
+from dva.index.legacy import read_legacy
 
 FORMAT = "dva-index"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 LOCK = ".lock"
-DATA_FILES = ("embeddings", "metadata", "faiss")
-_SUFFIXES = {"embeddings": "npy", "metadata": "jsonl", "faiss": "index"}
+METADATA_DB = "metadata.sqlite"
+#: Re-snapshot an approximate index when the vectors it lacks or holds in excess exceed this
+#: fraction of the index: opening then adds at most that many vectors to the snapshot.
+SNAPSHOT_SLACK = 0.1
+#: Filter answers a loaded index keeps (:meth:`GalleryIndex.select`).
+SELECT_CACHE = 32
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS images (
+    key INTEGER PRIMARY KEY,      -- one version of one image's row
+    id INTEGER NOT NULL,          -- the image's stable id, its FAISS id
+    path TEXT NOT NULL,
+    label TEXT,
+    fields TEXT NOT NULL,         -- the gallery list's extra fields, a JSON object
+    sha256 TEXT,                  -- of the file's bytes when indexed (NULL: converted from format 1)
+    size INTEGER,
+    mtime_ns INTEGER,
+    shard INTEGER NOT NULL,       -- the vector is row `row` of shard file vectors-<shard>.npy
+    row INTEGER NOT NULL,
+    added INTEGER NOT NULL,       -- visible in versions added <= v < removed
+    removed INTEGER
+);
+CREATE INDEX IF NOT EXISTS images_id ON images(id);
+CREATE INDEX IF NOT EXISTS images_path ON images(path);
+CREATE INDEX IF NOT EXISTS images_label ON images(label);
+CREATE INDEX IF NOT EXISTS images_added ON images(added);
+CREATE INDEX IF NOT EXISTS images_removed ON images(removed);
+CREATE TABLE IF NOT EXISTS fields (
+    key INTEGER NOT NULL,         -- images.key
+    name TEXT NOT NULL,
+    text TEXT,
+    num REAL                      -- the value as a number, when it is or reads as one
+);
+CREATE INDEX IF NOT EXISTS fields_text ON fields(name, text);
+CREATE INDEX IF NOT EXISTS fields_num ON fields(name, num);
+CREATE INDEX IF NOT EXISTS fields_key ON fields(key);
+"""
+_COLUMNS = "key, id, path, label, fields, sha256, size, mtime_ns, shard, row"
 
 
-def data_file_name(kind: str, version: int) -> str:
-    return f"{kind}-{version:06d}.{_SUFFIXES[kind]}"
+def shard_name(version: int) -> str:
+    return f"vectors-{version:06d}.npy"
+
+
+def snapshot_name(version: int) -> str:
+    return f"faiss-{version:06d}.index"
+
+
+def visible(version: int, alias: str = "i") -> str:
+    """SQL: the rows of ``version`` (an int, not user input: safe to format in)."""
+    v = int(version)
+    return f"{alias}.added <= {v} AND ({alias}.removed IS NULL OR {alias}.removed > {v})"
 
 
 def is_index_dir(path: str | Path) -> bool:
@@ -55,34 +122,236 @@ def is_index_dir(path: str | Path) -> bool:
 
 
 @dataclass
+class StoredImage:
+    """One image's row, as the writer sees it (:meth:`IndexDB.live`)."""
+
+    key: int
+    id: int
+    path: str
+    label: str | None
+    fields: dict[str, Any]
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    shard: int
+    row: int
+
+
+@dataclass
+class NewRow:
+    """A row an update inserts: a new image, a changed one (new id), or new fields (same id)."""
+
+    id: int
+    path: str
+    label: str | None
+    fields: dict[str, Any]
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    shard: int
+    row: int
+
+
+class IndexDB:
+    """The metadata database of an index: versioned rows, filters as SQL, one connection.
+
+    The connection is shared between threads (the web server's), under a lock.
+    """
+
+    def __init__(self, connection: sqlite3.Connection, where: str) -> None:
+        self.connection = connection
+        self.where = where
+        self._lock = threading.Lock()
+
+    @classmethod
+    def open(cls, path: Path, *, create: bool = False) -> IndexDB:
+        target = path / METADATA_DB
+        if not create and not target.is_file():
+            raise DataError(f"{target}: missing (named by {path / MANIFEST})")
+        try:
+            connection = sqlite3.connect(target, timeout=30, check_same_thread=False)
+            if create:
+                connection.executescript(SCHEMA)
+        except sqlite3.Error as e:
+            raise DataError(f"{target}: not a readable SQLite database ({e})") from None
+        return cls(connection, str(target))
+
+    @classmethod
+    def in_memory(cls, where: str) -> IndexDB:
+        connection = sqlite3.connect(":memory:", check_same_thread=False)
+        connection.executescript(SCHEMA)
+        return cls(connection, where)
+
+    def close(self) -> None:
+        self.connection.close()
+
+    def query(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
+        with self._lock:
+            try:
+                return self.connection.execute(sql, params).fetchall()
+            except sqlite3.Error as e:
+                raise DataError(f"{self.where}: {e}") from None
+
+    # --- reading ---
+
+    def visible_rows(self, version: int) -> list[tuple]:
+        return self.query(f"SELECT {_COLUMNS} FROM images i WHERE {visible(version)} ORDER BY id")
+
+    def live(self, version: int, paths: Iterable[str] | None = None) -> dict[str, StoredImage]:
+        """The rows of ``version`` by path (what the writer compares a gallery with): all of
+        them, or those of ``paths`` only, looked up by the path index (an update then costs
+        what it touches, not the size of the index)."""
+        if paths is None:
+            return {row[2]: _stored(row) for row in self.visible_rows(version)}
+        wanted, found = list(dict.fromkeys(paths)), {}
+        for start in range(0, len(wanted), 500):  # SQLite's limit on parameters is 999 in old builds
+            chunk = wanted[start : start + 500]
+            sql = f"SELECT {_COLUMNS} FROM images i WHERE {visible(version)} AND path IN ({','.join('?' * len(chunk))})"
+            found.update((row[2], _stored(row)) for row in self.query(sql, chunk))
+        return found
+
+    def field_names(self) -> list[str]:
+        return [name for (name,) in self.query("SELECT DISTINCT name FROM fields ORDER BY name")]
+
+    def has_field(self, name: str) -> bool:
+        return bool(self.query("SELECT 1 FROM fields WHERE name = ? LIMIT 1", [name]))
+
+    def select(self, filters: Sequence[Filter], version: int) -> np.ndarray:
+        """Sorted ids of the images of ``version`` that every filter keeps."""
+        self.check_fields(filters)
+        parts = [filter_sql(f, visible(version)) for f in filters]
+        sql = " INTERSECT ".join(part for part, _ in parts)
+        params = [p for _, part_params in parts for p in part_params]
+        ids = [i for (i,) in self.query(f"SELECT DISTINCT id FROM ({sql})", params)]
+        return np.array(sorted(ids), dtype=np.int64)
+
+    def check_fields(self, filters: Sequence[Filter]) -> None:
+        """A filter on a field no image has is a mistake (a typo), not an empty answer: one line naming it."""
+        for f in filters:
+            if f.field not in BUILTIN_FIELDS and not self.has_field(f.field):
+                known = ", ".join([*BUILTIN_FIELDS, *self.field_names()])
+                raise DataError(f"filter {str(f)!r}: no field {f.field!r} in this index (fields: {known})")
+            if f.field in BUILTIN_FIELDS and f.is_range:
+                raise DataError(f"filter {str(f)!r}: {f.field} is text; a range needs a numeric field")
+
+    def max_version(self) -> int:
+        (added, removed), = self.query("SELECT max(added), max(removed) FROM images")
+        return max(added or 0, removed or 0)
+
+    # --- writing (holding :func:`update_lock`) ---
+
+    def rollback_to(self, version: int) -> None:
+        """Undo the rows of versions above ``version`` that a crashed update committed."""
+        if self.max_version() <= version:
+            return  # nothing to undo: do not touch the file
+        with self._lock, self.connection:
+            self.connection.execute(f"DELETE FROM fields WHERE key IN (SELECT key FROM images WHERE added > {int(version)})")
+            self.connection.execute(f"DELETE FROM images WHERE added > {int(version)}")
+            self.connection.execute(f"UPDATE images SET removed = NULL WHERE removed > {int(version)}")
+
+    def apply(self, version: int, rows: Iterable[NewRow], removed_keys: Iterable[int]) -> None:
+        """Add ``rows`` and retire ``removed_keys`` as of ``version``, in one transaction."""
+        with self._lock, self.connection:
+            cursor = self.connection.cursor()
+            cursor.executemany(
+                f"UPDATE images SET removed = {int(version)} WHERE key = ?", [(int(k),) for k in removed_keys]
+            )
+            for row in rows:
+                cursor.execute(
+                    "INSERT INTO images (id, path, label, fields, sha256, size, mtime_ns, shard, row, added)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (row.id, row.path, row.label, json.dumps(row.fields, ensure_ascii=False), row.sha256,
+                     row.size, row.mtime_ns, row.shard, row.row, int(version)),
+                )
+                key = cursor.lastrowid
+                cursor.executemany(
+                    "INSERT INTO fields (key, name, text, num) VALUES (?, ?, ?, ?)",
+                    [(key, name, text, num) for name, value in row.fields.items() for text, num in field_values(value)],
+                )
+
+    def purge(self, before: int) -> None:
+        """Delete rows retired at or before ``before``: no reader of a version >= it sees them."""
+        if not self.query(f"SELECT 1 FROM images WHERE removed <= {int(before)} LIMIT 1"):
+            return
+        with self._lock, self.connection:
+            self.connection.execute(f"DELETE FROM fields WHERE key IN (SELECT key FROM images WHERE removed <= {int(before)})")
+            self.connection.execute(f"DELETE FROM images WHERE removed <= {int(before)}")
+
+    def snapshot_stats(self, version: int, snapshot_version: int) -> tuple[int, int]:
+        """``(live vectors of version in the snapshot, live vectors not in it)``: an id's vector
+        sits in the shard of the version that embedded it, so shard <= s means "in the snapshot"."""
+        s = int(snapshot_version)
+        (inside, outside), = self.query(
+            f"SELECT coalesce(sum(shard <= {s}), 0), coalesce(sum(shard > {s}), 0) FROM images i WHERE {visible(version)}"
+        )
+        return int(inside), int(outside)
+
+
+def _stored(row: tuple) -> StoredImage:
+    key, id_, path, label, fields, sha, size, mtime, shard, r = row
+    return StoredImage(key, id_, path, label, json.loads(fields), sha, size, mtime, shard, r)
+
+
+@dataclass
 class GalleryIndex:
-    """An index directory loaded into memory: embeddings, one metadata row per image, FAISS."""
+    """An index directory loaded into memory, in *positions*: the images of the manifest's
+    version sorted by id; ``ids[p]`` is the stable id of position ``p``.
+
+    ``embeddings``, ``rows`` and the FAISS index's labels are positions, so code written when
+    ids were row numbers keeps working (they still are, until an image is removed); :class:`Match`
+    and the HTTP API carry ids.
+    """
 
     path: Path
     manifest: dict[str, Any]
-    #: ``(N, D)`` float32, memory-mapped: only ``dva index --check`` and rebuilds read it all.
+    #: ``(N, D)`` float32 L2-normalised vectors, position order.
     embeddings: np.ndarray
     rows: list[dict[str, Any]]
     faiss_index: faiss.Index
+    ids: np.ndarray
+    db: IndexDB
+    #: The format the folder holds: 1 is searched as it is and converted by the next writer.
+    format_version: int = FORMAT_VERSION
+    _position_of: dict[int, int] = field(default_factory=dict, repr=False)
+    _selected: dict[tuple[Filter, ...], np.ndarray] = field(default_factory=dict, repr=False)
+    _selectors: dict[int, tuple[np.ndarray, faiss.IDSelector]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, path: str | Path) -> GalleryIndex:
         path = Path(path)
         manifest = read_manifest(path)
-        files = manifest["files"]
-        for kind in DATA_FILES:
-            if not (path / files[kind]).is_file():
-                raise DataError(f"{path / files[kind]}: missing (named by {path / MANIFEST})")
-        embeddings = np.load(path / files["embeddings"], mmap_mode="r")
-        rows = [row for _, row in read_jsonl(path / files["metadata"])]
-        faiss_index = faiss.read_index(str(path / files["faiss"]))
+        if manifest.get("format_version", 1) < 2:
+            return cls._load_legacy(path, manifest)
+        db = IndexDB.open(path)
+        version = int(manifest["version"])
+        stored = db.visible_rows(version)
+        if len(stored) != manifest["count"]:
+            raise DataError(f"{path}: {METADATA_DB} holds {len(stored)} images of version {version}, "
+                            f"the manifest says {manifest['count']}")
+        ids = np.array([row[1] for row in stored], dtype=np.int64)
+        rows = [{"path": row[2], "label": row[3], **json.loads(row[4])} for row in stored]
+        embeddings = gather_vectors(path, manifest, np.array([r[8] for r in stored], np.int64),
+                                    np.array([r[9] for r in stored], np.int64))
         spec = IndexSpec.from_dict(manifest["index"])
+        snapshot = manifest["files"].get("faiss")
+        if snapshot is None:
+            faiss_index = build_index(spec, embeddings)
+        else:
+            if not (path / snapshot).is_file():
+                raise DataError(f"{path / snapshot}: missing (named by {path / MANIFEST})")
+            faiss_index = ids_to_positions(faiss.read_index(str(path / snapshot)), ids, embeddings, spec)
         apply_search_params(faiss_index, spec)
-        counts = {"manifest": manifest["count"], "embeddings": len(embeddings), "metadata": len(rows),
-                  "faiss": faiss_index.ntotal}
-        if len(set(counts.values())) != 1:
-            raise DataError(f"{path}: the index files disagree on the number of images ({counts})")
-        return cls(path, manifest, embeddings, rows, faiss_index)
+        return cls(path, manifest, embeddings, rows, faiss_index, ids, db)
+
+    @classmethod
+    def _load_legacy(cls, path: Path, manifest: dict[str, Any]) -> GalleryIndex:
+        embeddings, rows, faiss_index = read_legacy(path, manifest)
+        apply_search_params(faiss_index, IndexSpec.from_dict(manifest["index"]))
+        db = IndexDB.in_memory(str(path / manifest["files"]["metadata"]))
+        db.apply(0, (NewRow(i, row["path"], row.get("label"), _extra(row), None, None, None, 0, i)
+                     for i, row in enumerate(rows)), ())
+        return cls(path, manifest, embeddings, rows, faiss_index, np.arange(len(rows), dtype=np.int64), db,
+                   format_version=int(manifest.get("format_version", 1)))
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -101,7 +370,88 @@ class GalleryIndex:
 
     @cached_property
     def ids_by_path(self) -> dict[str, int]:
-        return {row["path"]: i for i, row in enumerate(self.rows)}
+        return {row["path"]: int(i) for i, row in zip(self.ids, self.rows)}
+
+    def position(self, image_id: int) -> int:
+        """The position of image ``image_id``; ``KeyError`` when no such image is in the index."""
+        if not self._position_of:
+            self._position_of.update((int(i), p) for p, i in enumerate(self.ids))
+        return self._position_of[int(image_id)]
+
+    @staticmethod
+    def check_filters(path: str | Path, filters: Sequence[Filter]) -> None:
+        """Check that ``filters`` name fields of the index at ``path``, without loading it."""
+        path = Path(path)
+        manifest = read_manifest(path)
+        if manifest.get("format_version", 1) < FORMAT_VERSION:
+            GalleryIndex.load(path).db.check_fields(filters)
+            return
+        db = IndexDB.open(path)
+        try:
+            db.check_fields(filters)
+        finally:
+            db.close()
+
+    def select(self, filters: Sequence[Filter]) -> np.ndarray:
+        """Sorted positions of the images every filter keeps (all of them without filters).
+
+        The last :data:`SELECT_CACHE` answers are kept: a loaded index is one version, so a
+        filter's answer cannot change, and a server sees the same filters again and again.
+        """
+        if not filters:
+            return np.arange(len(self), dtype=np.int64)
+        key = tuple(filters)
+        cached = self._selected.get(key)
+        if cached is None:
+            cached = self._select(filters)
+            cached.flags.writeable = False
+            with self.db._lock:
+                self._selected[key] = cached
+                while len(self._selected) > SELECT_CACHE:
+                    self._selected.pop(next(iter(self._selected)))
+        return cached
+
+    def selector(self, positions: np.ndarray) -> faiss.IDSelector:
+        """A FAISS selector of ``positions`` (an answer of :meth:`select`), built once per answer:
+        a hash set of a large subset costs milliseconds, more than a flat search of it."""
+        key = id(positions)
+        with self.db._lock:
+            cached = self._selectors.get(key)
+            if cached is not None and cached[0] is positions:
+                return cached[1]
+        selector = faiss.IDSelectorBatch(positions)
+        with self.db._lock:
+            self._selectors[key] = (positions, selector)
+            while len(self._selectors) > SELECT_CACHE:
+                self._selectors.pop(next(iter(self._selectors)))
+        return selector
+
+    def _select(self, filters: Sequence[Filter]) -> np.ndarray:
+        ids = self.db.select(filters, self.version)
+        positions = np.searchsorted(self.ids, ids)
+        return positions[(positions < len(self.ids)) & (self.ids[np.minimum(positions, len(self.ids) - 1)] == ids)] \
+            if len(self.ids) else np.zeros(0, np.int64)
+
+
+def _extra(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k not in ("path", "label")}
+
+
+def gather_vectors(path: Path, manifest: dict[str, Any], shards: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The vectors at ``(shard, row)`` pairs, in that order, read from the memory-mapped shards."""
+    dim = int(manifest["embed_dim"])
+    out = np.empty((len(shards), dim), dtype=np.float32)
+    for version in np.unique(shards).tolist():
+        name = shard_name(version)
+        if name not in manifest["files"]["shards"] or not (path / name).is_file():
+            raise DataError(f"{path / name}: missing (named by {METADATA_DB})")
+        shard = np.load(path / name, mmap_mode="r")
+        mask = shards == version
+        wanted = rows[mask]
+        if len(wanted) and (wanted.max() >= len(shard) or shard.shape[1:] != (dim,)):
+            raise DataError(f"{path / name}: holds {shard.shape} vectors, {METADATA_DB} needs row {wanted.max()} of {dim}")
+        out[mask] = shard[wanted]
+    return out
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -123,44 +473,70 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
-def write_version(
+def commit_version(
     path: Path,
     manifest: dict[str, Any],
-    embeddings: np.ndarray,
-    rows: Sequence[dict[str, Any]],
-    faiss_index: faiss.Index,
+    db: IndexDB,
+    *,
+    vectors: np.ndarray,
+    rows: Sequence[NewRow],
+    removed_keys: Sequence[int],
+    snapshot: faiss.Index | None,
+    keep_snapshot: bool,
 ) -> dict[str, Any]:
-    """Write the data files of ``manifest["version"]``, then commit by replacing the manifest."""
+    """Write version ``manifest["version"]``: its shard, snapshot and rows, then commit.
+
+    ``manifest`` is the new one (version v+1 and its ``count``; ``files`` still version v's,
+    if any); ``vectors`` are the new
+    shard's (rows of ``rows`` point into it); ``snapshot`` a new FAISS snapshot, or None to keep
+    the current one (``keep_snapshot``) or to have none (an exact index).
+    """
     version = int(manifest["version"])
-    files = {kind: data_file_name(kind, version) for kind in DATA_FILES}
+    previous = manifest.get("files") or {"shards": [], "faiss": None}
+    written: list[Path] = []
     try:
-        atomic_write(path / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings))
-        atomic_write(path / files["metadata"], lambda tmp: _save_jsonl(tmp, rows))
-        atomic_write(path / files["faiss"], lambda tmp: _save_faiss(tmp, faiss_index))
+        shards = list(previous["shards"])
+        if len(vectors):
+            written.append(atomic_write(path / shard_name(version), lambda tmp: _save_npy(tmp, vectors)))
+            shards.append(shard_name(version))
+        faiss_file = previous["faiss"] if keep_snapshot else None
+        if snapshot is not None:
+            written.append(atomic_write(path / snapshot_name(version), lambda tmp: _save_faiss(tmp, snapshot)))
+            faiss_file = snapshot_name(version)
+        db.apply(version, rows, removed_keys)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        manifest = {
+            **manifest,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "created": manifest.get("created", now),
+            "updated": now,
+            "files": {"metadata": METADATA_DB, "shards": shards, "faiss": faiss_file},
+        }
+        atomic_write_json(path / MANIFEST, manifest)  # the commit point
     except BaseException:
-        for name in files.values():  # a full disk: do not leave half of version v+1 behind
-            (path / name).unlink(missing_ok=True)
+        for written_file in written:  # a full disk or a crash: leave no half of version v+1 behind
+            written_file.unlink(missing_ok=True)
+        with contextlib.suppress(Exception):
+            db.rollback_to(version - 1)
         raise
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest = {
-        "format": FORMAT,
-        "format_version": FORMAT_VERSION,
-        **manifest,
-        "count": len(rows),
-        "created": manifest.get("created", now),
-        "updated": now,
-        "files": files,
-    }
-    atomic_write_json(path / MANIFEST, manifest)
-    remove_stale_files(path, keep=set(files.values()))
+    remove_stale_files(path, keep=set(manifest["files"]["shards"]) | {faiss_file})
+    db.purge(before=version - 1)
     return manifest
 
 
-def remove_stale_files(path: Path, keep: set[str]) -> None:
-    """Delete data files of older versions, and leftovers of a crashed update: its data files
-    and the hidden temporary files of its atomic writes. Call it holding :func:`update_lock`."""
-    for kind in DATA_FILES:
-        for stale in path.glob(f"{kind}-*.{_SUFFIXES[kind]}"):
+def count_visible(db: IndexDB, version: int) -> int:
+    (count,), = db.query(f"SELECT count(*) FROM images i WHERE {visible(version)}")
+    return int(count)
+
+
+def remove_stale_files(path: Path, keep: set[str | None]) -> None:
+    """Delete data files no manifest names: older versions', format 1's after a conversion,
+    and leftovers of a crashed update (its files, the hidden temporaries of its atomic writes).
+    Call it holding :func:`update_lock`."""
+    patterns = ["vectors-*.npy", "faiss-*.index", *(f"{kind}-*.{suffix}" for kind, suffix in LEGACY_SUFFIXES.items())]
+    for pattern in patterns:
+        for stale in path.glob(pattern):
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
     for temporary in path.glob(".*.tmp"):
@@ -190,33 +566,8 @@ def _save_npy(target: Path, array: np.ndarray) -> None:
         np.save(f, np.ascontiguousarray(array, dtype=np.float32))
 
 
-#: Characters ``str.splitlines`` splits at that ``json.dumps(ensure_ascii=False)`` left raw.
-RAW_SEPARATORS = ("\u2028", "\u2029", "\x85")
-
-
-def repair_metadata(path: Path, index: GalleryIndex) -> int:
-    """Rewrite the metadata file of an index written by dva 0.1.0 if it holds raw line
-    separators (older readers, and that version itself, cannot read it); return the rows fixed."""
-    target = path / index.manifest["files"]["metadata"]
-    text = target.read_text(encoding="utf-8")
-    broken = sum(1 for line in text.split("\n") if any(c in line for c in RAW_SEPARATORS))
-    if broken:
-        with update_lock(path):
-            atomic_write(target, lambda tmp: _save_jsonl(tmp, index.rows))
-    return broken
-
-
 def _save_faiss(target: Path, faiss_index: faiss.Index) -> None:
     try:
         faiss.write_index(faiss_index, str(target))
     except RuntimeError as e:  # FAISS reports a full disk as a C++ exception
         raise OSError(f"FAISS could not write the index: {str(e).strip().splitlines()[-1]}") from e
-
-
-def _save_jsonl(target: Path, rows: Sequence[dict[str, Any]]) -> None:
-    # ASCII only: no raw U+2028 & co. that a line splitter could break a row at (dva 0.1.0
-    # read this file with str.splitlines, and still does), and no encoding error late in a run.
-    with open(target, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=True) + "\n")
-

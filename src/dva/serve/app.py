@@ -2,8 +2,9 @@
 
 Endpoints (OpenAPI docs at ``/docs``, served offline):
 
-- ``POST /search``            multipart image upload ``file`` and form field ``k``
-- ``POST /search/embedding``  JSON ``{"embedding": [...], "k": 10}``
+- ``POST /search``            multipart image upload ``file``, form fields ``k`` and ``filter``
+                              (repeatable, ANDed: ``label=Cardinal``, ``year>=2000``, ...)
+- ``POST /search/embedding``  JSON ``{"embedding": [...], "k": 10, "filter": ["label in A,B"]}``
 - ``GET  /images/{id}``       a gallery image, by the id the index gave it (never by path)
 - ``GET  /healthz``           what the index holds
 - ``GET  /``                  the search page (static HTML/JS/CSS shipped in ``static/``)
@@ -43,6 +44,7 @@ from pydantic import BaseModel, Field
 from dva import __version__
 from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image, release_memory
 from dva.errors import ConfigError, DataError
+from dva.index.filters import Filter, parse_filters
 from dva.index.searcher import Match, Searcher
 from dva.serve.limits import BodySizeLimit, timed_h11
 
@@ -94,9 +96,16 @@ class SearchResponse(BaseModel):
     took_ms: float
 
 
+#: Filters one request may send (each is one indexed SQL lookup).
+MAX_FILTERS = 16
+FILTER_HELP = ("Keep only matching images; repeat for AND: label=Cardinal, label in A,B, year>=2000, price<10, "
+               "10<=year<=20 (fields: label, path, or a field of the gallery list).")
+
+
 class EmbeddingQuery(BaseModel):
     embedding: list[float] = Field(min_length=1, description="A query embedding (normalised by the server).")
     k: int = Field(10, ge=1, strict=True)  # strict: JSON true is not 1
+    filter: list[str] = Field(default_factory=list, max_length=MAX_FILTERS, description=FILTER_HELP)
 
 
 class Health(BaseModel):
@@ -141,8 +150,10 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     def search_image(
         file: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, ...)."),
         k: int = Form(settings.default_k, ge=1, description=f"Number of matches (at most {settings.max_k})."),
+        filter: list[str] = Form([], description=FILTER_HELP),  # noqa: A002 - the API's word for it
     ) -> SearchResponse:
         _check_k(k, settings)
+        filters = _parse_filters(filter, searcher)  # before the upload is decoded: a typo costs nothing
         data = file.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {settings.max_upload_bytes:,} bytes")
@@ -158,7 +169,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                 del data
                 release_memory()  # the full-size decode is gone: give its pages back
         start = time.perf_counter()
-        matches = searcher.search(image, k)
+        matches = searcher.search(image, k, filter=filters)
         return _response(matches, k, len(searcher), start)
 
     @api.post("/search/embedding", response_model=SearchResponse, summary="Search with an embedding")
@@ -166,7 +177,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         _check_k(query.k, settings)
         start = time.perf_counter()
         try:
-            matches = searcher.search_embedding(query.embedding, query.k)
+            matches = searcher.search_embedding(query.embedding, query.k, filter=_parse_filters(query.filter, searcher))
         except DataError as e:
             raise HTTPException(422, str(e)) from None
         return _response(matches, query.k, len(searcher), start)
@@ -175,7 +186,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     @api.get("/images/{image_id}", summary="A gallery image, by id", response_class=StreamingResponse)
     def gallery_image(image_id: int = PathParam(..., ge=0)) -> StreamingResponse:
-        if image_id >= len(searcher):
+        if not searcher.has_image(image_id):
             raise HTTPException(404, f"no image {image_id} in the index")
         opened = open_gallery_file(Path(searcher.match(image_id).path), gallery_dirs)
         if opened is None:
@@ -251,6 +262,18 @@ def _api_key_check(expected: str):
                                 headers={"WWW-Authenticate": API_KEY_HEADER})
 
     return require_key
+
+
+def _parse_filters(texts: list[str], searcher: Searcher) -> list[Filter]:
+    """Filters parsed and their fields checked, or 422 naming the bad one."""
+    if len(texts) > MAX_FILTERS:
+        raise HTTPException(422, f"at most {MAX_FILTERS} filters, got {len(texts)}")
+    try:
+        filters = parse_filters([t for t in texts if t.strip()])
+        searcher.index.db.check_fields(filters)  # an unknown field is an error, not an empty answer
+    except DataError as e:
+        raise HTTPException(422, str(e)) from None
+    return filters
 
 
 def _check_k(k: int, settings: ServeSettings) -> None:

@@ -48,7 +48,7 @@ def retrieval_rows(
     if sample:
         if sample > len(searcher):
             raise DataError(f"cannot sample {sample} queries from a gallery of {len(searcher)} images")
-        drawn = np.random.default_rng(seed).choice(len(searcher), sample, replace=False)
+        drawn = searcher.index.ids[np.random.default_rng(seed).choice(len(searcher), sample, replace=False)]
         query_ids += [int(i) for i in drawn]
         queries = [*queries, *(searcher.match(int(i)).path for i in drawn)]
     if not queries:

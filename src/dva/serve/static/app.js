@@ -103,6 +103,10 @@ async function search() {
   const form = new FormData();
   form.append("file", currentFile);
   form.append("k", $("k").value || "10");
+  // Filters are separated by ';' (a set's values are separated by ','); each is one form field: AND.
+  for (const filter of $("filter").value.split(";").map((f) => f.trim()).filter(Boolean)) {
+    form.append("filter", filter);
+  }
   $("results").classList.add("busy");
   try {
     const body = await (await api("/search", { method: "POST", body: form })).json();
@@ -138,6 +142,7 @@ function init() {
     drop.addEventListener(type, (e) => { e.preventDefault(); drop.classList.remove("over"); }));
   drop.addEventListener("drop", (e) => setQuery(e.dataTransfer.files[0]));
   $("k").addEventListener("change", search);
+  $("filter").addEventListener("change", search);
   $("key-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     sessionStorage.setItem(KEY_STORAGE, $("api-key").value);
