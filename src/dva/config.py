@@ -261,6 +261,22 @@ def _read_run_file(path: str | Path) -> dict[str, Any]:
     return raw
 
 
+def default_of(cls: type, name: str) -> Any:
+    """The default of field ``name`` of config section ``cls``.
+
+    Config sections have ``__slots__``, so ``OPAConfig.min_score`` is a slot descriptor, not
+    the default: code that shares a section's defaults (the view policy, ``dva views``) asks here.
+    """
+    for item in dataclasses.fields(cls):
+        if item.name == name:
+            if item.default is not dataclasses.MISSING:
+                return item.default
+            if item.default_factory is not dataclasses.MISSING:
+                return item.default_factory()
+            raise ConfigError(f"{cls.__name__}.{name} has no default")
+    raise ConfigError(f"{cls.__name__} has no field {name!r}")
+
+
 def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
     """Every leaf field of a config dataclass as ``("train.lr", Field)``, sections flattened."""
     hints = typing.get_type_hints(cls)

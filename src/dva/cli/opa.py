@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 from dva.cli._common import DataRootOpt, JsonOpt, print_json, print_table
-from dva.config import OPAConfig
+from dva.config import OPAConfig, default_of
 from dva.errors import ConfigError
 
 PromptOpt = typer.Option(
@@ -97,10 +97,10 @@ def views(
     limit: int = typer.Option(24, "--limit", help="Images on the sheet: every outcome, spread through the file."),
     data: str | None = DataRootOpt,
     min_score: float = typer.Option(
-        OPAConfig.min_score, "--min-score", help="Boxes scoring less are not trusted (training's default)."
+        default_of(OPAConfig, "min_score"), "--min-score", help="Boxes scoring less are not trusted (training's default)."
     ),
     max_area: float = typer.Option(
-        OPAConfig.max_area, "--max-area", help="No background view at this box/image area or more."
+        default_of(OPAConfig, "max_area"), "--max-area", help="No background view at this box/image area or more."
     ),
     tile: int = typer.Option(200, "--tile", help="Tile size in pixels."),
     per_row: int = typer.Option(2, "--per-row", help="Images side by side (three tiles each)."),

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from dva.config import OPAConfig
+from dva.config import OPAConfig, default_of
 from dva.geometry import Size, area_fraction
 from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE, ORIGINAL
 from dva.opa.box_files import path_key
@@ -63,13 +63,13 @@ class ViewPolicy:
     """OPA's view rule and its settings; frozen and picklable, so DataLoader workers receive it."""
 
     #: Boxes scoring less are not trusted: the original image stands in for the object views.
-    min_score: float = OPAConfig.min_score
+    min_score: float = default_of(OPAConfig, "min_score")
     #: The box is scaled by this about its centre before cropping (the whole object in it).
-    enlarge: float = OPAConfig.enlarge
+    enlarge: float = default_of(OPAConfig, "enlarge")
     #: The discriminative crop is padded on its short side to at least ``short:long``.
-    aspect: tuple[int, int] = OPAConfig.aspect
+    aspect: tuple[int, int] = default_of(OPAConfig, "aspect")
     #: No background view when the box covers this fraction of the image or more.
-    max_area: float = OPAConfig.max_area
+    max_area: float = default_of(OPAConfig, "max_area")
     #: False: no background views at all (test time; the ``dva`` option ``background=false``).
     background: bool = True
 
