@@ -175,9 +175,11 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     @api.get("/images/{image_id}", summary="A gallery image, by id", response_class=StreamingResponse)
     def gallery_image(image_id: int = PathParam(..., ge=0)) -> StreamingResponse:
-        if image_id >= len(searcher):
-            raise HTTPException(404, f"no image {image_id} in the index")
-        opened = open_gallery_file(Path(searcher.match(image_id).path), gallery_dirs)
+        try:  # not `id < len(searcher)`: a vector database's ids have gaps after removals
+            path = Path(searcher.match(image_id).path)
+        except (IndexError, DataError):
+            raise HTTPException(404, f"no image {image_id} in the index") from None
+        opened = open_gallery_file(path, gallery_dirs)
         if opened is None:
             raise HTTPException(404, f"image {image_id} is indexed but its file is gone or is no longer a gallery image")
         f, media_type, size = opened
