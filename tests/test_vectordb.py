@@ -153,6 +153,26 @@ def test_cli_index_fills_the_embedded_database_and_search_uses_it(capsys, tmp_pa
     assert searches[0] == searches[1] and searches[1][0][1] == str(photos.paths[4])
 
 
+def test_a_database_that_goes_away_is_503_and_its_address_stays_in_the_log(pushed, capfd):
+    from dva.index.vectordb import _server_client
+    from dva.serve import create_app
+
+    gallery, index_dir, vectors = pushed
+    searcher = Searcher(index_dir, backend=vectors)
+    query = searcher.embed([gallery.paths[0]])[0].tolist()
+    vectors.close()  # the database goes away under a running server: its calls now meet a closed port
+    url = closed_port_url()
+    vectors.config = QdrantConfig(url=url)
+    vectors._client = _server_client(vectors.config)
+    with serve_in_thread(create_app(searcher)) as address, httpx.Client(base_url=address, timeout=60) as client:
+        answer = client.post("/search/embedding", json={"embedding": query, "k": 3})
+        assert answer.status_code == 503 and url not in answer.text
+        with open(gallery.paths[0], "rb") as f:
+            assert client.post("/search", files={"file": ("q.jpg", f, "image/jpeg")}).status_code == 503
+        assert client.get("/images/0").status_code == 503  # not 404: the image may well be there
+    assert f"{url}: cannot reach the Qdrant server" in capfd.readouterr().err
+
+
 @pytest.mark.parametrize("command", ["search", "serve", "index"])
 def test_an_unreachable_server_is_one_line_naming_it_and_exit_2(capsys, gallery_index, tmp_path, command):
     gallery, index_dir = gallery_index

@@ -197,12 +197,12 @@ class Searcher:
         return dba.search(queries, k)[1]
 
     def match(self, image_id: int, score: float = float("nan"), threshold: float | None = None) -> Match:
-        """Image ``image_id`` as a match (IndexError, or DataError from a vector database, when it is not there)."""
+        """Image ``image_id`` as a match; IndexError when the index does not hold it."""
         if self.backend is None:
             return _to_match(image_id, self.index.rows[image_id], score, threshold)
         row = self.backend.get(image_id)
         if row is None:
-            raise DataError(f"no image {image_id} in {self.backend.describe()['factory']}")
+            raise IndexError(f"no image {image_id} in {self.backend.describe()['factory']}")
         return _to_match(image_id, row, score, threshold)
 
     def describe(self) -> dict[str, Any]:

@@ -49,6 +49,11 @@ EMBEDDED_FOLDER = "qdrant"
 T = TypeVar("T")
 
 
+class DatabaseUnavailable(DataError):
+    """The database cannot be reached, or refuses the request: the deployment's fault, not the
+    query's (``dva serve`` answers 503, the CLI exits 2 with this one line)."""
+
+
 @dataclass(frozen=True)
 class QdrantConfig:
     """Where the collection lives: a server (``url``) or an embedded database folder (``path``)."""
@@ -181,15 +186,16 @@ class QdrantGallery:
                 return fn()
         except ResponseHandlingException as e:  # connection refused, DNS, timeout, TLS
             source = getattr(e, "source", e)
-            raise DataError(f"{address}: cannot reach the Qdrant server ({type(source).__name__}: {source})") from None
+            raise DatabaseUnavailable(
+                f"{address}: cannot reach the Qdrant server ({type(source).__name__}: {source})") from None
         except UnexpectedResponse as e:
             if e.status_code in (401, 403):
-                raise DataError(f"{address}: the Qdrant server refused the API key (HTTP {e.status_code}); "
-                                f"set it in ${self.config.api_key_env}") from None
-            raise DataError(f"{address}: the Qdrant server answered HTTP {e.status_code} {e.reason_phrase} "
-                            f"(is it a Qdrant server?)") from None
+                raise DatabaseUnavailable(f"{address}: the Qdrant server refused the API key (HTTP {e.status_code}); "
+                                          f"set it in ${self.config.api_key_env}") from None
+            raise DatabaseUnavailable(f"{address}: the Qdrant server answered HTTP {e.status_code} "
+                                      f"{e.reason_phrase} (is it a Qdrant server?)") from None
         except ApiException as e:
-            raise DataError(f"{address}: Qdrant request failed ({e})") from None
+            raise DatabaseUnavailable(f"{address}: Qdrant request failed ({e})") from None
 
 
 def check_server(config: QdrantConfig) -> None:

@@ -22,6 +22,7 @@ import io
 import os
 import secrets
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Security, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 import uvicorn
@@ -44,6 +45,7 @@ from dva import __version__
 from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image, release_memory
 from dva.errors import ConfigError, DataError
 from dva.index.searcher import Match, Searcher
+from dva.index.vectordb import DatabaseUnavailable
 from dva.serve.limits import BodySizeLimit, timed_h11
 
 STATIC_DIR = Path(str(files("dva.serve") / "static"))
@@ -167,6 +169,8 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         start = time.perf_counter()
         try:
             matches = searcher.search_embedding(query.embedding, query.k)
+        except DatabaseUnavailable:
+            raise  # answered 503 below: not the query's fault
         except DataError as e:
             raise HTTPException(422, str(e)) from None
         return _response(matches, query.k, len(searcher), start)
@@ -177,7 +181,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     def gallery_image(image_id: int = PathParam(..., ge=0)) -> StreamingResponse:
         try:  # not `id < len(searcher)`: a vector database's ids have gaps after removals
             path = Path(searcher.match(image_id).path)
-        except (IndexError, DataError):
+        except IndexError:
             raise HTTPException(404, f"no image {image_id} in the index") from None
         opened = open_gallery_file(path, gallery_dirs)
         if opened is None:
@@ -186,6 +190,12 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         return StreamingResponse(_chunks(f), media_type=media_type, headers={"content-length": str(size)})
 
     app.include_router(api)
+
+    @app.exception_handler(DatabaseUnavailable)
+    def database_unavailable(request: Any, error: DatabaseUnavailable) -> JSONResponse:
+        # The address stays in the server's log: clients need not learn the internal network.
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return JSONResponse({"detail": "the vector database is unavailable; try again later"}, status_code=503)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
