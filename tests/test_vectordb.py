@@ -218,7 +218,7 @@ def test_without_qdrant_client_the_error_names_the_extra(monkeypatch, tmp_path):
 
 
 def test_push_resumes_everything_when_the_collection_lags(pushed):
-    gallery, index_dir, vectors = pushed
+    _, index_dir, vectors = pushed
     index = GalleryIndex.load(index_dir)
     vectors.remove(range(len(index)))
     assert push_index(index, vectors, since=len(index) - 2) == len(index)  # lagging: all, not the last 2

@@ -32,7 +32,7 @@ from dva.index.calibrate import check_threshold, load_calibration
 from dva.index.model import IndexModel
 from dva.index.rerank import DEFAULT_ALPHA, DEFAULT_RERANK_K, check_rerank, database_augmentation, query_expansion
 from dva.index.store import GalleryIndex
-from dva.index.vectordb import QdrantGallery
+from dva.index.vectordb import VectorBackend
 from dva.runtime import autocast, resolve_device
 
 ImageLike = Union[str, os.PathLike, Image.Image]
@@ -67,7 +67,7 @@ class Searcher:
 
     def __init__(
         self, index_dir: str | Path, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 32,
-        backend: QdrantGallery | None = None,
+        backend: VectorBackend | None = None,
     ) -> None:
         self.index = GalleryIndex.load(index_dir)
         self.backend = backend

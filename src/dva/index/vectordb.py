@@ -29,7 +29,7 @@ import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -47,6 +47,20 @@ UPSERT_BATCH = 1000
 #: without ``--qdrant-url``).
 EMBEDDED_FOLDER = "qdrant"
 T = TypeVar("T")
+
+
+class VectorBackend(Protocol):
+    """What :class:`dva.Searcher` needs from a vector database (:class:`QdrantGallery` is one)."""
+
+    embed_dim: int
+
+    def __len__(self) -> int: ...
+
+    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float, dict[str, Any]]]]: ...
+
+    def get(self, image_id: int) -> dict[str, Any] | None: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
 
 class DatabaseUnavailable(DataError):
@@ -142,7 +156,7 @@ class QdrantGallery:
                 vectors=vectors[start:start + UPSERT_BATCH].tolist(),
                 payloads=[dict(r) for r in rows[start:start + UPSERT_BATCH]],
             )
-            self._call(lambda: self._client.upsert(self.config.collection, points=batch, wait=True))
+            self._call(lambda batch=batch: self._client.upsert(self.config.collection, points=batch, wait=True))
 
     def remove(self, ids: Iterable[int]) -> None:
         """Delete images ``ids`` (ids that are not there are ignored); other ids do not change."""
