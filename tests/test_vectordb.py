@@ -83,6 +83,7 @@ def test_a_collection_of_another_dimension_or_a_missing_one_is_refused(tmp_path)
         QdrantGallery(QdrantConfig(path=tmp_path / "db", collection="c"), 32)
     with pytest.raises(DataError, match=r"no Qdrant collection 'other'"):
         QdrantGallery(QdrantConfig(path=tmp_path / "db", collection="other"), 16)
+    QdrantGallery(QdrantConfig(path=tmp_path / "db", collection="c"), 16).close()  # the refusals unlocked the folder
 
 
 def test_the_embedded_folder_is_one_process_at_a_time(embedded, tmp_path):

@@ -124,19 +124,26 @@ class QdrantGallery:
             except RuntimeError as e:  # the folder is locked by another process
                 raise DataError(f"{config.path}: the embedded Qdrant database is open in another process "
                                 f"(one process at a time; a server allows many): {e}") from None
-        name = config.collection
+        try:
+            self._open_collection(create)
+        except BaseException:
+            self._client.close()  # an embedded folder stays locked until its client is closed
+            raise
+
+    def _open_collection(self, create: bool) -> None:
+        name, address, models = self.config.collection, self.config.address, self._models
         if not self._call(lambda: self._client.collection_exists(name)):
             if not create:
-                raise DataError(f"{config.address}: no Qdrant collection {name!r} "
+                raise DataError(f"{address}: no Qdrant collection {name!r} "
                                 f"(fill it with `dva index --backend qdrant ...`)")
             self._call(lambda: self._client.create_collection(
-                name, vectors_config=models.VectorParams(size=embed_dim, distance=models.Distance.COSINE)))
+                name, vectors_config=models.VectorParams(size=self.embed_dim, distance=models.Distance.COSINE)))
         vectors = self._call(lambda: self._client.get_collection(name)).config.params.vectors
         size = getattr(vectors, "size", None)
-        if size != embed_dim:
-            raise DataError(f"{config.address}: collection {name!r} holds "
-                            f"{size if size is not None else 'named'} vectors, the index's model gives {embed_dim}-d "
-                            f"ones (another model's collection? choose another --collection)")
+        if size != self.embed_dim:
+            raise DataError(f"{address}: collection {name!r} holds {size if size is not None else 'named'} vectors, "
+                            f"the index's model gives {self.embed_dim}-d ones (another model's collection? "
+                            f"choose another --collection)")
 
     def __len__(self) -> int:
         return int(self._call(lambda: self._client.count(self.config.collection, exact=True)).count)
