@@ -13,6 +13,7 @@ from dva.errors import ConfigError
 from dva.index import IndexModel, Searcher
 from dva.models import RetrievalModel
 from dva.visualize import (
+    comparison_rows,
     embedding_cam,
     frozen_and_adapted,
     gradcam_comparison,
@@ -98,3 +99,30 @@ def test_retrieval_grid_marks_matches_by_label(gallery_index, tmp_path, capsys):
                           "--out", str(out))
     assert code == 0 and "3 queries x top-4" in stdout and "/12 matches share the query's label" in stdout
     assert Image.open(out).size[0] == 2 * gap + 5 * (128 + gap)
+
+
+def test_comparison_grid_asks_each_model_the_same_queries(gallery_index, trained_run, tmp_path, capsys):
+    from dva.index import index_gallery, read_gallery
+
+    gallery, frozen_dir = gallery_index
+    trained_dir = tmp_path / "trained-index"
+    index_gallery(trained_dir, read_gallery(gallery.root), model=IndexModel.from_run(trained_run), num_workers=0,
+                  progress=False)
+    frozen, trained = Searcher(frozen_dir), Searcher(trained_dir)
+    rows = comparison_rows([frozen, trained], [gallery.paths[3]], sample=2, seed=0, k=4)
+    assert [r.title for r in rows] == ["frozen", "ica"] * 3  # per query: the frozen row, then the trained one
+    for model, searcher in enumerate([frozen, trained]):  # each row is that model's own ranking, query left out
+        alone = retrieval_rows(searcher, [gallery.paths[3]], k=4)[0]
+        assert [m.id for m in rows[model].matches] == [m.id for m in alone.matches]
+        assert 3 not in [m.id for m in alone.matches] and rows[model].query_label == "class_0"
+    for i in (2, 4):  # the sampled queries are the same images for both models
+        assert np.array_equal(np.asarray(rows[i].query), np.asarray(rows[i + 1].query))
+        assert rows[i].query_label == rows[i + 1].query_label is not None
+
+    out = tmp_path / "compare.png"
+    code, stdout, err = run_cli(capsys, "visualize", "grid", "--index", str(frozen_dir), "--compare", str(trained_dir),
+                                "--sample", "2", "-k", "3", "--thumb", "40", "--out", str(out))
+    assert code == 0, err
+    assert "2 queries x top-3" in stdout and "frozen " in stdout and ", ica " in stdout
+    header, gap, cell_h = 10 + 8, 6, 40 + 2 * (10 + 3) + 6
+    assert Image.open(out).size[1] == header + 4 * cell_h + gap  # 2 queries x 2 models

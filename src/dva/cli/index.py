@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from dva.cli._common import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt, print_json, print_table
+from dva.cli._vectordb import BackendOpt, CollectionOpt, QdrantUrlOpt, check_backend_options, open_backend
 from dva.distributed import barrier, init_distributed, launched_by_torchrun
 from dva.errors import ConfigError
 from dva.runtime import resolve_device
@@ -55,6 +56,9 @@ def index(
     precision: str = PrecisionOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = JsonOpt,
+    backend: str = BackendOpt,
+    qdrant_url: str | None = QdrantUrlOpt,
+    collection: str = CollectionOpt,
 ) -> None:
     """Embed a gallery and write a searchable index; run again to add new or changed images only.
 
@@ -97,6 +101,7 @@ def index(
         model = IndexModel.from_run(run, weights)
     if shard is not None and merge_shards:
         raise ConfigError("--shard embeds one shard, --merge-shards merges them: pass one")
+    check_backend_options(backend, qdrant_url, collection)  # an unreachable server: before hours of embedding
     items = read_gallery(images, folder_labels=folder_labels) if images is not None else []
     embed = dict(batch_size=batch_size, num_workers=workers, precision=precision, progress=not quiet)
     build = dict(model=model, index_type=index_type, approx_threshold=approx_threshold)
@@ -115,8 +120,9 @@ def index(
         report = merge(out, items, **build)
     else:
         report = index_gallery(out, items, device=device, remove=remove, remove_missing=remove_missing, **build, **embed)
+    pushed = _push(out, report, backend, qdrant_url, collection) if backend != "faiss" or qdrant_url else None
     if json_out:
-        print_json(report.to_dict())
+        print_json({**report.to_dict(), **({} if pushed is None else {"vectordb": pushed})})
         return
     for _, reason in report.unreadable[:SHOWN_FAILURES]:
         print(f"warning: skipped {reason}", file=sys.stderr)
@@ -129,6 +135,21 @@ def index(
         "type": report.index["factory"], "recall@10": report.index["recall@10"],
         "img/s": report.added / report.embed_seconds if report.embed_seconds else 0.0,
     }])
+    if pushed is not None:
+        print(f"{pushed['pushed']} images upserted into {pushed['factory']} ({pushed['images']} there now)")
+
+
+def _push(out: Path, report, backend: str, url: str | None, collection: str) -> dict:
+    """Bring the vector database to the index's images: removals deleted, new images upserted."""
+    from dva.index import GalleryIndex
+    from dva.index.vectordb import push_index
+
+    gallery = open_backend(out, backend, url, collection, create=True)
+    try:
+        pushed = push_index(GalleryIndex.load(out), gallery, refresh=report.updated > 0)
+        return {**gallery.describe(), "pushed": pushed, "images": len(gallery)}
+    finally:
+        gallery.close()
 
 
 def search(
@@ -150,6 +171,9 @@ def search(
         "'year>=2000', 'price<10', '10<=year<=20' (label, path or a field of the gallery list)."
     ),
     json_out: bool = JsonOpt,
+    backend: str = BackendOpt,
+    qdrant_url: str | None = QdrantUrlOpt,
+    collection: str = CollectionOpt,
 ) -> None:
     """The top-k gallery images of each query by cosine similarity (path, label, score).
 
@@ -170,8 +194,10 @@ def search(
         check_threshold(threshold)
     parsed = parse_filters(filters)
     if parsed:  # an unknown field is an error before the model is built
+        if backend != "faiss" or qdrant_url:
+            raise ConfigError("--filter needs the index's own metadata database: not with --backend qdrant")
         GalleryIndex.check_filters(index_dir, parsed)
-    searcher = Searcher(index_dir, device=device)
+    searcher = Searcher(index_dir, device=device, backend=open_backend(index_dir, backend, qdrant_url, collection))
     results = searcher.search_batch(images, k, rerank=rerank, rerank_k=rerank_k, alpha=alpha, threshold=threshold,
                                     filter=parsed)
     if json_out:

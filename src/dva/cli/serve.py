@@ -8,6 +8,8 @@ from pathlib import Path
 
 import typer
 
+from dva.cli._vectordb import BackendOpt, CollectionOpt, QdrantUrlOpt, open_backend
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -22,6 +24,9 @@ def serve(
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest accepted image (width x height)."),
     max_k: int = typer.Option(100, "--max-k", help="Most matches one request may ask for."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto, ..."),
+    backend: str = BackendOpt,
+    qdrant_url: str | None = QdrantUrlOpt,
+    collection: str = CollectionOpt,
 ) -> None:
     """Serve POST /search, POST /search/embedding, GET /images/{id}, GET /healthz, docs at /docs, page at /."""
     import uvicorn
@@ -39,5 +44,6 @@ def serve(
     settings = ServeSettings(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_image_pixels=max_pixels, max_k=max_k, api_key=api_key
     )
-    app = create_app(Searcher(index_dir, device=device), settings)
+    vectors = open_backend(index_dir, backend, qdrant_url, collection)  # before the model: fail fast
+    app = create_app(Searcher(index_dir, device=device, backend=vectors), settings)
     uvicorn.Server(server_config(app, settings, host=host, port=port, log_level="info")).run()

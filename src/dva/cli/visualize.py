@@ -21,19 +21,32 @@ def grid(
     k: int = typer.Option(10, "-k", "--k", help="Matches per query."),
     thumb: int = typer.Option(128, "--thumb", help="Thumbnail size in pixels."),
     device: str = typer.Option("cpu", "--device"),
+    compare: list[Path] = typer.Option(
+        None, "--compare", help="Another index of the same gallery (e.g. a trained run's): each query gets a row "
+        "per index, titled with its model's method. Repeatable."
+    ),
 ) -> None:
     """Each query, then its top-k: green frame = same label as the query, red = another, grey = unknown."""
     from dva._io import atomic_write
     from dva.index import Searcher
-    from dva.visualize import render_retrieval_grid, retrieval_rows
+    from dva.visualize import comparison_rows, render_retrieval_grid, retrieval_rows
 
-    rows = retrieval_rows(Searcher(index_dir, device=device), queries or [], sample=sample, seed=seed, k=k)
+    if compare:
+        searchers = [Searcher(path, device=device) for path in [index_dir, *compare]]
+        rows = comparison_rows(searchers, queries or [], sample=sample, seed=seed, k=k)
+    else:
+        rows = retrieval_rows(Searcher(index_dir, device=device), queries or [], sample=sample, seed=seed, k=k)
     figure = render_retrieval_grid(rows, thumb=thumb)
     atomic_write(out, lambda tmp: figure.save(tmp, format="PNG"))
-    correct = sum(m.label == r.query_label for r in rows if r.query_label for m in r.matches)
-    judged = sum(len(r.matches) for r in rows if r.query_label)
-    summary = f"; {correct}/{judged} matches share the query's label" if judged else ""
-    print(f"wrote {out} ({len(rows)} queries x top-{k}{summary})")
+    summaries = []
+    for title in dict.fromkeys(r.title for r in rows):  # None alone for a single index
+        mine = [r for r in rows if r.title == title and r.query_label]
+        correct = sum(m.label == r.query_label for r in mine for m in r.matches)
+        judged = sum(len(r.matches) for r in mine)
+        if judged:
+            summaries.append(f"{title + ' ' if title else ''}{correct}/{judged}")
+    summary = f"; {', '.join(summaries)} matches share the query's label" if summaries else ""
+    print(f"wrote {out} ({len(rows) // (1 + len(compare or []))} queries x top-{k}{summary})")
 
 
 @app.command("gradcam")

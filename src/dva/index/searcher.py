@@ -33,7 +33,7 @@ import torch
 from PIL import Image
 
 from dva.data.images import load_image, to_rgb
-from dva.errors import DataError
+from dva.errors import ConfigError, DataError
 from dva.evaluate.embed import embedding_transform
 from dva.index.calibrate import check_threshold, load_calibration
 from dva.index.faiss_index import search_parameters, search_selected
@@ -41,6 +41,7 @@ from dva.index.filters import FilterLike, parse_filters
 from dva.index.model import IndexModel
 from dva.index.rerank import DEFAULT_ALPHA, DEFAULT_RERANK_K, check_rerank, database_augmentation, query_expansion
 from dva.index.store import GalleryIndex
+from dva.index.vectordb import VectorBackend
 from dva.runtime import autocast, resolve_device
 
 ImageLike = Union[str, os.PathLike, Image.Image]
@@ -72,13 +73,19 @@ class Searcher:
     """Top-k cosine search over an index directory written by ``dva index``.
 
     Safe to share between threads (the web server does): inference runs under a lock, one
-    batch at a time, and FAISS searches are read-only.
+    batch at a time, and FAISS searches are read-only. ``backend``: search a vector database
+    holding this index's images instead of the FAISS file (:mod:`dva.index.vectordb`).
     """
 
     def __init__(
-        self, index_dir: str | Path, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 32
+        self, index_dir: str | Path, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 32,
+        backend: VectorBackend | None = None,
     ) -> None:
         self.index = GalleryIndex.load(index_dir)
+        self.backend = backend
+        if backend is not None and backend.embed_dim != self.index.embed_dim:
+            raise DataError(f"{index_dir}: {self.index.embed_dim}-d embeddings, the vector database "
+                            f"{backend.describe()['address']} holds {backend.embed_dim}-d ones")
         self.model_info = IndexModel.from_index(index_dir)
         self.device = resolve_device(device)
         self.precision = precision
@@ -98,7 +105,7 @@ class Searcher:
         self._dba_lock = threading.Lock()
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.index) if self.backend is None else len(self.backend)
 
     @property
     def embed_dim(self) -> int:
@@ -171,11 +178,17 @@ class Searcher:
             raise DataError("an embedding of all zeros has no direction to search")
         vectors = vectors / peaks  # entries in [-1, 1]: the norm of a finite 1e38 vector cannot overflow
         check_rerank(rerank, rerank_k, alpha)
+        if rerank is not None and self.backend is not None:
+            raise ConfigError("re-ranking needs the index's own embeddings: not with a vector database backend")
         cut = self.calibration.threshold if self.calibration is not None else None
         if threshold is not None:
             cut = check_threshold(threshold)
         filters = parse_filters(filter)
         queries = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+        if self.backend is not None:
+            if filters:
+                raise DataError("filters need the index's own metadata database: not with a vector database backend")
+            return [[_to_match(i, row, s, cut) for i, s, row in hits] for hits in self.backend.search(queries, k)]
         if not len(self):  # every image was removed
             self.index.db.check_fields(filters)
             return [[] for _ in queries]
@@ -253,20 +266,22 @@ class Searcher:
 
     def match(self, image_id: int, score: float = float("nan"), threshold: float | None = None) -> Match:
         """The :class:`Match` of image ``image_id``; ``KeyError`` when the index has no such image."""
-        return self._match_at(self.index.position(image_id), score, threshold)
+        if self.backend is None:
+            return self._match_at(self.index.position(image_id), score, threshold)
+        row = self.backend.get(image_id)
+        if row is None:
+            raise KeyError(f"no image {image_id} in {self.backend.describe()['factory']}")
+        return _to_match(image_id, row, score, threshold)
 
     def has_image(self, image_id: int) -> bool:
         try:
-            self.index.position(image_id)
+            self.match(image_id)
         except KeyError:
             return False
         return True
 
     def _match_at(self, position: int, score: float = float("nan"), threshold: float | None = None) -> Match:
-        row = self.index.rows[position]
-        metadata = {key: value for key, value in row.items() if key not in ("path", "label")} if len(row) > 2 else {}
-        return Match(int(self.index.ids[position]), row["path"], row["label"], score, metadata,
-                     None if threshold is None else bool(score >= threshold))
+        return _to_match(int(self.index.ids[position]), self.index.rows[position], score, threshold)
 
     def describe(self) -> dict[str, Any]:
         """What the index holds and how it searches (``GET /healthz``, ``dva search --json``)."""
@@ -275,9 +290,15 @@ class Searcher:
             "embed_dim": self.embed_dim,
             "version": self.index.version,
             "model": {k: v for k, v in self.index.manifest["model"].items() if k != "fingerprint"},
-            "index": self.index.manifest["index"],
+            "index": self.index.manifest["index"] if self.backend is None else self.backend.describe(),
             "calibration": None if self.calibration is None else self.calibration.to_dict(),
         }
+
+
+def _to_match(image_id: int, row: dict[str, Any], score: float, threshold: float | None) -> Match:
+    metadata = {key: value for key, value in row.items() if key not in ("path", "label")} if len(row) > 2 else {}
+    return Match(image_id, row["path"], row.get("label"), score, metadata,
+                 None if threshold is None else bool(score >= threshold))
 
 
 def _as_image(image: ImageLike) -> Image.Image:

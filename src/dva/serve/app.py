@@ -23,6 +23,7 @@ import io
 import os
 import secrets
 import stat
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -33,7 +34,7 @@ from typing import Any, BinaryIO
 
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Security, UploadFile
 from fastapi import Path as PathParam
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 import uvicorn
@@ -46,6 +47,7 @@ from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image, re
 from dva.errors import ConfigError, DataError
 from dva.index.filters import Filter, parse_filters
 from dva.index.searcher import Match, Searcher
+from dva.index.vectordb import DatabaseUnavailable
 from dva.serve.limits import BodySizeLimit, timed_h11
 
 STATIC_DIR = Path(str(files("dva.serve") / "static"))
@@ -178,6 +180,8 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         start = time.perf_counter()
         try:
             matches = searcher.search_embedding(query.embedding, query.k, filter=_parse_filters(query.filter, searcher))
+        except DatabaseUnavailable:
+            raise  # answered 503 below: not the query's fault
         except DataError as e:
             raise HTTPException(422, str(e)) from None
         return _response(matches, query.k, len(searcher), start)
@@ -186,7 +190,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     @api.get("/images/{image_id}", summary="A gallery image, by id", response_class=StreamingResponse)
     def gallery_image(image_id: int = PathParam(..., ge=0)) -> StreamingResponse:
-        if not searcher.has_image(image_id):
+        if not searcher.has_image(image_id):  # not `id < len(searcher)`: ids have gaps after removals
             raise HTTPException(404, f"no image {image_id} in the index")
         opened = open_gallery_file(Path(searcher.match(image_id).path), gallery_dirs)
         if opened is None:
@@ -195,6 +199,12 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         return StreamingResponse(_chunks(f), media_type=media_type, headers={"content-length": str(size)})
 
     app.include_router(api)
+
+    @app.exception_handler(DatabaseUnavailable)
+    def database_unavailable(request: Any, error: DatabaseUnavailable) -> JSONResponse:
+        # The address stays in the server's log: clients need not learn the internal network.
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        return JSONResponse({"detail": "the vector database is unavailable; try again later"}, status_code=503)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -270,6 +280,8 @@ def _parse_filters(texts: list[str], searcher: Searcher) -> list[Filter]:
         raise HTTPException(422, f"at most {MAX_FILTERS} filters, got {len(texts)}")
     try:
         filters = parse_filters([t for t in texts if t.strip()])
+        if filters and searcher.backend is not None:
+            raise DataError("filters need the index's own metadata database: not with a vector database backend")
         searcher.index.db.check_fields(filters)  # an unknown field is an error, not an empty answer
     except DataError as e:
         raise HTTPException(422, str(e)) from None

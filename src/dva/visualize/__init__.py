@@ -7,11 +7,12 @@ from dva.visualize.gradcam import (
     gradcam_comparison,
     vit_reshape_transform,
 )
-from dva.visualize.grid import GridRow, render_retrieval_grid, retrieval_rows
+from dva.visualize.grid import GridRow, comparison_rows, render_retrieval_grid, retrieval_rows
 
 __all__ = [
     "GridRow",
     "SimilarityTarget",
+    "comparison_rows",
     "embedding_cam",
     "frozen_and_adapted",
     "gradcam_comparison",

@@ -3,6 +3,10 @@ green when a match has the query's label and red when not (grey when a label is 
 
 Queries that are themselves in the gallery follow the paper's protocol (Sec. 4.1.2): the
 query is left out of its own matches, and its indexed label is the ground truth.
+
+:func:`comparison_rows` searches the same queries in several indexes of one gallery (the
+frozen backbone's and a trained run's) and interleaves their rows, each titled with its
+model, so the effect of training shows query by query.
 """
 
 from __future__ import annotations
@@ -30,6 +34,8 @@ class GridRow:
     #: Ground truth of the query, when known; decides the colour of each match.
     query_label: str | None
     matches: list[Match]
+    #: Which model found these matches (drawn under the query); None for a single-model grid.
+    title: str | None = None
 
 
 def retrieval_rows(
@@ -63,6 +69,51 @@ def retrieval_rows(
     return rows
 
 
+def comparison_rows(
+    searchers: Sequence[Searcher],
+    queries: Sequence[str | Path] = (),
+    *,
+    sample: int = 0,
+    seed: int = 0,
+    k: int = 10,
+) -> list[GridRow]:
+    """For each query, one row per searcher, in the order given, titled by :func:`model_titles`.
+
+    The searchers index the same gallery with different models. ``sample`` draws gallery
+    images from the first one; the others find them by path, so every model answers the same
+    queries and a query is left out of its own matches in each.
+    """
+    if not searchers:
+        raise DataError("no index to compare")
+    searchers = dict(zip(model_titles(searchers), searchers))
+    first = next(iter(searchers.values()))
+    paths = [str(q) for q in queries]
+    if sample:
+        if sample > len(first):
+            raise DataError(f"cannot sample {sample} queries from a gallery of {len(first)} images")
+        drawn = np.random.default_rng(seed).choice(len(first), sample, replace=False)
+        paths += [first.match(int(i)).path for i in drawn]
+    for name, searcher in searchers.items():
+        missing = [p for p in paths if str(Path(p).resolve()) not in searcher.index.ids_by_path]
+        if sample and missing:
+            raise DataError(f"{searcher.index.path} ({name}): does not hold the sampled query {missing[0]}; "
+                            "compare indexes of the same gallery")
+    per_model = {name: retrieval_rows(searcher, paths, k=k) for name, searcher in searchers.items()}
+    rows = []
+    for i in range(len(paths)):
+        for name, model_rows in per_model.items():
+            row = model_rows[i]
+            row.title = name
+            rows.append(row)
+    return rows
+
+
+def model_titles(searchers: Sequence[Searcher]) -> list[str]:
+    """Each index's model method (``frozen``, ``dva``, ...), with its folder's name where two share one."""
+    methods = [s.describe()["model"]["method"] for s in searchers]
+    return [m if methods.count(m) == 1 else f"{m} ({s.index.path.name})" for m, s in zip(methods, searchers)]
+
+
 def render_retrieval_grid(rows: Sequence[GridRow], *, thumb: int = 128, gap: int = 6) -> Image.Image:
     """One row per query: the query (blue frame), then its matches with label and score."""
     font_size = max(10, thumb // 10)
@@ -80,7 +131,7 @@ def render_retrieval_grid(rows: Sequence[GridRow], *, thumb: int = 128, gap: int
     for i, row in enumerate(rows):
         y = header_h + i * cell_h
         _paste(canvas, row.query, (gap, y), thumb, QUERY_COLOUR)
-        _caption(draw, (gap, y + thumb + 2), row.query_label or "(no label)", "", font, font_size, thumb)
+        _caption(draw, (gap, y + thumb + 2), row.query_label or "(no label)", row.title or "", font, font_size, thumb)
         for j, match in enumerate(row.matches):
             x = 2 * gap + (j + 1) * cell_w
             colour = _colour(row.query_label, match.label)

@@ -1,0 +1,231 @@
+"""The Qdrant backend with the real database: Qdrant's embedded local mode (a folder on disk),
+real loopback servers for the failure cases (a closed port, a server that refuses the key)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+
+import httpx
+import numpy as np
+import pytest
+from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, serve_in_thread
+
+pytest.importorskip("qdrant_client", reason="qdrant-client is not installed (pip install 'dva[qdrant]')")
+
+from dva.errors import ConfigError, DataError, MissingDependency  # noqa: E402
+from dva.index import GalleryIndex, Searcher  # noqa: E402
+from dva.index.vectordb import QdrantConfig, QdrantGallery, check_server, push_index  # noqa: E402
+
+
+def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def closed_port_url() -> str:
+    """A loopback address nothing listens on (the port was bound, then released)."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    return f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+def embedded(tmp_path):
+    gallery = QdrantGallery(QdrantConfig(path=tmp_path / "qdrant", collection="test"), 16, create=True)
+    yield gallery
+    gallery.close()
+
+
+@pytest.fixture
+def pushed(gallery_index, tmp_path):
+    """The session's gallery index pushed into an embedded collection (outside the read-only index)."""
+    gallery, index_dir = gallery_index
+    vectors = QdrantGallery(QdrantConfig(path=tmp_path / "qdrant"), GalleryIndex.load(index_dir).embed_dim, create=True)
+    assert push_index(GalleryIndex.load(index_dir), vectors) == len(gallery.paths)
+    yield gallery, index_dir, vectors
+    vectors.close()
+
+
+def test_embedded_search_is_exact_cosine_with_metadata_and_add_remove(embedded):
+    data = unit_rows(50, 16)
+    rows = [{"path": f"/g/{i}.jpg", "label": f"c{i % 5}", "sku": i * 10} for i in range(50)]
+    embedded.add(range(50), data, rows)
+    assert len(embedded) == 50
+    queries = unit_rows(3, 16, seed=1)
+    hits = embedded.search(queries, 5)
+    truth = np.argsort(-(queries @ data.T), axis=1)[:, :5]
+    assert [[h[0] for h in row] for row in hits] == truth.tolist()
+    np.testing.assert_allclose([h[1] for h in hits[0]], (queries[0] @ data[truth[0]].T), atol=1e-5)
+    best = hits[0][0]
+    assert best[2] == rows[best[0]]  # the metadata row comes back with the hit
+    embedded.remove([best[0], 999])  # an id that is not there is ignored
+    assert len(embedded) == 49 and embedded.get(best[0]) is None
+    assert best[0] not in [h[0] for h in embedded.search(queries[:1], 5)[0]]
+    embedded.add([best[0]], data[best[0]][None] * 3.0, [{"path": "/g/back.jpg", "label": None}])  # re-added, any scale
+    again = embedded.search(queries[:1], 1)[0][0]
+    assert again[0] == best[0] and again[2]["path"] == "/g/back.jpg" and abs(again[1] - best[1]) < 1e-5
+
+
+def test_add_refuses_mismatched_input(embedded):
+    with pytest.raises(DataError, match=r"shape \(n, 16\)"):
+        embedded.add([0], unit_rows(1, 8), [{"path": "a"}])
+    with pytest.raises(DataError, match="one of each per image"):
+        embedded.add([0, 1], unit_rows(1, 16), [{"path": "a"}])
+
+
+def test_a_collection_of_another_dimension_or_a_missing_one_is_refused(tmp_path):
+    QdrantGallery(QdrantConfig(path=tmp_path / "db", collection="c"), 16, create=True).close()
+    with pytest.raises(DataError, match=r"collection 'c' holds 16 vectors, the index's model gives 32-d"):
+        QdrantGallery(QdrantConfig(path=tmp_path / "db", collection="c"), 32)
+    with pytest.raises(DataError, match=r"no Qdrant collection 'other'"):
+        QdrantGallery(QdrantConfig(path=tmp_path / "db", collection="other"), 16)
+    QdrantGallery(QdrantConfig(path=tmp_path / "db", collection="c"), 16).close()  # the refusals unlocked the folder
+
+
+def test_the_embedded_folder_is_one_process_at_a_time(embedded, tmp_path):
+    with pytest.raises(DataError, match=r"open in another process"):
+        QdrantGallery(QdrantConfig(path=tmp_path / "qdrant", collection="test"), 16)
+
+
+def test_config_is_checked():
+    with pytest.raises(ConfigError, match="either a server url"):
+        QdrantConfig()
+    with pytest.raises(ConfigError, match=r"http://host:port.*'localhost:6333'"):
+        QdrantConfig(url="localhost:6333")
+    with pytest.raises(ConfigError, match="collection"):
+        QdrantConfig(url="http://localhost:6333", collection="a b")
+
+
+def test_searcher_on_qdrant_returns_what_faiss_returns(pushed):
+    _, index_dir, vectors = pushed
+    local, remote = Searcher(index_dir), Searcher(index_dir, backend=vectors)
+    queries = np.asarray(GalleryIndex.load(index_dir).embeddings[:4]) + 0.01
+    for a, b in zip(local.search_embeddings(queries, 5), remote.search_embeddings(queries, 5)):
+        assert [m.id for m in a] == [m.id for m in b]
+        assert [(m.path, m.label, m.metadata) for m in a] == [(m.path, m.label, m.metadata) for m in b]
+        np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=1e-5)
+    assert len(remote) == len(local) and remote.describe()["index"]["type"] == "qdrant"
+    with pytest.raises(ConfigError, match="re-ranking"):
+        remote.search_embeddings(queries, 5, rerank="aqe")
+
+
+def test_serve_on_qdrant_searches_and_forgets_removed_images(pushed):
+    from dva.serve import create_app
+
+    gallery, index_dir, vectors = pushed
+    searcher = Searcher(index_dir, backend=vectors)
+    query = searcher.embed([gallery.paths[7]])[0]
+    with serve_in_thread(create_app(searcher)) as url, httpx.Client(base_url=url, timeout=60) as client:
+        assert client.get("/healthz").json()["index"].startswith("qdrant embedded")
+        body = client.post("/search/embedding", json={"embedding": query.tolist(), "k": 3}).json()
+        assert body["results"][0]["id"] == 7 and body["results"][0]["name"] == gallery.paths[7].name
+        assert client.get("/images/7").content == gallery.paths[7].read_bytes()
+        vectors.remove([7])
+        body = client.post("/search/embedding", json={"embedding": query.tolist(), "k": 3}).json()
+        assert 7 not in [r["id"] for r in body["results"]] and body["gallery_size"] == len(gallery.paths) - 1
+        assert client.get("/images/7").status_code == 404
+        assert client.get(f"/images/{len(gallery.paths) - 1}").status_code == 200  # ids after a gap still work
+
+
+def test_cli_index_fills_the_embedded_database_and_search_uses_it(capsys, tmp_path):
+    from conftest import write_gallery
+
+    photos = write_gallery(tmp_path / "photos", num_classes=3, per_class=3)
+    out = tmp_path / "index"
+    build = ["index", "--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG),
+             "--images", str(photos.root), "--out", str(out), "--workers", "0", "--quiet", "--backend", "qdrant"]
+    code, stdout, err = run_cli(capsys, *build)
+    assert code == 0, err
+    assert "9 images upserted into qdrant embedded" in stdout and (out / "qdrant").is_dir()
+    class_image(0, 99).save(photos.root / "class_0" / "new.jpg")
+    code, stdout, err = run_cli(capsys, *build, "--json")
+    assert code == 0, err
+    assert json.loads(stdout)["vectordb"]["pushed"] == 1  # only the new image
+    searches = []
+    for backend in ("faiss", "qdrant"):
+        code, stdout, err = run_cli(capsys, "search", "--index", str(out), str(photos.paths[4]), "-k", "3", "--json",
+                                    "--backend", backend)
+        assert code == 0, err
+        searches.append([(m["id"], m["path"]) for m in json.loads(stdout)[0]["results"]])
+    assert searches[0] == searches[1] and searches[1][0][1] == str(photos.paths[4])
+
+
+def test_a_database_that_goes_away_is_503_and_its_address_stays_in_the_log(pushed, capfd):
+    from dva.index.vectordb import _server_client
+    from dva.serve import create_app
+
+    gallery, index_dir, vectors = pushed
+    searcher = Searcher(index_dir, backend=vectors)
+    query = searcher.embed([gallery.paths[0]])[0].tolist()
+    vectors.close()  # the database goes away under a running server: its calls now meet a closed port
+    url = closed_port_url()
+    vectors.config = QdrantConfig(url=url)
+    vectors._client = _server_client(vectors.config)
+    with serve_in_thread(create_app(searcher)) as address, httpx.Client(base_url=address, timeout=60) as client:
+        answer = client.post("/search/embedding", json={"embedding": query, "k": 3})
+        assert answer.status_code == 503 and url not in answer.text
+        with open(gallery.paths[0], "rb") as f:
+            assert client.post("/search", files={"file": ("q.jpg", f, "image/jpeg")}).status_code == 503
+        assert client.get("/images/0").status_code == 503  # not 404: the image may well be there
+    assert f"{url}: cannot reach the Qdrant server" in capfd.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["search", "serve", "index"])
+def test_an_unreachable_server_is_one_line_naming_it_and_exit_2(capsys, gallery_index, tmp_path, command):
+    gallery, index_dir = gallery_index
+    url = closed_port_url()
+    args = {"search": ["search", "--index", str(index_dir), str(gallery.paths[0])],
+            "serve": ["serve", "--index", str(index_dir), "--port", "1"],
+            "index": ["index", "--images", str(gallery.root), "--out", str(tmp_path / "new"), "--frozen",
+                      "--backbone", TINY_BACKBONE, "--no-pretrained", "--workers", "0", "--quiet"]}[command]
+    code, _, err = run_cli(capsys, *args, "--backend", "qdrant", "--qdrant-url", url)
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith(f"error: {url}: cannot reach the Qdrant server")
+    assert not (tmp_path / "new").exists()  # `dva index` checked before embedding anything
+
+
+@pytest.mark.filterwarnings("ignore:Api key is used with an insecure connection")
+def test_a_server_that_refuses_the_key_or_is_not_qdrant(monkeypatch):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    def answer(request: Request) -> JSONResponse:  # a web server that knows nothing of Qdrant, behind a key
+        if request.headers.get("api-key") != "right":
+            return JSONResponse({"status": "unauthorized"}, status_code=401)
+        return JSONResponse({"detail": "no such route"}, status_code=404)
+
+    app = Starlette(routes=[Route("/{path:path}", answer, methods=["GET", "POST", "PUT", "DELETE"])])
+
+    monkeypatch.setenv("DVA_TEST_QDRANT_KEY", "wrong")
+    with serve_in_thread(app) as url:
+        config = QdrantConfig(url=url, api_key_env="DVA_TEST_QDRANT_KEY")
+        with pytest.raises(DataError, match=r"refused the API key \(HTTP 401\); set it in \$DVA_TEST_QDRANT_KEY"):
+            check_server(config)
+        monkeypatch.setenv("DVA_TEST_QDRANT_KEY", "right")  # the key is sent: now the server answers 404
+        with pytest.raises(DataError, match=r"answered HTTP 404 .*is it a Qdrant server"):
+            check_server(config)
+
+
+def test_without_qdrant_client_the_error_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "qdrant_client", None)  # import qdrant_client now raises ImportError
+    with pytest.raises(MissingDependency, match=r"pip install 'dva\[qdrant\]'"):
+        QdrantGallery(QdrantConfig(path=tmp_path / "db"), 16, create=True)
+
+
+def test_push_brings_the_collection_to_exactly_the_indexs_images(pushed):
+    _, index_dir, vectors = pushed
+    index = GalleryIndex.load(index_dir)
+    vectors.remove(index.ids.tolist())
+    assert push_index(index, vectors) == len(index)  # an emptied (or new, or lagging) collection is filled
+    assert push_index(index, vectors) == 0  # nothing missing: nothing upserted
+    stale = int(max(index.ids)) + 100  # a point of an image the index no longer holds
+    vectors.add([stale], np.ones((1, vectors.embed_dim), dtype=np.float32), [{"path": "gone.jpg", "label": "x"}])
+    assert push_index(index, vectors) == 0
+    assert vectors.ids() == {int(i) for i in index.ids}
+    assert push_index(index, vectors, refresh=True) == len(index)  # label/field updates keep ids: rewrite all
