@@ -28,13 +28,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from index_update import make_files  # noqa: E402
+from index_update import make_files  # noqa: E402 - after the sys.path line that finds the repo
 
-from dva.evaluate.embed import Embeddings  # noqa: E402
-
-from dva.index.build import build_index_dir  # noqa: E402
-from dva.index.model import IndexModel  # noqa: E402
-from dva.index.searcher import Searcher  # noqa: E402
+from dva.evaluate.embed import Embeddings  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.build import build_index_dir  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.model import IndexModel  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.searcher import Searcher  # noqa: E402 - after the sys.path line that finds the repo
 
 FILTERS = [
     ("none", []),
@@ -47,6 +46,7 @@ FILTERS = [
 
 def clustered_embedder(dim: int, classes: int = 100):
     """Vectors of image i around centre ``i % classes`` (the class its label names)."""
+
     def embed(model, items):
         rng = np.random.default_rng(0)
         centres = rng.standard_normal((classes, dim)).astype(np.float32)
@@ -55,6 +55,7 @@ def clustered_embedder(dim: int, classes: int = 100):
         vectors = centres[labels] + 0.8 * rng.standard_normal((len(items), dim)).astype(np.float32) / np.sqrt(dim)
         vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
         return Embeddings(vectors, labels, np.arange(len(items)), []), 0.0
+
     return embed
 
 
@@ -71,8 +72,9 @@ def main() -> None:
     print("|---|---|---|---|---|---|")
     for index_type in args.types:
         out = work / index_type
-        build_index_dir(out, items, model=model, index_type=index_type, approx_threshold=None,
-                        embedder=clustered_embedder(384))
+        build_index_dir(
+            out, items, model=model, index_type=index_type, approx_threshold=None, embedder=clustered_embedder(384)
+        )
         searcher = Searcher(out)
         vectors = np.asarray(searcher.index.embeddings)
         rng = np.random.default_rng(0)
@@ -91,8 +93,11 @@ def main() -> None:
                 truth = set(searcher.index.ids[kept[np.argsort(-scores)[:10]]].tolist())
                 hits += len(truth & {m.id for m in found})
             recall = hits / (len(queries) * min(10, len(kept)))
-            print(f"| {index_type} | {name} | {len(kept) / len(vectors):.2%} | {lookup_ms:.1f} | {statistics.median(times):.2f} | "
-                  f"{recall:.3f} |", flush=True)
+            print(
+                f"| {index_type} | {name} | {len(kept) / len(vectors):.2%} | {lookup_ms:.1f} | "
+                f"{statistics.median(times):.2f} | {recall:.3f} |",
+                flush=True,
+            )
     shutil.rmtree(work, ignore_errors=True)
 
 

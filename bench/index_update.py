@@ -30,13 +30,13 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dva.evaluate.embed import Embeddings  # noqa: E402
-from dva.index.build import build_index_dir  # noqa: E402
-from dva.index.faiss_index import build_index, plan_index  # noqa: E402
-from dva.index.gallery import GalleryItem  # noqa: E402
-from dva.index.legacy import read_legacy, write_legacy_version  # noqa: E402
-from dva.index.model import IndexModel  # noqa: E402
-from dva.index.store import GalleryIndex, read_manifest  # noqa: E402
+from dva.evaluate.embed import Embeddings  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.build import build_index_dir  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.faiss_index import build_index, plan_index  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.gallery import GalleryItem  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.legacy import read_legacy, write_legacy_version  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.model import IndexModel  # noqa: E402 - after the sys.path line that finds the repo
+from dva.index.store import GalleryIndex, read_manifest  # noqa: E402 - after the sys.path line that finds the repo
 
 ADD = 1000
 
@@ -60,6 +60,7 @@ def fake_embedder(dim: int, seed: int):
     def embed(model, items):
         vectors = unit_vectors(len(items), dim, seed)
         return Embeddings(vectors, np.full(len(items), -1), np.arange(len(items)), []), 0.0
+
     return embed
 
 

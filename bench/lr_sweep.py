@@ -66,41 +66,68 @@ def main() -> None:
     out = Path(args.out)
     rows = []
     grid = itertools.product(
-        parse_variants(args.variants), map(float, args.lambdas.split(",")), map(float, args.proxy_lrs.split(",")),
-        map(float, args.lrs.split(",")), map(int, args.seeds.split(",")),
+        parse_variants(args.variants),
+        map(float, args.lambdas.split(",")),
+        map(float, args.proxy_lrs.split(",")),
+        map(float, args.lrs.split(",")),
+        map(int, args.seeds.split(",")),
     )
     for options, lambda_dist, proxy_lr, lr, seed in grid:
         config = RunConfig(
-            model=ModelConfig(backbone=args.backbone, img_size=args.img_size, method=args.method,
-                              method_options=dict(options)),
-            data=DataConfig(dataset="cub100", root=args.data, split="open", val_classes=10,
-                            num_workers=args.workers),
-            train=TrainConfig(epochs=args.epochs, lr=lr, proxy_lr=proxy_lr, seed=seed, lambda_dist=lambda_dist,
-                              optimizer=args.optimizer, weight_decay=args.weight_decay),
+            model=ModelConfig(
+                backbone=args.backbone, img_size=args.img_size, method=args.method, method_options=dict(options)
+            ),
+            data=DataConfig(dataset="cub100", root=args.data, split="open", val_classes=10, num_workers=args.workers),
+            train=TrainConfig(
+                epochs=args.epochs,
+                lr=lr,
+                proxy_lr=proxy_lr,
+                seed=seed,
+                lambda_dist=lambda_dist,
+                optimizer=args.optimizer,
+                weight_decay=args.weight_decay,
+            ),
             opa=OPAConfig(boxes=args.boxes),
         )
-        name = (f"{args.method}-{variant_name(options).replace('=', '-').replace(',', '_')}-lam{lambda_dist:g}"
-                f"-{args.optimizer}-lr{lr:g}-plr{proxy_lr:g}-e{args.epochs}-img{args.img_size}-s{seed}")
+        name = (
+            f"{args.method}-{variant_name(options).replace('=', '-').replace(',', '_')}-lam{lambda_dist:g}"
+            f"-{args.optimizer}-lr{lr:g}-plr{proxy_lr:g}-e{args.epochs}-img{args.img_size}-s{seed}"
+        )
         run_dir = out / "runs" / name
         start = time.perf_counter()
         summary = Trainer(config, run_dir, progress=sys.stderr.isatty()).fit(resume=run_dir.exists())
         lines = (run_dir / "metrics.jsonl").read_text(encoding="utf-8").split("\n")
         per_epoch = [json.loads(x)["val"] for x in lines if x.strip() and json.loads(x).get("type") == "epoch"]
         val = summary["last_epoch"]["val"]
-        rows.append({"method": args.method, "variant": variant_name(options), "lr": lr, "proxy_lr": proxy_lr,
-                     "lambda": lambda_dist, "seed": seed, "val_recall@1": val["recall@1"], "val_map@r": val["map@r"],
-                     "val_recall@1_per_epoch": [v["recall@1"] for v in per_epoch],
-                     "seconds_per_epoch": summary["seconds_per_epoch"], "minutes": (time.perf_counter() - start) / 60})
+        rows.append(
+            {
+                "method": args.method,
+                "variant": variant_name(options),
+                "lr": lr,
+                "proxy_lr": proxy_lr,
+                "lambda": lambda_dist,
+                "seed": seed,
+                "val_recall@1": val["recall@1"],
+                "val_map@r": val["map@r"],
+                "val_recall@1_per_epoch": [v["recall@1"] for v in per_epoch],
+                "seconds_per_epoch": summary["seconds_per_epoch"],
+                "minutes": (time.perf_counter() - start) / 60,
+            }
+        )
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
-    print(f"| method | variant | lambda | lr | proxy lr | seed | val R@1 per epoch | val R@1 | val MAP@R |  "
-          f"(cub100 classes 40-49, {args.epochs} epoch(s), {args.img_size} px)")
+    print(
+        f"| method | variant | lambda | lr | proxy lr | seed | val R@1 per epoch | val R@1 | val MAP@R |  "
+        f"(cub100 classes 40-49, {args.epochs} epoch(s), {args.img_size} px)"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         curve = " / ".join(f"{100 * v:.1f}" for v in r["val_recall@1_per_epoch"])
-        print(f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | "
-              f"{curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |")
+        print(
+            f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | "
+            f"{curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ from typing import Any
 from dva._io import atomic_write_json, atomic_write_text
 from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig
 from dva.data import load_catalog, make_split
+from dva.losses import TRANSFERS, DPTOptions
 from dva.reproduce import (
     DVA,
     FULL_FINE_TUNING,
@@ -41,6 +42,7 @@ from dva.reproduce import (
     RECALL_COLUMNS,
     RowResult,
     Table,
+    dva_row,
     row_config,
     run_key,
     run_rows,
@@ -48,8 +50,6 @@ from dva.reproduce import (
     summarize,
     to_markdown,
 )
-from dva.losses import TRANSFERS, DPTOptions
-from dva.reproduce import dva_row
 from dva.reproduce.tables import PEERS, TABLE8
 from dva.runs import Run
 
@@ -58,9 +58,14 @@ FROZEN, ICA, ICA_OPA = TABLE8.rows[0], TABLE8.rows[1], TABLE8.rows[2]
 
 #: DVA with each reading of DPT's transfer term that is not the default (docs/opa.md).
 DVA_VARIANTS = tuple(
-    dva_row(f"DVA, transfer={transfer}", {}, options={"transfer": transfer},
-            note=f"DPT's transfer term read as {transfer!r} (docs/opa.md)")
-    for transfer in TRANSFERS if transfer != DPTOptions().transfer
+    dva_row(
+        f"DVA, transfer={transfer}",
+        {},
+        options={"transfer": transfer},
+        note=f"DPT's transfer term read as {transfer!r} (docs/opa.md)",
+    )
+    for transfer in TRANSFERS
+    if transfer != DPTOptions().transfer
 )
 
 #: PEFT peers in the same harness (docs/reproduce.md, "PEFT peers"), with their own learning rates.
@@ -148,8 +153,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2", help="seeds of the trained rows (the frozen row needs one)")
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--finished-only", action="store_true",
-                        help="table the runs already trained (evaluating them if needed); train nothing")
+    parser.add_argument(
+        "--finished-only",
+        action="store_true",
+        help="table the runs already trained (evaluating them if needed); train nothing",
+    )
     parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     args = parser.parse_args()
 
@@ -201,13 +209,18 @@ def main() -> None:
     summary["minutes_this_call"] = minutes
     summary["training_minutes_all_runs"] = train_seconds / 60
     markdown = to_markdown(summary, summary["setting"])
-    timing = " | ".join(f"{row['name']} {row['ours']['seconds_per_epoch']:.0f} s" for row in summary["rows"]
-                        if row["ours"]["seconds_per_epoch"])
+    timing = " | ".join(
+        f"{row['name']} {row['ours']['seconds_per_epoch']:.0f} s"
+        for row in summary["rows"]
+        if row["ours"]["seconds_per_epoch"]
+    )
     counts = " | ".join(f"{row['name']} {len(row['seeds'])}" for row in summary["rows"] if row["name"] != FROZEN.name)
     markdown += f"\nSeeds per trained row: {counts}.\n"
     markdown += f"\nSeconds per training epoch: {timing}.\n\n" + "\n".join(f"- {v}" for v in summary["verdicts"])
-    markdown += (f"\n\nTraining time of all runs: {train_seconds / 60:.0f} minutes (their logged epochs); "
-                 f"this call: {minutes:.1f} minutes (finished runs are reused, not retrained).\n")
+    markdown += (
+        f"\n\nTraining time of all runs: {train_seconds / 60:.0f} minutes (their logged epochs); "
+        f"this call: {minutes:.1f} minutes (finished runs are reused, not retrained).\n"
+    )
     if missing:
         summary["not_run"] = missing
         markdown += "\nNot run yet (`--finished-only`): " + ", ".join(missing) + ".\n"

@@ -23,8 +23,18 @@ from pathlib import Path
 import numpy as np
 
 SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-GRID = [(None, 0, 0.0), ("aqe", 1, 3.0), ("aqe", 2, 3.0), ("aqe", 5, 3.0), ("aqe", 10, 3.0), ("aqe", 5, 1.0),
-        ("dba", 2, 3.0), ("dba", 5, 3.0), ("dba", 10, 3.0), ("dba", 5, 1.0)]
+GRID = [
+    (None, 0, 0.0),
+    ("aqe", 1, 3.0),
+    ("aqe", 2, 3.0),
+    ("aqe", 5, 3.0),
+    ("aqe", 10, 3.0),
+    ("aqe", 5, 1.0),
+    ("dba", 2, 3.0),
+    ("dba", 5, 3.0),
+    ("dba", 10, 3.0),
+    ("dba", 5, 1.0),
+]
 
 
 def embed(cache: Path, data: Path, img_size: int, run: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -44,8 +54,9 @@ def embed(cache: Path, data: Path, img_size: int, run: Path | None = None) -> tu
     else:
         model = create_model(ModelConfig(backbone="dinov2_vits14.imgfocus", method="frozen", img_size=img_size))
     side = make_split(load_catalog("cub100", data), "open").test
-    emb = embed_records(model, side.records, img_size=img_size, batch_size=64, num_workers=1, device="cpu",
-                        precision="fp32")
+    emb = embed_records(
+        model, side.records, img_size=img_size, batch_size=64, num_workers=1, device="cpu", precision="fp32"
+    )
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, vectors=emb.vectors, labels=emb.labels)
     return emb.vectors, emb.labels
@@ -56,7 +67,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "data" / "cub100")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/rerank/cub100_frozen112.npz"))
     parser.add_argument("--img-size", type=int, default=112)
-    parser.add_argument("--run", type=Path, default=None, help="Embed with this trained run instead of the frozen backbone.")
+    parser.add_argument(
+        "--run", type=Path, default=None, help="Embed with this trained run instead of the frozen backbone."
+    )
     parser.add_argument("--embed-only", action="store_true")
     args = parser.parse_args()
     vectors, labels = embed(args.cache, args.data, args.img_size, args.run)

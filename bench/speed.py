@@ -123,8 +123,9 @@ def autocast_for(device: torch.device, precision: str):
 # --------------------------------------------------------------------------- rows
 
 
-def training_step(method: str, img: int, batch: int, device: torch.device, precision: str,
-                  compiled: bool = False) -> tuple[Callable[[], None], int]:
+def training_step(
+    method: str, img: int, batch: int, device: torch.device, precision: str, compiled: bool = False
+) -> tuple[Callable[[], None], int]:
     """One optimizer step as ``dva train`` takes it (``Trainer.train_step``: forward, Proxy-Anchor
     loss, backward, Adam, the schedule's lr), as a closure over its own trainer and a fixed batch
     of random images; and the number of trainable parameters."""
@@ -137,8 +138,10 @@ def training_step(method: str, img: int, batch: int, device: torch.device, preci
     from dva.train import Trainer
 
     torch.manual_seed(0)
-    config = RunConfig(model=ModelConfig(backbone=ARCH, pretrained=False, img_size=img, method=method),
-                       train=TrainConfig(batch_size=batch, precision=precision, device=str(device), compile=compiled))
+    config = RunConfig(
+        model=ModelConfig(backbone=ARCH, pretrained=False, img_size=img, method=method),
+        train=TrainConfig(batch_size=batch, precision=precision, device=str(device), compile=compiled),
+    )
     trainer = Trainer(config, "unused-run-dir", progress=False)  # nothing is written: no fit()
     trainer.prepare(num_classes=100, batches_per_epoch=1)
     images = torch.randn(batch, 3, img, img, device=device)
@@ -163,14 +166,17 @@ def train_memory(method: str, img: int, batch: int, device_name: str, precision:
     return {"method": method, "batch": batch, "peak_mib": memory.mib, "trainable_params": params}
 
 
-def train_timing(plans: list[tuple[str, bool]], img: int, batch: int, steps: int, device_name: str, precision: str,
-                 threads: int) -> dict:
+def train_timing(
+    plans: list[tuple[str, bool]], img: int, batch: int, steps: int, device_name: str, precision: str, threads: int
+) -> dict:
     """Step times of every ``(method, compiled)`` plan, alternating step by step after one warm-up step each."""
     torch.set_num_threads(threads)
     device = torch.device(device_name)
     names = [f"{method}{' compiled' if compiled else ''}" for method, compiled in plans]
-    fns = {name: training_step(method, img, batch, device, precision, compiled)[0]
-           for name, (method, compiled) in zip(names, plans)}
+    fns = {
+        name: training_step(method, img, batch, device, precision, compiled)[0]
+        for name, (method, compiled) in zip(names, plans, strict=True)
+    }
     first = {name: timed(fn, device) for name, fn in fns.items()}  # warm-up; compiles the compiled plans
     times: dict[str, list[float]] = {name: [] for name in names}
     for _ in range(steps):
@@ -179,8 +185,9 @@ def train_timing(plans: list[tuple[str, bool]], img: int, batch: int, steps: int
     return {"batch": batch, "step_s": times, "first_step_s": first}
 
 
-def inference(img: int, batches: list[int], reps: dict[int, int], device: torch.device, precision: str,
-              compiled: bool) -> dict:
+def inference(
+    img: int, batches: list[int], reps: dict[int, int], device: torch.device, precision: str, compiled: bool
+) -> dict:
     """Latency / throughput of plain timm vs ICA merged vs ICA unmerged, interleaved."""
     from dva.models import create_backbone, create_model
 
@@ -209,14 +216,16 @@ def inference(img: int, batches: list[int], reps: dict[int, int], device: torch.
             for _ in range(reps[batch]):
                 for name, model in variants.items():
                     inp = x_cl if "channels_last" in name else x
-                    times[name].append(timed(lambda: model(inp), device))
-        out[str(batch)] = {name: {"s": best(t), "img_per_s": batch / best(t), "reps": len(t)}
-                           for name, t in times.items()}
+                    times[name].append(timed(lambda model=model, inp=inp: model(inp), device))
+        out[str(batch)] = {
+            name: {"s": best(t), "img_per_s": batch / best(t), "reps": len(t)} for name, t in times.items()
+        }
     return out
 
 
-def end_to_end(images: list[Path], img: int, batch: int, workers: list[int], device: torch.device, precision: str,
-               rounds: int) -> dict:
+def end_to_end(
+    images: list[Path], img: int, batch: int, workers: list[int], device: torch.device, precision: str, rounds: int
+) -> dict:
     """dva's embedding pipeline from JPEG files (with each number of workers) vs the model on pre-loaded tensors."""
     from dva.data.loaders import ImageDataset
     from dva.evaluate.embed import embed_dataset, embedding_transform
@@ -227,8 +236,15 @@ def end_to_end(images: list[Path], img: int, batch: int, workers: list[int], dev
     tensors = torch.stack([dataset[i][0] for i in range(len(dataset))])
 
     def from_files(num_workers: int) -> None:
-        embed_dataset(model, dataset, batch_size=batch, num_workers=num_workers, device=device, precision=precision,
-                      progress=False)
+        embed_dataset(
+            model,
+            dataset,
+            batch_size=batch,
+            num_workers=num_workers,
+            device=device,
+            precision=precision,
+            progress=False,
+        )
 
     def from_tensors() -> None:
         with torch.inference_mode(), autocast_for(device, precision):
@@ -241,17 +257,20 @@ def end_to_end(images: list[Path], img: int, batch: int, workers: list[int], dev
     memory = []
     for _ in range(rounds):
         for w in workers:
-            files[w].append(timed(lambda: from_files(w), device))
+            files[w].append(timed(lambda w=w: from_files(w), device))
         memory.append(timed(from_tensors, device))
     # Per image on one thread, as in a DataLoader worker (workers run torch with one thread).
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     decode = timed(lambda: [dataset[i] for i in range(min(len(dataset), 64))], device) / min(len(dataset), 64)
     torch.set_num_threads(threads)
-    return {"images": len(images), "batch": batch,
-            "files_img_per_s": {str(w): len(images) / best(t) for w, t in files.items()},
-            "tensors_img_per_s": len(images) / best(memory),
-            "decode_transform_ms_per_img_one_core": 1000 * decode}
+    return {
+        "images": len(images),
+        "batch": batch,
+        "files_img_per_s": {str(w): len(images) / best(t) for w, t in files.items()},
+        "tensors_img_per_s": len(images) / best(memory),
+        "decode_transform_ms_per_img_one_core": 1000 * decode,
+    }
 
 
 def recall_cost(n: int, dim: int, threads: int) -> dict:
@@ -285,8 +304,14 @@ def search_cost(n: int, index_type: str, queries: int, rounds: int, root: Path) 
     model = IndexModel.frozen(ARCH, pretrained=False, img_size=32)  # 768-d; never run here
     out = root / f"{index_type}-{n}"
     start = time.perf_counter()
-    build_index_dir(out, items, model=model, index_type=index_type, approx_threshold=None,
-                    embedder=lambda m, todo: (Embeddings(vectors, np.zeros(n, np.int64), np.arange(n)), 0.0))
+    build_index_dir(
+        out,
+        items,
+        model=model,
+        index_type=index_type,
+        approx_threshold=None,
+        embedder=lambda m, todo: (Embeddings(vectors, np.zeros(n, np.int64), np.arange(n)), 0.0),
+    )
     build_seconds = time.perf_counter() - start
     searcher = Searcher(out)
     index: faiss.Index = searcher.index.faiss_index
@@ -305,10 +330,13 @@ def search_cost(n: int, index_type: str, queries: int, rounds: int, root: Path) 
     searches = {"dva": lambda v: searcher.search_embeddings(v[None], 10), "faiss": lambda v: index.search(v[None], 10)}
     for i, v in enumerate(singles):
         for name in ("dva", "faiss") if i % 2 == 0 else ("faiss", "dva"):
-            single[name] += timed(lambda: searches[name](v), cpu)
+            single[name] += timed(lambda name=name, v=v: searches[name](v), cpu)
     return {
-        "n": n, "index": index_type, "build_s": build_seconds,
-        "batch_queries": queries, "single_queries": len(singles),
+        "n": n,
+        "index": index_type,
+        "build_s": build_seconds,
+        "batch_queries": queries,
+        "single_queries": len(singles),
         "batch_qps": {k: queries / best(v) for k, v in batch.items()},
         "single_qps": {k: len(singles) / v for k, v in single.items()},
     }
@@ -319,8 +347,11 @@ def search_cost(n: int, index_type: str, queries: int, rounds: int, root: Path) 
 
 def machine(device: torch.device) -> dict:
     info: dict[str, Any] = {
-        "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-        "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
     }
     try:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
@@ -358,10 +389,20 @@ def main() -> None:
     batches = [int(b) for b in (args.batch_sizes or ("32,128" if cuda else "8")).split(",")]
     sections = [s.strip() for s in args.only.split(",") if s.strip()]
     threads = torch.get_num_threads()
-    result: dict[str, Any] = {"machine": machine(device), "device": str(device), "precision": precision,
-                              "img_size": img, "quick": args.quick, "model": ARCH, "pretrained": False}
-    print(f"# dva speed: {ARCH} (random weights) at {img}px on {device} ({precision}), "
-          f"load average {result['machine']['load_average'][0]:.2f}", file=sys.stderr)
+    result: dict[str, Any] = {
+        "machine": machine(device),
+        "device": str(device),
+        "precision": precision,
+        "img_size": img,
+        "quick": args.quick,
+        "model": ARCH,
+        "pretrained": False,
+    }
+    print(
+        f"# dva speed: {ARCH} (random weights) at {img}px on {device} ({precision}), "
+        f"load average {result['machine']['load_average'][0]:.2f}",
+        file=sys.stderr,
+    )
 
     if "train" in sections:
         steps = 3 if args.quick else (10 if cuda else 5)
@@ -370,11 +411,13 @@ def main() -> None:
         for batch in batches:
             for method in ("ica", "full"):
                 print(f"train {method} batch {batch}: memory ...", file=sys.stderr)
-                result["train"]["memory"].append(isolated(train_memory, method, img, batch, str(device), precision,
-                                                          threads))
+                result["train"]["memory"].append(
+                    isolated(train_memory, method, img, batch, str(device), precision, threads)
+                )
             print(f"train batch {batch}: step times, alternating ...", file=sys.stderr)
-            result["train"]["timing"].append(isolated(train_timing, plans, img, batch, steps, str(device), precision,
-                                                      threads))
+            result["train"]["timing"].append(
+                isolated(train_timing, plans, img, batch, steps, str(device), precision, threads)
+            )
     if "infer" in sections:
         print("inference ...", file=sys.stderr)
         throughput = 128 if cuda else 64
@@ -385,8 +428,10 @@ def main() -> None:
         print("end-to-end embedding ...", file=sys.stderr)
         images, source = _e2e_images(args.images, 64 if args.quick else (2048 if cuda else 256))
         workers = [int(w) for w in args.workers.split(",")] if args.workers else [0, min(8, os.cpu_count() or 1)]
-        result["e2e"] = {"source": source, **end_to_end(images, img, 64, workers, device, precision,
-                                                         rounds=1 if args.quick else 2)}
+        result["e2e"] = {
+            "source": source,
+            **end_to_end(images, img, 64, workers, device, precision, rounds=1 if args.quick else 2),
+        }
     if "recall" in sections:
         sizes = (5_000, 10_000, 20_000) if args.quick else (20_000, 50_000, 100_000)
         result["recall"] = []
@@ -436,52 +481,89 @@ def markdown(r: dict) -> str:
         batch = timing["batch"]
         step = {name: best(times) for name, times in timing["step_s"].items()}
         mem = {m["method"]: m["peak_mib"] for m in train["memory"] if m["batch"] == batch}
-        rows.append((f"train step, batch {batch}: ICA vs full fine-tuning",
-                     f"{step['ica']:.3f} s vs {step['full']:.3f} s ({batch / step['ica']:.1f} vs "
-                     f"{batch / step['full']:.1f} img/s)", f"{step['ica'] / step['full']:.2f}", "< 1 (faster)"))
-        rows.append((f"train peak memory, batch {batch}: ICA vs full", f"{mem['ica']:.0f} MiB vs {mem['full']:.0f} MiB",
-                     f"{mem['ica'] / mem['full']:.2f}", "< 1 (smaller)"))
+        rows.append(
+            (
+                f"train step, batch {batch}: ICA vs full fine-tuning",
+                f"{step['ica']:.3f} s vs {step['full']:.3f} s ({batch / step['ica']:.1f} vs "
+                f"{batch / step['full']:.1f} img/s)",
+                f"{step['ica'] / step['full']:.2f}",
+                "< 1 (faster)",
+            )
+        )
+        rows.append(
+            (
+                f"train peak memory, batch {batch}: ICA vs full",
+                f"{mem['ica']:.0f} MiB vs {mem['full']:.0f} MiB",
+                f"{mem['ica'] / mem['full']:.2f}",
+                "< 1 (smaller)",
+            )
+        )
         if "ica compiled" in step:
             first = timing["first_step_s"]["ica compiled"]
-            rows.append((f"train step, batch {batch}: ICA with torch.compile vs eager",
-                         f"{step['ica compiled']:.3f} s vs {step['ica']:.3f} s (first step, compiling: {first:.0f} s)",
-                         f"{step['ica compiled'] / step['ica']:.2f}", "< 1 to be worth it"))
+            rows.append(
+                (
+                    f"train step, batch {batch}: ICA with torch.compile vs eager",
+                    f"{step['ica compiled']:.3f} s vs {step['ica']:.3f} s (first step, compiling: {first:.0f} s)",
+                    f"{step['ica compiled'] / step['ica']:.2f}",
+                    "< 1 to be worth it",
+                )
+            )
     for batch, variants in r.get("infer", {}).items():
         plain = variants["plain timm"]
         unit = "latency" if batch == "1" else "throughput"
         for name, v in variants.items():
             if name == "plain timm":
                 continue
-            value = f"{1000 * v['s']:.1f} ms vs {1000 * plain['s']:.1f} ms" if batch == "1" else \
-                f"{v['img_per_s']:.1f} vs {plain['img_per_s']:.1f} img/s"
+            value = (
+                f"{1000 * v['s']:.1f} ms vs {1000 * plain['s']:.1f} ms"
+                if batch == "1"
+                else f"{v['img_per_s']:.1f} vs {plain['img_per_s']:.1f} img/s"
+            )
             target = "1.00 +- 0.03" if name == "ICA merged" else ""
-            rows.append((f"inference {unit}, batch {batch}: {name} vs plain timm", value,
-                         f"{plain['s'] / v['s']:.3f}", target))
+            rows.append(
+                (f"inference {unit}, batch {batch}: {name} vs plain timm", value, f"{plain['s'] / v['s']:.3f}", target)
+            )
     if "e2e" in r:
         e = r["e2e"]
         for workers, files in e["files_img_per_s"].items():
-            rows.append((f"embedding {e['images']} JPEGs, {workers} DataLoader workers, vs the model on tensors",
-                         f"{files:.1f} vs {e['tensors_img_per_s']:.1f} img/s (decode+transform "
-                         f"{e['decode_transform_ms_per_img_one_core']:.1f} ms/img on one core)",
-                         f"{files / e['tensors_img_per_s']:.2f}", ">= 0.90"))
+            rows.append(
+                (
+                    f"embedding {e['images']} JPEGs, {workers} DataLoader workers, vs the model on tensors",
+                    f"{files:.1f} vs {e['tensors_img_per_s']:.1f} img/s (decode+transform "
+                    f"{e['decode_transform_ms_per_img_one_core']:.1f} ms/img on one core)",
+                    f"{files / e['tensors_img_per_s']:.2f}",
+                    ">= 0.90",
+                )
+            )
     recall = r.get("recall", [])
     for row in recall:
         base = recall[0]
-        rows.append((f"Recall@K + MAP@R, N = {row['n']:,}, D = {row['dim']}",
-                     f"{row['seconds']:.1f} s, peak +{row['peak_mib']:.0f} MiB",
-                     f"time x{row['seconds'] / base['seconds']:.1f}, memory x{row['peak_mib'] / base['peak_mib']:.2f}",
-                     f"N^2: x{(row['n'] / base['n']) ** 2:.2f}, N: x{row['n'] / base['n']:.2f}"))
+        rows.append(
+            (
+                f"Recall@K + MAP@R, N = {row['n']:,}, D = {row['dim']}",
+                f"{row['seconds']:.1f} s, peak +{row['peak_mib']:.0f} MiB",
+                f"time x{row['seconds'] / base['seconds']:.1f}, memory x{row['peak_mib'] / base['peak_mib']:.2f}",
+                f"N^2: x{(row['n'] / base['n']) ** 2:.2f}, N: x{row['n'] / base['n']:.2f}",
+            )
+        )
     for s in r.get("search", []):
         for mode in ("batch", "single"):
             qps = s[f"{mode}_qps"]
             what = f"{s[f'{mode}_queries']} queries at once" if mode == "batch" else "one query at a time"
-            rows.append((f"search {s['index']} N = {s['n']:,}, k = 10, {what}: Searcher vs raw FAISS",
-                         f"{qps['dva']:.0f} vs {qps['faiss']:.0f} queries/s", f"{qps['dva'] / qps['faiss']:.2f}",
-                         ">= 0.90"))
+            rows.append(
+                (
+                    f"search {s['index']} N = {s['n']:,}, k = 10, {what}: Searcher vs raw FAISS",
+                    f"{qps['dva']:.0f} vs {qps['faiss']:.0f} queries/s",
+                    f"{qps['dva'] / qps['faiss']:.2f}",
+                    ">= 0.90",
+                )
+            )
     m = r["machine"]
-    head = (f"{r['model']} (random weights), {r['img_size']}px, {r['device']}, precision {r['precision']}; "
-            f"{m.get('gpu') or m.get('cpu', '?')}, {m['cpus']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
-            f"load average {m['load_average'][0]:.2f} before, {m['load_average_after'][0]:.2f} after")
+    head = (
+        f"{r['model']} (random weights), {r['img_size']}px, {r['device']}, precision {r['precision']}; "
+        f"{m.get('gpu') or m.get('cpu', '?')}, {m['cpus']} cores, torch {m['torch']} ({m['torch_threads']} threads); "
+        f"load average {m['load_average'][0]:.2f} before, {m['load_average_after'][0]:.2f} after"
+    )
     lines = [head, "", "| measurement | result | ratio | target |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
     return "\n".join(lines)

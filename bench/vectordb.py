@@ -66,8 +66,25 @@ def closure(names: list[str]) -> set[str]:
 
 def install_mib(backend: str) -> tuple[float, list[str]]:
     """MiB on disk of the distributions the backend adds to ``dva[serve]`` (numpy, pydantic, ... are there)."""
-    base = closure(["torch", "torchvision", "timm", "safetensors", "numpy", "pillow", "typer", "tqdm", "pyyaml",
-                    "scipy", "faiss-cpu", "fastapi", "fastapi-offline", "uvicorn", "python-multipart"])
+    base = closure(
+        [
+            "torch",
+            "torchvision",
+            "timm",
+            "safetensors",
+            "numpy",
+            "pillow",
+            "typer",
+            "tqdm",
+            "pyyaml",
+            "scipy",
+            "faiss-cpu",
+            "fastapi",
+            "fastapi-offline",
+            "uvicorn",
+            "python-multipart",
+        ]
+    )
     added = sorted(closure(BACKENDS[backend]) - base)
     total = 0
     for name in added:
@@ -97,9 +114,14 @@ def run_one(backend: str, n: int, dim: int, num_queries: int, folder: Path) -> d
         started = time.perf_counter() - start
         t0 = time.perf_counter()
         for s in range(0, n, BATCH):
-            client.upsert("bench", points=models.Batch(
-                ids=list(range(s, min(s + BATCH, n))), vectors=base[s:s + BATCH].tolist(),
-                payloads=[{"path": f"img/{i}.jpg", "label": str(i % 200)} for i in range(s, min(s + BATCH, n))]))
+            client.upsert(
+                "bench",
+                points=models.Batch(
+                    ids=list(range(s, min(s + BATCH, n))),
+                    vectors=base[s : s + BATCH].tolist(),
+                    payloads=[{"path": f"img/{i}.jpg", "label": str(i % 200)} for i in range(s, min(s + BATCH, n))],
+                ),
+            )
         insert_s = time.perf_counter() - t0
 
         def search(q: np.ndarray) -> list[int]:
@@ -112,8 +134,13 @@ def run_one(backend: str, n: int, dim: int, num_queries: int, folder: Path) -> d
         started = time.perf_counter() - start
         t0 = time.perf_counter()
         for s in range(0, n, BATCH):
-            client.insert("bench", [{"id": i, "vector": base[i].tolist(), "path": f"img/{i}.jpg", "label": str(i % 200)}
-                                    for i in range(s, min(s + BATCH, n))])
+            client.insert(
+                "bench",
+                [
+                    {"id": i, "vector": base[i].tolist(), "path": f"img/{i}.jpg", "label": str(i % 200)}
+                    for i in range(s, min(s + BATCH, n))
+                ],
+            )
         if hasattr(client, "flush"):
             client.flush("bench")
         insert_s = time.perf_counter() - t0
@@ -124,7 +151,7 @@ def run_one(backend: str, n: int, dim: int, num_queries: int, folder: Path) -> d
 
     search(queries[0])  # first query builds whatever the database builds lazily
     latencies, hits = [], 0
-    for q, t in zip(queries, truth.tolist()):
+    for q, t in zip(queries, truth.tolist(), strict=True):
         t0 = time.perf_counter()
         found = search(q)
         latencies.append(time.perf_counter() - t0)
@@ -134,9 +161,15 @@ def run_one(backend: str, n: int, dim: int, num_queries: int, folder: Path) -> d
         t0 = time.perf_counter()
         exact.search(q[None], 10)
         faiss_lat.append(time.perf_counter() - t0)
-    return {"backend": backend, "start_s": started, "insert_s": insert_s,
-            "p50_ms": 1000 * float(np.median(latencies)), "p95_ms": 1000 * float(np.percentile(latencies, 95)),
-            "recall@10": hits / (10 * len(queries)), "faiss_p50_ms": 1000 * float(np.median(faiss_lat))}
+    return {
+        "backend": backend,
+        "start_s": started,
+        "insert_s": insert_s,
+        "p50_ms": 1000 * float(np.median(latencies)),
+        "p95_ms": 1000 * float(np.percentile(latencies, 95)),
+        "recall@10": hits / (10 * len(queries)),
+        "faiss_p50_ms": 1000 * float(np.median(faiss_lat)),
+    }
 
 
 def main() -> None:
@@ -159,8 +192,23 @@ def main() -> None:
     rows = []
     for backend in args.only.split(","):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", backend, "--n", str(args.n), "--dim", str(args.dim),
-                               "--queries", str(args.queries)], capture_output=True, text=True, check=False)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--one",
+                backend,
+                "--n",
+                str(args.n),
+                "--dim",
+                str(args.dim),
+                "--queries",
+                str(args.queries),
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
         if proc.returncode or not line:
             print(f"{backend}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
@@ -169,15 +217,21 @@ def main() -> None:
         row["install_mib"], row["adds"] = install_mib(backend)
         row["total_s"] = time.perf_counter() - t0
         rows.append(row)
-    print(f"\nN = {args.n:,} x {args.dim} float32, {args.queries} single queries, k = 10; "
-          f"recall against exact FAISS IndexFlatIP\n")
-    print("| backend | install (MiB, beyond dva[serve]) | import + open | insert N | vectors/s | on disk (MiB) | "
-          "query p50 | query p95 | recall@10 | FAISS flat p50 |")
+    print(
+        f"\nN = {args.n:,} x {args.dim} float32, {args.queries} single queries, k = 10; "
+        f"recall against exact FAISS IndexFlatIP\n"
+    )
+    print(
+        "| backend | install (MiB, beyond dva[serve]) | import + open | insert N | vectors/s | on disk (MiB) | "
+        "query p50 | query p95 | recall@10 | FAISS flat p50 |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['backend']} | {r['install_mib']:.0f} | {r['start_s']:.2f} s | {r['insert_s']:.1f} s | "
-              f"{args.n / r['insert_s']:,.0f} | {r['disk_mib']:.0f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | "
-              f"{r['recall@10']:.3f} | {r['faiss_p50_ms']:.2f} ms |")
+        print(
+            f"| {r['backend']} | {r['install_mib']:.0f} | {r['start_s']:.2f} s | {r['insert_s']:.1f} s | "
+            f"{args.n / r['insert_s']:,.0f} | {r['disk_mib']:.0f} | {r['p50_ms']:.1f} ms | {r['p95_ms']:.1f} ms | "
+            f"{r['recall@10']:.3f} | {r['faiss_p50_ms']:.2f} ms |"
+        )
     for r in rows:
         print(f"\n{r['backend']} adds: {', '.join(r['adds'])}")
 

@@ -58,11 +58,15 @@ def payloads() -> dict[str, bytes]:
         "20000 x 2000 RGB PNG": png(20_000, 2_000, 2, 8, b"\x01\x02\x03" * 20_000),
         "6000 x 6000 JPEG": encoded(Image.new("RGB", (6000, 6000), (1, 2, 3)), "JPEG", quality=50),
         "6324 x 6324 GIF": encoded(Image.new("P", (side, side), 1), "GIF"),
-        "6324 x 6324 WebP (lossless, refused)": encoded(Image.new("RGB", (side, side), (9, 9, 9)), "WEBP", lossless=True),
+        "6324 x 6324 WebP (lossless, refused)": encoded(
+            Image.new("RGB", (side, side), (9, 9, 9)), "WEBP", lossless=True
+        ),
         "4000 x 4000 WebP (lossless)": encoded(Image.new("RGB", (4000, 4000), (9, 9, 9)), "WEBP", lossless=True),
         "4000 x 4000 JPEG 2000": encoded(Image.new("RGB", (4000, 4000), (9, 9, 9)), "JPEG2000"),
         "5780 x 5780 AVIF": encoded(Image.new("RGB", (5780, 5780), (9, 9, 9)), "AVIF", quality=50, speed=10),
-        "6324 x 6324 TIFF (deflate)": encoded(Image.new("RGB", (side, side), (9, 9, 9)), "TIFF", compression="tiff_adobe_deflate"),
+        "6324 x 6324 TIFF (deflate)": encoded(
+            Image.new("RGB", (side, side), (9, 9, 9)), "TIFF", compression="tiff_adobe_deflate"
+        ),
     }
 
 
@@ -89,14 +93,35 @@ def main() -> None:
     for i in range(8):
         Image.new("RGB", (40, 40), (i * 30, 90, 200 - i * 20)).save(root / "photos" / f"{i}.jpg")
     dva = [sys.executable, "-m", "dva"]
-    subprocess.run([*dva, "index", "--frozen", "--backbone", "test_vit", "--no-pretrained", "--img-size", "32",
-                    "--images", str(root / "photos"), "--out", str(root / "index"), "--workers", "0", "--quiet"],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [
+            *dva,
+            "index",
+            "--frozen",
+            "--backbone",
+            "test_vit",
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            "--images",
+            str(root / "photos"),
+            "--out",
+            str(root / "index"),
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    server = subprocess.Popen([*dva, "serve", "--index", str(root / "index"), "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [*dva, "serve", "--index", str(root / "index"), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}"
     rows = []
     try:
@@ -116,10 +141,16 @@ def main() -> None:
                 reset_peak(server.pid)
                 start = time.perf_counter()
                 status = post(client, name, data)
-                rows.append({"upload": name, "bytes": len(data), "status": status,
-                             "seconds": round(time.perf_counter() - start, 2),
-                             "extra_peak_mb": round(rss(server.pid, "VmHWM") - before),
-                             "rss_after_mb": round(rss(server.pid, "VmRSS"))})
+                rows.append(
+                    {
+                        "upload": name,
+                        "bytes": len(data),
+                        "status": status,
+                        "seconds": round(time.perf_counter() - start, 2),
+                        "extra_peak_mb": round(rss(server.pid, "VmHWM") - before),
+                        "rss_after_mb": round(rss(server.pid, "VmRSS")),
+                    }
+                )
             worst = payloads()["6324 x 6324 RGBA PNG"]
             health: list[float] = []
             done = threading.Event()
@@ -138,15 +169,25 @@ def main() -> None:
                 statuses = list(pool.map(lambda i: post(client, f"{i}.png", worst), range(8)))
                 done.set()
                 watcher.result()
-            concurrent = {"statuses": statuses, "seconds": round(time.perf_counter() - start, 2),
-                          "peak_rss_mb": round(rss(server.pid, "VmHWM")), "baseline_rss_mb": round(baseline),
-                          "rss_after_mb": round(rss(server.pid, "VmRSS")),
-                          "healthz_max_seconds": round(max(health), 2), "healthz_answers": len(health)}
+            concurrent = {
+                "statuses": statuses,
+                "seconds": round(time.perf_counter() - start, 2),
+                "peak_rss_mb": round(rss(server.pid, "VmHWM")),
+                "baseline_rss_mb": round(baseline),
+                "rss_after_mb": round(rss(server.pid, "VmRSS")),
+                "healthz_max_seconds": round(max(health), 2),
+                "healthz_answers": len(health),
+            }
     finally:
         server.terminate()
         server.wait(timeout=30)
-    result = {"baseline_rss_mb": round(baseline), "uploads": rows, "eight_at_once": concurrent,
-              "cpus": os.cpu_count(), "load_average": os.getloadavg()}
+    result = {
+        "baseline_rss_mb": round(baseline),
+        "uploads": rows,
+        "eight_at_once": concurrent,
+        "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+    }
     if args.json:
         print(json.dumps(result, indent=2))
         return

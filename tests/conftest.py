@@ -115,8 +115,9 @@ def tiny_run_config(root: Path, *, dataset: str = "cub", **train_overrides) -> R
     """A run on the tiny ViT that trains in seconds on a FakeDataset."""
     train = {"epochs": 2, "batch_size": 8, "lr": 1e-3, "proxy_lr": 1e-1, "device": "cpu", **train_overrides}
     return RunConfig(
-        model=ModelConfig(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica",
-                          method_options={"rank": 4}),
+        model=ModelConfig(
+            backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica", method_options={"rank": 4}
+        ),
         data=DataConfig(dataset=dataset, root=str(root), split="open", num_workers=0),
         train=TrainConfig(**train),
     )

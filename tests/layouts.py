@@ -73,10 +73,21 @@ def write_cars_annos(root: Path, num_classes: int = 4, per_class: int = 4) -> Fa
             rel = f"car_ims/{n:06d}.jpg"
             fake.paths[rel] = write_image(root / rel, c, i)
             test = i % 2
-            rows.append({"relative_im_path": rel, "bbox_x1": _u8(2), "bbox_y1": _u8(3), "bbox_x2": _u8(30),
-                         "bbox_y2": _u8(25), "class": _u8(c + 1), "test": _u8(test)})
+            rows.append(
+                {
+                    "relative_im_path": rel,
+                    "bbox_x1": _u8(2),
+                    "bbox_y1": _u8(3),
+                    "bbox_x2": _u8(30),
+                    "bbox_y2": _u8(25),
+                    "class": _u8(c + 1),
+                    "test": _u8(test),
+                }
+            )
             fake.expected[rel] = (c, not test, (1.0, 2.0, 30.0, 25.0))
-    scipy.io.savemat(root / "cars_annos.mat", {"annotations": _struct_array(rows, CARS_FIELDS), "class_names": _cells(names)})
+    scipy.io.savemat(
+        root / "cars_annos.mat", {"annotations": _struct_array(rows, CARS_FIELDS), "class_names": _cells(names)}
+    )
     return fake
 
 
@@ -92,17 +103,31 @@ def write_cars_devkit(root: Path, num_classes: int = 4, per_class: int = 4, kagg
             fname = f"{len(sides[side]) + 1:05d}.jpg"
             folder = root / side / side if kaggle else root / side
             fake.paths[f"{side}/{fname}"] = write_image(folder / fname, c, i)
-            sides[side].append({"bbox_x1": _u8(1), "bbox_y1": _u8(1), "bbox_x2": _u8(40), "bbox_y2": _u8(30),
-                                "class": _u8(c + 1), "fname": fname})
+            sides[side].append(
+                {
+                    "bbox_x1": _u8(1),
+                    "bbox_y1": _u8(1),
+                    "bbox_x2": _u8(40),
+                    "bbox_y2": _u8(30),
+                    "class": _u8(c + 1),
+                    "fname": fname,
+                }
+            )
             fake.expected[f"{side}/{fname}"] = (c, side == "cars_train", (0.0, 0.0, 40.0, 30.0))
     scipy.io.savemat(root / "devkit" / "cars_meta.mat", {"class_names": _cells(names)})
-    scipy.io.savemat(root / "devkit" / "cars_train_annos.mat", {"annotations": _struct_array(sides["cars_train"], DEVKIT_FIELDS)})
-    scipy.io.savemat(root / "devkit" / "cars_test_annos_withlabels.mat",
-                     {"annotations": _struct_array(sides["cars_test"], DEVKIT_FIELDS)})
+    scipy.io.savemat(
+        root / "devkit" / "cars_train_annos.mat", {"annotations": _struct_array(sides["cars_train"], DEVKIT_FIELDS)}
+    )
+    scipy.io.savemat(
+        root / "devkit" / "cars_test_annos_withlabels.mat",
+        {"annotations": _struct_array(sides["cars_test"], DEVKIT_FIELDS)},
+    )
     # the devkit's unlabelled test file, which must not be mistaken for the labelled one
     unlabelled = [{k: v for k, v in r.items() if k != "class"} for r in sides["cars_test"]]
-    scipy.io.savemat(root / "devkit" / "cars_test_annos.mat",
-                     {"annotations": _struct_array(unlabelled, [f for f in DEVKIT_FIELDS if f != "class"])})
+    scipy.io.savemat(
+        root / "devkit" / "cars_test_annos.mat",
+        {"annotations": _struct_array(unlabelled, [f for f in DEVKIT_FIELDS if f != "class"])},
+    )
     return fake
 
 
@@ -123,23 +148,32 @@ def write_dogs(root: Path, num_classes: int = 4, per_class: int = 4, lists_dir: 
                 f"<bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin><xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>"
                 for b in boxes
             )
-            xml = (f"<annotation><folder>{folder.split('-')[0][1:]}</folder><filename>{stem}</filename>"
-                   f"<source><database>ImageNet database</database></source>"
-                   f"<size><width>{W}</width><height>{H}</height><depth>3</depth></size><segment>0</segment>{objects}</annotation>")
+            xml = (
+                f"<annotation><folder>{folder.split('-')[0][1:]}</folder><filename>{stem}</filename>"
+                f"<source><database>ImageNet database</database></source>"
+                f"<size><width>{W}</width><height>{H}</height><depth>3</depth></size><segment>0</segment>{objects}</annotation>"
+            )
             (root / "Annotation" / folder).mkdir(parents=True, exist_ok=True)
             (root / "Annotation" / annotation).write_text(xml)
             side = "train" if i % 2 == 0 else "test"
             lists[side].append((file, annotation, c + 1))
             largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]))
-            fake.expected[file] = (c, side == "train", (largest[0] - 1.0, largest[1] - 1.0, float(largest[2]), float(largest[3])))
+            fake.expected[file] = (
+                c,
+                side == "train",
+                (largest[0] - 1.0, largest[1] - 1.0, float(largest[2]), float(largest[3])),
+            )
     where = root / "lists" if lists_dir else root
     where.mkdir(parents=True, exist_ok=True)
     for side, entries in (*lists.items(), ("file", lists["train"] + lists["test"])):
-        scipy.io.savemat(where / f"{side}_list.mat", {
-            "file_list": _cells([e[0] for e in entries], column=True),
-            "annotation_list": _cells([e[1] for e in entries], column=True),
-            "labels": np.array([[float(e[2])] for e in entries]),
-        })
+        scipy.io.savemat(
+            where / f"{side}_list.mat",
+            {
+                "file_list": _cells([e[0] for e in entries], column=True),
+                "annotation_list": _cells([e[1] for e in entries], column=True),
+                "labels": np.array([[float(e[2])] for e in entries]),
+            },
+        )
     return fake
 
 
@@ -147,7 +181,12 @@ def write_dogs(root: Path, num_classes: int = 4, per_class: int = 4, lists_dir: 
 def write_nabirds(root: Path, num_leaves: int = 4, per_class: int = 4) -> Fake:
     """Class 0 "Birds" > 1 "Perching Birds" > leaves 295, 296, ...; plus an unused leaf 999."""
     leaves = [295 + k for k in range(num_leaves)]
-    classes = {0: "Birds", 1: "Perching Birds", **{cid: f"Leaf bird {cid} (Adult)" for cid in leaves}, 999: "Unused leaf"}
+    classes = {
+        0: "Birds",
+        1: "Perching Birds",
+        **{cid: f"Leaf bird {cid} (Adult)" for cid in leaves},
+        999: "Unused leaf",
+    }
     fake = Fake(root, [classes[cid] for cid in leaves])
     hierarchy = [(1, 0), *((cid, 1) for cid in leaves), (999, 1)]
     images, labels, split, boxes, sizes = [], [], [], [], []
@@ -163,8 +202,11 @@ def write_nabirds(root: Path, num_leaves: int = 4, per_class: int = 4) -> Fake:
             sizes.append(f"{image_id} {W} {H}")
             fake.expected[image_id] = (k, i % 2 == 0, (3.0, 4.0, 23.0, 19.0))
     files = {
-        "images.txt": images, "image_class_labels.txt": labels, "train_test_split.txt": split,
-        "bounding_boxes.txt": boxes, "sizes.txt": sizes,
+        "images.txt": images,
+        "image_class_labels.txt": labels,
+        "train_test_split.txt": split,
+        "bounding_boxes.txt": boxes,
+        "sizes.txt": sizes,
         "classes.txt": [f"{cid} {name}" for cid, name in classes.items()],
         "hierarchy.txt": [f"{child} {parent}" for child, parent in hierarchy],
     }
@@ -210,9 +252,20 @@ def write_inat(root: Path, num_categories: int = 102, per_class: int = 1, file: 
     rng = np.random.default_rng(0)
     order = rng.permutation(num_categories)
     categories = [
-        {"id": int(cid), "name": f"Genus{cid} species{cid}", "common_name": f"Critter {cid}", "supercategory": "Animalia",
-         "kingdom": "Animalia", "phylum": "Chordata", "class": "Aves", "order": "O", "family": "F", "genus": f"Genus{cid}",
-         "specific_epithet": f"species{cid}", "image_dir_name": f"{cid:05d}_Animalia_Chordata_Aves_O_F_Genus{cid}_species{cid}"}
+        {
+            "id": int(cid),
+            "name": f"Genus{cid} species{cid}",
+            "common_name": f"Critter {cid}",
+            "supercategory": "Animalia",
+            "kingdom": "Animalia",
+            "phylum": "Chordata",
+            "class": "Aves",
+            "order": "O",
+            "family": "F",
+            "genus": f"Genus{cid}",
+            "specific_epithet": f"species{cid}",
+            "image_dir_name": f"{cid:05d}_Animalia_Chordata_Aves_O_F_Genus{cid}_species{cid}",
+        }
         for cid in order
     ]
     fake = Fake(root, [f"Genus{cid} species{cid}" for cid in range(min(100, num_categories))])
@@ -220,17 +273,39 @@ def write_inat(root: Path, num_categories: int = 102, per_class: int = 1, file: 
     for cid in order:
         for i in range(per_class):
             image_id = int(cid) * 10 + i + 7
-            rel = f"train/{int(cid):05d}_Animalia_Chordata_Aves_O_F_Genus{cid}_species{cid}/{uuid.UUID(int=image_id)}.jpg"
+            rel = (
+                f"train/{int(cid):05d}_Animalia_Chordata_Aves_O_F_Genus{cid}_species{cid}/{uuid.UUID(int=image_id)}.jpg"
+            )
             if cid < 100:
                 fake.paths[str(image_id)] = write_image(root / rel, int(cid), i, (16, 12))
                 fake.expected[str(image_id)] = (int(cid), None, None)
-            images.append({"id": image_id, "width": 16, "height": 12, "file_name": rel, "license": 1,
-                           "rights_holder": "someone", "date": "2020-01-01", "latitude": math.nan,
-                           "longitude": -71.5, "location_uncertainty": 10})
+            images.append(
+                {
+                    "id": image_id,
+                    "width": 16,
+                    "height": 12,
+                    "file_name": rel,
+                    "license": 1,
+                    "rights_holder": "someone",
+                    "date": "2020-01-01",
+                    "latitude": math.nan,
+                    "longitude": -71.5,
+                    "location_uncertainty": 10,
+                }
+            )
             annotations.append({"id": len(annotations), "image_id": image_id, "category_id": int(cid)})
     document = {
-        "info": {"year": 2021, "version": "1", "description": "fake", "contributor": "tests", "url": "", "date_created": "x"},
-        "images": images, "categories": categories, "annotations": annotations,
+        "info": {
+            "year": 2021,
+            "version": "1",
+            "description": "fake",
+            "contributor": "tests",
+            "url": "",
+            "date_created": "x",
+        },
+        "images": images,
+        "categories": categories,
+        "annotations": annotations,
         "licenses": [{"id": 1, "name": "CC BY", "url": ""}],
     }
     root.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import TINY_BACKBONE
 
 
@@ -20,7 +19,9 @@ def dva(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize("targets, expected", [("q", 294_912), ("q,v", 589_824), ("q,k,v", 884_736)])
 def test_params_prints_the_paper_counts(targets, expected):
-    out = json.loads(dva("params", "--backbone", "vit_base_patch16_224", "--targets", targets, "--rank", "16", "--json").stdout)
+    out = json.loads(
+        dva("params", "--backbone", "vit_base_patch16_224", "--targets", targets, "--rank", "16", "--json").stdout
+    )
     assert (out["trainable"], out["total"]) == (expected, 85_798_656 + expected)
     assert out["options"] == {"targets": targets.split(","), "rank": 16, "scale": 1.0}  # ICA's options, in full
 
@@ -30,9 +31,31 @@ def test_train_then_eval_json(cub_root, tmp_path):
     common = ["--dataset", "cub", "--data", str(cub_root.root)]
     summary = json.loads(
         dva(
-            "train", *common, "--split", "open", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", "32",
-            "--method", "ica", "--targets", "q,v", "--rank", "4", "--epochs", "1", "--batch-size", "8", "--workers", "0",
-            "--out", str(run), "--quiet", "--json",
+            "train",
+            *common,
+            "--split",
+            "open",
+            "--backbone",
+            TINY_BACKBONE,
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            "--method",
+            "ica",
+            "--targets",
+            "q,v",
+            "--rank",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+            str(run),
+            "--quiet",
+            "--json",
         ).stdout
     )
     assert summary["epochs"] == 1 and summary["trainable_params"] == 6 * 2 * 2 * 4 * 64
@@ -41,8 +64,20 @@ def test_train_then_eval_json(cub_root, tmp_path):
     assert metrics["images"] == 24 and all(0 <= metrics[k] <= 1 for k in ("recall@1", "map@r"))
 
     frozen = json.loads(
-        dva("eval", "--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", "32", *common,
-            "--workers", "0", "--quiet", "--json").stdout
+        dva(
+            "eval",
+            "--frozen",
+            "--backbone",
+            TINY_BACKBONE,
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            *common,
+            "--workers",
+            "0",
+            "--quiet",
+            "--json",
+        ).stdout
     )
     assert frozen["images"] == 24
 
@@ -69,7 +104,9 @@ def test_data_check_reports_counts_and_every_problem(cub_root):
 
 
 def test_user_errors_are_one_line_naming_the_culprit(tmp_path):
-    result = dva("train", "--dataset", "cub", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), check=False)
+    result = dva(
+        "train", "--dataset", "cub", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "r"), check=False
+    )
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'missing'}: dataset root is not a directory"
     result = dva("params", "--targets", "q,x", check=False)

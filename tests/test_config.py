@@ -26,7 +26,11 @@ from dva.runs import Run
 #: What may change on resume, and what is no part of a run's identity: the same six fields,
 #: which trainer.RESUMABLE_CHANGES and reproduce.NOT_IDENTITY each listed before.
 EXECUTION_DETAILS = {
-    "data.root", "data.num_workers", "train.device", "train.checkpoint_every", "train.keep_checkpoints",
+    "data.root",
+    "data.num_workers",
+    "train.device",
+    "train.checkpoint_every",
+    "train.keep_checkpoints",
     "train.compile",
 }
 
@@ -74,17 +78,44 @@ def test_identity_layout_is_stable_so_indexes_and_runs_keep_their_names():
     assert frozen.fingerprint() == "cb7398435c305c8dab1bc71926206c1e618d6c390a6f8aaa975b9185e8ef7d93"
     ica = ModelConfig(method="ica", method_options={"rank": 4})
     assert identity_dict(ica) == {
-        "backbone": ica.backbone, "pretrained": True, "init_seed": 0, "img_size": 224, "method": "ica",
-        "method_options": {}, "targets": ["q", "v"], "rank": 4, "scale": 1.0,
+        "backbone": ica.backbone,
+        "pretrained": True,
+        "init_seed": 0,
+        "img_size": 224,
+        "method": "ica",
+        "method_options": {},
+        "targets": ["q", "v"],
+        "rank": 4,
+        "scale": 1.0,
     }
     assert identity_dict(ModelConfig(method="full"))["rank"] == 16  # the old default, for every method
 
 
 def _train_tiny(capsys, cub_root, out, *extra):
     code, _, err = run_cli(
-        capsys, "train", "--dataset", "cub", "--data", str(cub_root.root), "--backbone", TINY_BACKBONE,
-        "--no-pretrained", "--img-size", str(TINY_IMG), "--epochs", "1", "--batch-size", "8", "--workers", "0",
-        "--device", "cpu", "--out", str(out), "--quiet", *extra,
+        capsys,
+        "train",
+        "--dataset",
+        "cub",
+        "--data",
+        str(cub_root.root),
+        "--backbone",
+        TINY_BACKBONE,
+        "--no-pretrained",
+        "--img-size",
+        str(TINY_IMG),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
     )
     assert code == 0, err
     return Run(out)
@@ -141,8 +172,15 @@ def test_weights_metadata_of_the_older_layout_is_checked_as_options(tmp_path):
 
     config = RunConfig(model=ModelConfig(method="dva", method_options={"rank": 4}))
     # what a weights file recorded before: ICA's targets and rank at the top, no scale
-    old = {"backbone": config.model.backbone, "method": "dva", "targets": ["q", "v"], "rank": 4, "img_size": 224,
-           "method_options": {"transfer": "proxy", "background": True, "object_first": 0.0}, "dva_version": "0.1.0"}
+    old = {
+        "backbone": config.model.backbone,
+        "method": "dva",
+        "targets": ["q", "v"],
+        "rank": 4,
+        "img_size": 224,
+        "method_options": {"transfer": "proxy", "background": True, "object_first": 0.0},
+        "dva_version": "0.1.0",
+    }
     check_weights_metadata(old, config, tmp_path / "w.safetensors")  # accepted: the same model
     check_weights_metadata({**old, "img_size": 112}, config, tmp_path / "w.safetensors")  # run at another size
     with pytest.raises(CheckpointError, match="method_options.rank=8 but the run config says method_options.rank=4"):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import CUB100, class_image, write_cub
 from PIL import Image
 
-from conftest import CUB100, class_image, write_cub
 from dva.data import ImageDecodeError, load_catalog, load_image, make_split, read_catalog
 from dva.errors import DataError
 

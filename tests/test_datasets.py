@@ -8,7 +8,6 @@ import math
 import numpy as np
 import pytest
 import scipy.io
-
 from conftest import write_cub
 from layouts import (
     W,
@@ -19,6 +18,7 @@ from layouts import (
     write_inat,
     write_nabirds,
 )
+
 from dva.data import get_dataset, load_catalog, make_split, read_catalog
 from dva.data.check import check_dataset
 from dva.data.jsonstream import iter_array_items
@@ -115,8 +115,10 @@ def test_dogs_lists_must_cover_file_list(tmp_path):
     extra = np.concatenate([data["file_list"], np.array([["n02085620-Breed_0/n02085620_999.jpg"]], dtype=object)])
     scipy.io.savemat(tmp_path / "file_list.mat", {"file_list": extra})
     catalog = read_catalog("dogs", tmp_path)
-    assert catalog.problems == [f"{tmp_path / 'file_list.mat'}: n02085620-Breed_0/n02085620_999.jpg is in neither "
-                                "train_list.mat nor test_list.mat"]
+    assert catalog.problems == [
+        f"{tmp_path / 'file_list.mat'}: n02085620-Breed_0/n02085620_999.jpg is in neither "
+        "train_list.mat nor test_list.mat"
+    ]
 
 
 # --------------------------------------------------------------------------- NABirds
@@ -143,7 +145,9 @@ def test_nabirds_boxes_are_checked_against_sizes_txt(tmp_path):
     assert boxes[first] == (3.0, 4.0, 15.0, 19.0) and boxes[second] is None
     assert catalog.clipped_boxes == 1  # the first; the second, with nothing inside, is dropped
     assert check_dataset("nabirds", tmp_path, open_images=False)["clipped_boxes"] == 1
-    assert catalog.warnings[0].startswith(f"{tmp_path / 'bounding_boxes.txt'}:1: box (3, 4, 23, 19) exceeds its 15x30 image")
+    assert catalog.warnings[0].startswith(
+        f"{tmp_path / 'bounding_boxes.txt'}:1: box (3, 4, 23, 19) exceeds its 15x30 image"
+    )
     assert catalog.warnings[1].startswith(f"{tmp_path / 'bounding_boxes.txt'}:2: box (50, 40, 55, 45) lies outside")
 
 
@@ -152,7 +156,9 @@ def test_nabirds_label_with_sub_classes_is_a_warning(tmp_path):
     with open(tmp_path / "hierarchy.txt", "a") as f:
         f.write("1000 295\n")
     catalog = load_catalog("nabirds", tmp_path)
-    assert catalog.warnings == [f"{tmp_path / 'hierarchy.txt'}: class 295 'Leaf bird 295 (Adult)' labels images but has sub-classes"]
+    assert catalog.warnings == [
+        f"{tmp_path / 'hierarchy.txt'}: class 295 'Leaf bird 295 (Adult)' labels images but has sub-classes"
+    ]
 
 
 def test_every_problem_is_listed_with_file_and_line(tmp_path):
@@ -249,8 +255,9 @@ def test_check_reads_headers_for_boxes_and_non_images(tmp_path):
     data.paths[5].write_text("<html>not an image</html>")
     assert not read_catalog("cub", tmp_path).warnings  # loading stays fast: no image is opened
     report = check_dataset("cub", tmp_path)
-    assert report["warnings"] == [f"{data.paths[0]} (image 1): box (30, 6, 50, 30) exceeds its 40x40 image; "
-                                  "clipped to (30, 6, 40, 30)"]
+    assert report["warnings"] == [
+        f"{data.paths[0]} (image 1): box (30, 6, 50, 30) exceeds its 40x40 image; clipped to (30, 6, 40, 30)"
+    ]
     assert len(report["problems"]) == 1 and report["problems"][0].startswith(f"{data.paths[5]}: not a readable image")
     assert report["splits"]["closed"]["train"] == {"images": 8, "classes": 4}
     assert report["matches_expected"] is False  # 16 images are not CUB's 11,788

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import tiny_run_config, write_cub
 from safetensors.torch import load_file, save_file
 
-from conftest import tiny_run_config, write_cub
 from dva.data import load_catalog, make_split
 from dva.data.loaders import TrainBatchSampler
 from dva.distributed import shard_bounds
@@ -38,8 +38,13 @@ def free_port() -> int:
 
 
 def torchrun_env(rank: int, world_size: int, port: int) -> dict[str, str]:
-    return {"RANK": str(rank), "WORLD_SIZE": str(world_size), "LOCAL_RANK": str(rank),
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return {
+        "RANK": str(rank),
+        "WORLD_SIZE": str(world_size),
+        "LOCAL_RANK": str(rank),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(port),
+    }
 
 
 def dva_setup(root: Path):
@@ -63,8 +68,10 @@ def train_rank(rank: int, port: int, root: str, out: str) -> None:
     config, split, views = dva_setup(Path(root))
     trainer = Trainer(config, Path(out) / "run", split=split, views=views, progress=False)
     summary = trainer.fit()
-    tensors = {**{f"model.{k}": v for k, v in trainer.model.trainable_state_dict().items()},
-               **{f"loss.{k}": v.detach() for k, v in trainer.loss_fn.state_dict().items()}}
+    tensors = {
+        **{f"model.{k}": v for k, v in trainer.model.trainable_state_dict().items()},
+        **{f"loss.{k}": v.detach() for k, v in trainer.loss_fn.state_dict().items()},
+    }
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(Path(out) / f"rank{rank}.safetensors"))
     (Path(out) / f"summary{rank}.json").write_text(json.dumps(summary))
     torch.distributed.destroy_process_group()
@@ -103,7 +110,7 @@ def test_two_ranks_train_like_one_process_with_the_same_global_batch(tmp_path):
     # logs written once (rank 0), with the single run's losses, events and validation metrics
     distributed_log, single_log = epoch_records(tmp_path / "run"), epoch_records(tmp_path / "single")
     assert [r["epoch"] for r in distributed_log] == [1, 2]
-    for epoch, (d, s) in enumerate(zip(distributed_log, single_log), start=1):
+    for epoch, (d, s) in enumerate(zip(distributed_log, single_log, strict=True), start=1):
         assert d["loss"] == pytest.approx(s["loss"], rel=1e-5)
         assert d["decode_failures"] == s["decode_failures"] == 3  # distinct images: counted once, not every epoch
         assert d["events"] == s["events"]  # counted over both ranks, running totals
@@ -125,8 +132,10 @@ def test_shards_cover_every_position_once_and_join_back_in_order():
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(7, 4)).astype(np.float32)
     whole = Embeddings(vectors[[0, 1, 3, 4, 5, 6]], np.arange(6), np.array([0, 1, 3, 4, 5, 6]), [(2, "bad")])
-    parts = [Embeddings(vectors[[4, 5, 6]], np.arange(3, 6), np.array([4, 5, 6])),
-             Embeddings(vectors[[0, 1, 3]], np.arange(3), np.array([0, 1, 3]), [(2, "bad")])]
+    parts = [
+        Embeddings(vectors[[4, 5, 6]], np.arange(3, 6), np.array([4, 5, 6])),
+        Embeddings(vectors[[0, 1, 3]], np.arange(3), np.array([0, 1, 3]), [(2, "bad")]),
+    ]
     joined = Embeddings.concat(parts)
     assert np.array_equal(joined.vectors, whole.vectors) and np.array_equal(joined.indices, whole.indices)
     assert np.array_equal(joined.labels, whole.labels) and joined.failures == [(2, "bad")]

@@ -9,9 +9,9 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from conftest import TINY_BACKBONE, TINY_IMG, tiny_run_config, write_cub
 from safetensors.torch import load_file
 
-from conftest import TINY_BACKBONE, TINY_IMG, tiny_run_config, write_cub
 from dva.errors import ConfigError
 from dva.models import methods
 from dva.models.methods import Method
@@ -34,8 +34,9 @@ def test_exported_model_loads_with_timm_alone_and_embeds_like_the_run(trained_ru
     with torch.no_grad():
         expected = Run(trained_run).load_model()(x)  # adapters unmerged: the trained computation itself
 
-        by_name = timm.create_model(TINY_BACKBONE, pretrained=False, num_classes=0, global_pool="token",
-                                    img_size=TINY_IMG)
+        by_name = timm.create_model(
+            TINY_BACKBONE, pretrained=False, num_classes=0, global_pool="token", img_size=TINY_IMG
+        )
         by_name.load_state_dict(load_file(out / "model.safetensors"))  # strict: a plain timm state dict
         from_folder = timm.create_model(f"local-dir:{out}", pretrained=True)
         for model in (by_name.eval(), from_folder.eval()):
@@ -66,8 +67,9 @@ def test_full_fine_tuning_exports_its_weights(tmp_path):
     out = export_run(tmp_path / "run", tmp_path / "export")
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
     with torch.no_grad():
-        assert torch.allclose(F.normalize(model(images()), dim=-1), Run(tmp_path / "run").load_model()(images()),
-                              atol=1e-5)
+        assert torch.allclose(
+            F.normalize(model(images()), dim=-1), Run(tmp_path / "run").load_model()(images()), atol=1e-5
+        )
 
 
 def test_unmergeable_methods_and_occupied_folders_are_refused(trained_run, tmp_path, monkeypatch):

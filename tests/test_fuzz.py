@@ -26,9 +26,27 @@ CASES = 400
 SECONDS = 20.0
 #: Format -> the mode it is written in (Pillow's writers, not every mode suits every format).
 FORMATS = {
-    "PNG": "RGBA", "JPEG": "RGB", "GIF": "P", "BMP": "RGB", "TIFF": "RGB", "WEBP": "RGB", "ICO": "RGBA",
-    "PPM": "RGB", "TGA": "RGB", "PCX": "RGB", "SGI": "RGB", "IM": "RGB", "JPEG2000": "RGB", "QOI": "RGB",
-    "DDS": "RGBA", "EPS": "RGB", "PDF": "RGB", "XBM": "1", "MSP": "1", "SPIDER": "F", "BLP": "RGB",
+    "PNG": "RGBA",
+    "JPEG": "RGB",
+    "GIF": "P",
+    "BMP": "RGB",
+    "TIFF": "RGB",
+    "WEBP": "RGB",
+    "ICO": "RGBA",
+    "PPM": "RGB",
+    "TGA": "RGB",
+    "PCX": "RGB",
+    "SGI": "RGB",
+    "IM": "RGB",
+    "JPEG2000": "RGB",
+    "QOI": "RGB",
+    "DDS": "RGBA",
+    "EPS": "RGB",
+    "PDF": "RGB",
+    "XBM": "1",
+    "MSP": "1",
+    "SPIDER": "F",
+    "BLP": "RGB",
 }
 
 
@@ -93,8 +111,27 @@ LIST_SEEDS = {
     "list.tsv": "path\tlabel\nphotos/a.jpg\tgull\n",
     "list.jsonl": '{"path": "photos/a.jpg", "label": "gull", "tags": ["x", {"y": 1}]}\n{"path": "photos/b.jpg"}\n',
 }
-ODD = ["\x00", "\ufeff", "\u2028", "\x85", "\r", "\n", '"', ",", "\t", "{", "[" * 3000, "\\", "\\ud800",
-       "\udcff", "é", "x" * 140_000, "..", "/", "~"]
+ODD = [
+    "\x00",
+    "\ufeff",
+    "\u2028",
+    "\x85",
+    "\r",
+    "\n",
+    '"',
+    ",",
+    "\t",
+    "{",
+    "[" * 3000,
+    "\\",
+    "\\ud800",
+    "\udcff",
+    "é",
+    "x" * 140_000,
+    "..",
+    "/",
+    "~",
+]
 
 
 def test_mutated_gallery_lists_read_or_fail_with_one_data_error(tmp_path):
@@ -105,7 +142,7 @@ def test_mutated_gallery_lists_read_or_fail_with_one_data_error(tmp_path):
         name, text = rng.choice(list(LIST_SEEDS.items()))
         for _ in range(rng.randint(1, 4)):
             at = rng.randrange(len(text) + 1)
-            text = text[:at] + rng.choice(ODD) + text[at + rng.randint(0, 3):]
+            text = text[:at] + rng.choice(ODD) + text[at + rng.randint(0, 3) :]
         path = tmp_path / name
         if rng.random() < 0.1:
             path.write_bytes(text.encode("utf-8", "surrogatepass")[: rng.randrange(1, 200)] + b"\xff\xfe")

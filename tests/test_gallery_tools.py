@@ -50,8 +50,9 @@ def test_threshold_is_the_smallest_with_fmr_at_most_the_target():
 def test_calibrate_stores_the_rule_and_search_says_is_match(index_copy, tmp_path, capsys):
     gallery, index = index_copy
     val = write_gallery(tmp_path / "val", num_classes=3, per_class=4, size=36)
-    code, stdout, stderr = run_cli(capsys, "calibrate", "--index", str(index), "--labelled", str(val.root),
-                                   "--fmr", "0.1", *QUIET, "--json")
+    code, stdout, stderr = run_cli(
+        capsys, "calibrate", "--index", str(index), "--labelled", str(val.root), "--fmr", "0.1", *QUIET, "--json"
+    )
     assert code == 0, stderr
     report = json.loads(stdout)
     # 3 labels of 4 images: 3 * 6 genuine pairs, 66 - 18 impostor pairs, all of them
@@ -78,7 +79,7 @@ def test_calibrate_stores_the_rule_and_search_says_is_match(index_copy, tmp_path
     assert [r["is_match"] for r in json.loads(stdout)[0]["results"]] == [m.is_match for m in matches[:3]]
     code, stdout, _ = run_cli(capsys, "search", "--index", str(index), str(gallery.paths[5]), "-k", "2")
     header, _, *rows = stdout.strip().splitlines()[1:]
-    assert " match " in header and all(("| yes " in r) == m.is_match for r, m in zip(rows, matches))
+    assert " match " in header and all(("| yes " in r) == m.is_match for r, m in zip(rows, matches, strict=True))
 
     # the index's own checks and updates leave the calibration alone
     code, stdout, _ = run_cli(capsys, "index", "--check", str(index), "--json")
@@ -123,8 +124,9 @@ def test_served_matches_carry_is_match(index_copy, tmp_path):
         assert {r["is_match"] for r in results["results"]} == {None}
     t = calibrate(index, val.root, target_fmr=0.2, embed={"num_workers": 0, "progress": False}).threshold
     with TestClient(create_app(Searcher(index))) as client:
-        body = client.post("/search", data={"k": "24"},
-                           files={"file": ("q.jpg", gallery.paths[2].read_bytes(), "image/jpeg")}).json()
+        body = client.post(
+            "/search", data={"k": "24"}, files={"file": ("q.jpg", gallery.paths[2].read_bytes(), "image/jpeg")}
+        ).json()
         assert [r["is_match"] for r in body["results"]] == [r["score"] >= t for r in body["results"]]
 
 
@@ -158,8 +160,10 @@ def test_dedup_finds_resized_and_reencoded_copies(tmp_path, capsys, index_type):
     index = make_index(gallery.root, tmp_path / "index", index_type=index_type)
     vectors = np.asarray(index.embeddings)
     names = [row["path"].split("/")[-1] for row in index.rows]
-    copies = [(names.index("01.jpg"), names.index("copy_resized.png")),
-              (next(i for i, r in enumerate(index.rows) if r["path"] == str(gallery.paths[7])), names.index("copy_q70.jpg"))]
+    copies = [
+        (names.index("01.jpg"), names.index("copy_resized.png")),
+        (next(i for i, r in enumerate(index.rows) if r["path"] == str(gallery.paths[7])), names.index("copy_q70.jpg")),
+    ]
     sims = vectors @ vectors.T
     copy_scores = [sims[a, b] for a, b in copies]
     others = sims[np.triu(np.ones_like(sims, bool), 1)]
@@ -168,18 +172,32 @@ def test_dedup_finds_resized_and_reencoded_copies(tmp_path, capsys, index_type):
     threshold = float((min(copy_scores) + others.max()) / 2)
 
     csv_path, sheet = tmp_path / "dups.csv", tmp_path / "dups.png"
-    code, stdout, stderr = run_cli(capsys, "dedup", "--index", str(tmp_path / "index"), "--threshold", str(threshold),
-                                   "--csv", str(csv_path), "--sheet", str(sheet), "--json")
+    code, stdout, stderr = run_cli(
+        capsys,
+        "dedup",
+        "--index",
+        str(tmp_path / "index"),
+        "--threshold",
+        str(threshold),
+        "--csv",
+        str(csv_path),
+        "--sheet",
+        str(sheet),
+        "--json",
+    )
     assert code == 0, stderr
     report = json.loads(stdout)
     assert report["search"] == ("range" if index_type == "flat" else "knn")
     assert report["groups"] == 2 and report["duplicates"] == 2
     assert sorted(tuple(sorted(m["id"] for m in g)) for g in report["groups_list"]) == sorted(
-        tuple(sorted(c)) for c in copies)
+        tuple(sorted(c)) for c in copies
+    )
     rows = csv_path.read_text().splitlines()
     assert rows[0] == "group,id,path,label,score" and len(rows) == 5
     first = report["groups_list"][0]
-    assert first[0]["score"] == 1.0 and first[1]["score"] == pytest.approx(sims[first[0]["id"], first[1]["id"]], abs=1e-5)
+    assert first[0]["score"] == 1.0 and first[1]["score"] == pytest.approx(
+        sims[first[0]["id"], first[1]["id"]], abs=1e-5
+    )
     assert Image.open(sheet).size[1] >= 2 * 96
 
     # a low threshold chains images into larger groups: the same as the full-matrix reference
@@ -210,11 +228,25 @@ def test_reranked_search_follows_the_expanded_similarity_and_keeps_plain_scores(
     augmented = database_augmentation(gallery_vectors, n=3, alpha=3.0)
     want_dba = np.argsort(-(augmented @ q), kind="stable")[:8]
     assert [m.id for m in searcher.search_embedding(q, k=8, rerank="dba", rerank_k=3)] == want_dba.tolist()
-    assert want_dba.tolist() != np.argsort(-(gallery_vectors @ q))[:8].tolist() or want_aqe.tolist() != \
-        np.argsort(-(gallery_vectors @ q))[:8].tolist()  # re-ranking changed something here
+    assert (
+        want_dba.tolist() != np.argsort(-(gallery_vectors @ q))[:8].tolist()
+        or want_aqe.tolist() != np.argsort(-(gallery_vectors @ q))[:8].tolist()
+    )  # re-ranking changed something here
 
-    code, stdout, _ = run_cli(capsys, "search", "--index", str(index), str(gallery.paths[3]), "--rerank", "aqe",
-                              "--rerank-k", "3", "-k", "4", "--json")
+    code, stdout, _ = run_cli(
+        capsys,
+        "search",
+        "--index",
+        str(index),
+        str(gallery.paths[3]),
+        "--rerank",
+        "aqe",
+        "--rerank-k",
+        "3",
+        "-k",
+        "4",
+        "--json",
+    )
     expected = [m.id for m in searcher.search(gallery.paths[3], k=4, rerank="aqe", rerank_k=3)]
     assert code == 0 and [r["id"] for r in json.loads(stdout)[0]["results"]] == expected
     for args, field in [(["--rerank", "qe"], "rerank"), (["--rerank", "dba", "--rerank-k", "0"], "rerank_k")]:
@@ -229,8 +261,23 @@ def test_eval_rerank_is_leave_one_out_on_the_test_side(cub_root, capsys):
     from dva.index.rerank import rerank_metrics
     from dva.models import create_model
 
-    common = ["eval", "--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG),
-              "--dataset", "cub", "--data", str(cub_root.root), "--device", "cpu", *QUIET, "--json"]
+    common = [
+        "eval",
+        "--frozen",
+        "--backbone",
+        TINY_BACKBONE,
+        "--no-pretrained",
+        "--img-size",
+        str(TINY_IMG),
+        "--dataset",
+        "cub",
+        "--data",
+        str(cub_root.root),
+        "--device",
+        "cpu",
+        *QUIET,
+        "--json",
+    ]
     code, stdout, stderr = run_cli(capsys, *common, "--rerank", "dba", "--rerank-k", "2")
     assert code == 0, stderr
     metrics = json.loads(stdout)

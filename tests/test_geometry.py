@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import write_cub
 from PIL import Image
 
-from conftest import write_cub
 from dva.data import load_catalog, make_split
 from dva.data.images import load_image
 from dva.errors import DataError
@@ -61,8 +61,9 @@ def test_ground_truth_box_lands_on_the_object_of_an_exif_rotated_jpeg(tmp_path):
     record = next(r for r in split.train.records if r.path == data.paths[0])
     assert record.box == (30.0, 2.0, 60.0, 20.0)  # the catalog keeps the publisher's (stored) frame
     boxes = tmp_path / "boxes.jsonl"
-    detect_boxes(create_detector("dataset"), {"train": split.train}, boxes, dataset="cub", root=data.root,
-                 progress=False)
+    detect_boxes(
+        create_detector("dataset"), {"train": split.train}, boxes, dataset="cub", root=data.root, progress=False
+    )
     entry = load_boxes(boxes, split.train.records, root=str(data.root), dataset="cub").get(record.path)
     assert entry.size == (40, 80) and entry.box == (20.0, 30.0, 38.0, 60.0)  # turned upright
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import timm
 import torch
-
 from conftest import TINY_BACKBONE, TINY_IMG
+
 from dva.errors import ConfigError
 from dva.models import ICAConfig, ICALinear, count_parameters, create_model, unload_ica
 from dva.models.ica import ica_layers
@@ -78,8 +78,11 @@ def test_merge_is_equivalent_to_unmerged_within_1e5(targets):
     assert (unmerged - merged).abs().max() < 1e-5
     assert (unmerged - restored).abs().max() < 1e-5
     # the merge really changed the weights (it is not a no-op that happens to agree)
-    assert not torch.allclose(unmerged, create_model(
-        backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="frozen").eval()(x), atol=1e-4)
+    assert not torch.allclose(
+        unmerged,
+        create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="frozen").eval()(x),
+        atol=1e-4,
+    )
 
 
 def test_unload_gives_a_plain_timm_model_with_the_same_outputs():
@@ -90,7 +93,9 @@ def test_unload_gives_a_plain_timm_model_with_the_same_outputs():
         expected = model(x)
         plain = unload_ica(model.backbone)
         assert not any(isinstance(m, ICALinear) for m in plain.modules())
-        fresh = timm.create_model(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, num_classes=0, global_pool="token")
+        fresh = timm.create_model(
+            TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, num_classes=0, global_pool="token"
+        )
         fresh.load_state_dict(plain.state_dict())  # strict: same keys as a timm model
         got = torch.nn.functional.normalize(fresh.eval()(x), dim=-1)
     assert (expected - got).abs().max() < 1e-5

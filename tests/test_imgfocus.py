@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from safetensors import safe_open
 
-from dva.models import imgfocus
 from dva.errors import CheckpointError
+from dva.models import imgfocus
 from dva.models.imgfocus import (
     IMGFOCUS_TIMM_MODEL,
     convert_imgfocus_onnx,

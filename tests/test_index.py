@@ -34,7 +34,6 @@ FROZEN = dict(pretrained=False, img_size=TINY_IMG)
 QUIET = dict(num_workers=0, progress=False)
 
 
-
 def frozen_model(**overrides) -> IndexModel:
     return IndexModel.frozen(TINY_BACKBONE, **{**FROZEN, **overrides})
 
@@ -48,7 +47,11 @@ def test_folder_gallery_labels_images_by_their_folder(tmp_path):
     (tmp_path / "photos" / "notes.txt").write_text("not an image")
     items = read_gallery(gallery.root)
     assert [(i.path.name, i.label) for i in items] == [
-        ("00.jpg", "class_0"), ("01.jpg", "class_0"), ("00.jpg", "class_1"), ("01.jpg", "class_1"), ("loose.png", None),
+        ("00.jpg", "class_0"),
+        ("01.jpg", "class_0"),
+        ("00.jpg", "class_1"),
+        ("01.jpg", "class_1"),
+        ("loose.png", None),
     ]
     assert all(i.path.is_absolute() for i in items)
     assert {i.label for i in read_gallery(gallery.root, folder_labels=False)} == {None}
@@ -151,8 +154,11 @@ def test_adding_images_embeds_only_the_new_ones(tmp_path, monkeypatch):
 
     embedded = []
     original = build_module.embed_dataset
-    monkeypatch.setattr(build_module, "embed_dataset",
-                        lambda model, dataset, **kw: embedded.extend(dataset.paths) or original(model, dataset, **kw))
+    monkeypatch.setattr(
+        build_module,
+        "embed_dataset",
+        lambda model, dataset, **kw: embedded.extend(dataset.paths) or original(model, dataset, **kw),
+    )
     report = index_gallery(tmp_path / "index", items, **QUIET)
     assert (first.version, report.version, report.added, report.already_indexed, report.count) == (1, 2, 6, 6, 12)
     assert embedded == [item.path for item in items[6:]]
@@ -160,7 +166,10 @@ def test_adding_images_embeds_only_the_new_ones(tmp_path, monkeypatch):
     assert np.array_equal(after.embeddings[:6], old_vectors) and after.rows[:6] == old_rows  # ids are stable
     assert list(after.ids) == list(range(12))
     # the update appended a shard; version 1's shard is untouched
-    assert sorted(p.name for p in (tmp_path / "index").glob("vectors-*")) == ["vectors-000001.npy", "vectors-000002.npy"]
+    assert sorted(p.name for p in (tmp_path / "index").glob("vectors-*")) == [
+        "vectors-000001.npy",
+        "vectors-000002.npy",
+    ]
     assert Searcher(tmp_path / "index").search(gallery.paths[9], k=1)[0].id == 9
 
     # nothing new: nothing embedded, no new version
@@ -188,7 +197,10 @@ def test_a_crash_mid_update_leaves_the_previous_version_in_force(tmp_path, monke
     assert len(Searcher(tmp_path / "index")) == 4
     # the next update succeeds and removes the crashed attempt's files
     assert index_gallery(tmp_path / "index", items, **QUIET).count == 8
-    assert sorted(p.name for p in (tmp_path / "index").glob("vectors-*")) == ["vectors-000001.npy", "vectors-000002.npy"]
+    assert sorted(p.name for p in (tmp_path / "index").glob("vectors-*")) == [
+        "vectors-000001.npy",
+        "vectors-000002.npy",
+    ]
 
     # a crash while building a new index leaves no index and no partial folder
     monkeypatch.setattr(store_module, "atomic_write_json", crash)
@@ -267,13 +279,24 @@ def test_index_search_and_check_commands(tmp_path, capsys):
     gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=3)
     (gallery.root / "class_1" / "broken.jpg").write_bytes(b"junk")
     out = tmp_path / "index"
-    common = ["--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG),
-              "--workers", "0", "--quiet"]
+    common = [
+        "--frozen",
+        "--backbone",
+        TINY_BACKBONE,
+        "--no-pretrained",
+        "--img-size",
+        str(TINY_IMG),
+        "--workers",
+        "0",
+        "--quiet",
+    ]
     code, stdout, _ = run_cli(capsys, "index", "--images", str(gallery.root), "--out", str(out), *common, "--json")
     report = json.loads(stdout)
     assert code == 0 and report["count"] == 6 and len(report["unreadable"]) == 1
 
-    code, stdout, stderr = run_cli(capsys, "index", "--images", str(gallery.root), "--out", str(out), "--workers", "0", "--quiet")
+    code, stdout, stderr = run_cli(
+        capsys, "index", "--images", str(gallery.root), "--out", str(out), "--workers", "0", "--quiet"
+    )
     assert code == 0 and "warning: skipped" in stderr and "| 6 " in stdout  # the broken file is retried, still skipped
 
     code, stdout, _ = run_cli(capsys, "search", "--index", str(out), str(gallery.paths[4]), "-k", "2", "--json")

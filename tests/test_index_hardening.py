@@ -34,15 +34,31 @@ def test_line_separators_in_paths_labels_and_metadata_keep_the_index_readable(tm
     class_image(0, 0).save(odd / "x\u2029y.jpg")
     class_image(1, 0).save(photos / "plain.jpg")
     # and a list whose metadata holds raw separators inside JSON strings
-    lines = [json.dumps({"path": str(p), "note": f"one{SEPARATORS}two", "label": f"l{SEPARATORS}"}, ensure_ascii=False)
-             for p in (odd / "x\u2029y.jpg", photos / "plain.jpg")]
+    lines = [
+        json.dumps({"path": str(p), "note": f"one{SEPARATORS}two", "label": f"l{SEPARATORS}"}, ensure_ascii=False)
+        for p in (odd / "x\u2029y.jpg", photos / "plain.jpg")
+    ]
     (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n", encoding="utf-8")
     items = read_gallery(tmp_path / "list.jsonl")
     assert [i.metadata["note"] for i in items] == [f"one{SEPARATORS}two"] * 2
 
-    code, _, err = run_cli(capsys, "index", "--images", str(photos), "--out", str(tmp_path / "index"),
-                           "--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG),
-                           "--workers", "0", "--quiet")
+    code, _, err = run_cli(
+        capsys,
+        "index",
+        "--images",
+        str(photos),
+        "--out",
+        str(tmp_path / "index"),
+        "--frozen",
+        "--backbone",
+        TINY_BACKBONE,
+        "--no-pretrained",
+        "--img-size",
+        str(TINY_IMG),
+        "--workers",
+        "0",
+        "--quiet",
+    )
     assert code == 0, err
     searcher = dva.Searcher(tmp_path / "index")
     assert {m.label for m in searcher.search(photos / "plain.jpg", k=2)} == {"a\u2028b", None}
@@ -87,9 +103,24 @@ def test_file_names_that_are_not_utf8_are_skipped_before_embedding(tmp_path, cap
         return original(model, items, **kwargs)
 
     monkeypatch.setattr(dva.index.build, "embed_items", counting)
-    code, out, err = run_cli(capsys, "index", "--images", str(gallery.root), "--out", str(tmp_path / "index"),
-                             "--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG),
-                             "--workers", "0", "--quiet", "--json")
+    code, out, err = run_cli(
+        capsys,
+        "index",
+        "--images",
+        str(gallery.root),
+        "--out",
+        str(tmp_path / "index"),
+        "--frozen",
+        "--backbone",
+        TINY_BACKBONE,
+        "--no-pretrained",
+        "--img-size",
+        str(TINY_IMG),
+        "--workers",
+        "0",
+        "--quiet",
+        "--json",
+    )
     assert code == 0, err
     report = json.loads(out)
     assert report["count"] == 4 and embedded == [4]
@@ -106,8 +137,11 @@ def test_list_files_excel_writes_and_hostile_lines(tmp_path):
     assert item.label == "gull"
     cases = [
         ("big.csv", "path,note\nphotos/class_0/00.jpg," + "x" * 200_000 + "\n", "big.csv:2: not a readable CSV line"),
-        ("deep.jsonl", '{"path": "photos/class_0/00.jpg", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
-         "deep.jsonl:1: JSON nested too deeply"),
+        (
+            "deep.jsonl",
+            '{"path": "photos/class_0/00.jpg", "x": ' + "[" * 100_000 + "]" * 100_000 + "}\n",
+            "deep.jsonl:1: JSON nested too deeply",
+        ),
         ("nul.jsonl", '{"path": "photos/class_0/0\\u00000.jpg"}\n', "nul.jsonl:1: 'path' contains a NUL"),
         ("nul.csv", "path\nphotos/a\x00b.jpg\n", "nul.csv:2: 'path' contains a NUL"),
     ]
@@ -181,8 +215,13 @@ def test_leftovers_of_killed_and_failed_runs_are_removed_by_the_next_run(tmp_pat
     assert not abandoned.exists()
     expected = _files(tmp_path / "index")
     # a killed update's temporary file, a failed update's version 2, format 1's files
-    for name in (".vectors-000002.npy.x1y2.tmp", "vectors-000002.npy", "faiss-000002.index",
-                 "metadata-000000.jsonl", "embeddings-000001.npy"):
+    for name in (
+        ".vectors-000002.npy.x1y2.tmp",
+        "vectors-000002.npy",
+        "faiss-000002.index",
+        "metadata-000000.jsonl",
+        "embeddings-000001.npy",
+    ):
         (tmp_path / "index" / name).write_bytes(b"left over")
     report = index_gallery(tmp_path / "index", read_gallery(gallery.root), **QUIET)  # nothing to add
     assert report.added == 0 and report.version == 1

@@ -52,8 +52,11 @@ def snapshot_bytes(folder: Path) -> dict[str, bytes]:
 def record_embedded(monkeypatch) -> list[Path]:
     embedded: list[Path] = []
     original = build_module.embed_dataset
-    monkeypatch.setattr(build_module, "embed_dataset",
-                        lambda model, dataset, **kw: embedded.extend(dataset.paths) or original(model, dataset, **kw))
+    monkeypatch.setattr(
+        build_module,
+        "embed_dataset",
+        lambda model, dataset, **kw: embedded.extend(dataset.paths) or original(model, dataset, **kw),
+    )
     return embedded
 
 
@@ -171,8 +174,9 @@ KILLER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("point, in_force", [("shard", 1), ("snapshot", 1), ("rows", 1), ("manifest", 2),
-                                             ("convert", 1)])
+@pytest.mark.parametrize(
+    "point, in_force", [("shard", 1), ("snapshot", 1), ("rows", 1), ("manifest", 2), ("convert", 1)]
+)
 def test_a_kill_at_any_step_of_an_update_leaves_version_v_or_v_plus_1(tmp_path, point, in_force):
     gallery = write_gallery(tmp_path / "photos", num_classes=2, per_class=4)
     items = read_gallery(gallery.root)
@@ -185,8 +189,13 @@ def test_a_kill_at_any_step_of_an_update_leaves_version_v_or_v_plus_1(tmp_path, 
     script = tmp_path / "killer.py"
     script.write_text(KILLER)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(build_module.__file__).parents[2])])}
-    done = subprocess.run([sys.executable, str(script), point, str(tmp_path / "index"), str(gallery.root),
-                           str(gallery.paths[0])], env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, str(script), point, str(tmp_path / "index"), str(gallery.root), str(gallery.paths[0])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == -signal.SIGKILL, done.stderr
 
     searcher = Searcher(tmp_path / "index")  # a reader sees exactly one version
@@ -231,7 +240,12 @@ def test_an_index_of_format_1_is_searched_as_it_is_and_converted_by_the_next_upd
     report = index_gallery(tmp_path / "index", read_gallery(listing), **QUIET)
     assert (report.added, report.already_indexed, report.version) == (1, 12, 3)  # v2: the conversion, v3: the add
     assert sorted(p.name for p in (tmp_path / "index").iterdir() if not p.name.startswith(".")) == [
-        "config.json", "manifest.json", "metadata.sqlite", "vectors-000002.npy", "vectors-000003.npy"]
+        "config.json",
+        "manifest.json",
+        "metadata.sqlite",
+        "vectors-000002.npy",
+        "vectors-000003.npy",
+    ]
     converted = Searcher(tmp_path / "index")
     top = converted.search(paths[4], k=5)  # the same ids and scores as before the conversion
     assert [m.id for m in top] == expected_ids and [m.score for m in top] == pytest.approx(expected_scores)
@@ -244,15 +258,20 @@ def test_an_index_of_format_1_is_searched_as_it_is_and_converted_by_the_next_upd
 def test_bad_removals_and_filters_are_one_line_exit_2_and_change_no_byte(tmp_path, capsys):
     listing, paths = write_list(tmp_path)
     out = tmp_path / "index"
-    code, _, err = run_cli(capsys, "index", "--images", str(listing), "--out", str(out), *FROZEN_ARGS,
-                           "--workers", "0", "--quiet")
+    code, _, err = run_cli(
+        capsys, "index", "--images", str(listing), "--out", str(out), *FROZEN_ARGS, "--workers", "0", "--quiet"
+    )
     assert code == 0, err
     before = snapshot_bytes(out)
     cases = [
-        (["index", "--out", str(out), "--remove", str(paths[0]), "--remove", str(tmp_path / "nope.jpg")],
-         "nope.jpg: not in the index"),
-        (["index", "--out", str(out), "--images", str(listing), "--remove", str(tmp_path / "photos")],
-         "photos: not in the index"),
+        (
+            ["index", "--out", str(out), "--remove", str(paths[0]), "--remove", str(tmp_path / "nope.jpg")],
+            "nope.jpg: not in the index",
+        ),
+        (
+            ["index", "--out", str(out), "--images", str(listing), "--remove", str(tmp_path / "photos")],
+            "photos: not in the index",
+        ),
         (["search", "--index", str(out), str(paths[0]), "--filter", "colour=red"], "no field 'colour'"),
         (["search", "--index", str(out), str(paths[0]), "--filter", "year>=abc"], "'abc' is not a number"),
         (["search", "--index", str(out), str(paths[0]), "--filter", "label"], "not understood"),
@@ -267,24 +286,35 @@ def test_bad_removals_and_filters_are_one_line_exit_2_and_change_no_byte(tmp_pat
 # --- filters ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, parsed", [
-    ("label=Cardinal", Filter("label", values=("Cardinal",))),
-    ("label == Blue Jay", Filter("label", values=("Blue Jay",))),
-    ("label in A, B,C", Filter("label", values=("A", "B", "C"))),
-    ("year>=2000", Filter("year", low=2000.0)),
-    ("price<10", Filter("price", high=10.0, high_inclusive=False)),
-    ("10<=year<20", Filter("year", low=10.0, high=20.0, high_inclusive=False)),
-    ("a b>1e3", Filter("a b", low=1000.0, low_inclusive=False)),
-])
+@pytest.mark.parametrize(
+    "text, parsed",
+    [
+        ("label=Cardinal", Filter("label", values=("Cardinal",))),
+        ("label == Blue Jay", Filter("label", values=("Blue Jay",))),
+        ("label in A, B,C", Filter("label", values=("A", "B", "C"))),
+        ("year>=2000", Filter("year", low=2000.0)),
+        ("price<10", Filter("price", high=10.0, high_inclusive=False)),
+        ("10<=year<20", Filter("year", low=10.0, high=20.0, high_inclusive=False)),
+        ("a b>1e3", Filter("a b", low=1000.0, low_inclusive=False)),
+    ],
+)
 def test_filter_strings_parse_to_one_explicit_type(text, parsed):
     assert Filter.parse(text) == parsed
     assert Filter.parse(str(parsed)) == parsed  # what str() shows parses back
 
 
-@pytest.mark.parametrize("text, message", [
-    ("", "empty"), ("label=", "no value"), ("year>=x", "'x' is not a number"), ("5<=year<=1", "range is empty"),
-    ("label in A,,B", "empty value"), ("label!=A", "not understood"), ("=A", "not understood"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("", "empty"),
+        ("label=", "no value"),
+        ("year>=x", "'x' is not a number"),
+        ("5<=year<=1", "range is empty"),
+        ("label in A,,B", "empty value"),
+        ("label!=A", "not understood"),
+        ("=A", "not understood"),
+    ],
+)
 def test_malformed_filters_are_one_line_errors(text, message):
     with pytest.raises(DataError, match=message):
         Filter.parse(text)
@@ -321,13 +351,16 @@ def test_filtered_search_is_the_exact_top_k_of_the_kept_images(tmp_path, monkeyp
     # the check reports filtered recall of the approximate path for each kept fraction
     report = check_index(tmp_path / "index")
     assert set(report["filtered_recall@10"]) == {"50%", "10%"} and all(
-        0 < r <= 1 for r in report["filtered_recall@10"].values())
+        0 < r <= 1 for r in report["filtered_recall@10"].values()
+    )
 
 
 def test_list_fields_and_numbers_in_json_lists_filter_as_expected(tmp_path):
     gallery = write_gallery(tmp_path / "photos", num_classes=1, per_class=4)
-    rows = [{"path": str(p), "tags": ["red", "round"] if i % 2 else ["green"], "price": [9.5, "12", "n/a", 3][i]}
-            for i, p in enumerate(gallery.paths)]
+    rows = [
+        {"path": str(p), "tags": ["red", "round"] if i % 2 else ["green"], "price": [9.5, "12", "n/a", 3][i]}
+        for i, p in enumerate(gallery.paths)
+    ]
     (tmp_path / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     index_gallery(tmp_path / "index", read_gallery(tmp_path / "list.jsonl"), model=frozen_model(), **QUIET)
     index = GalleryIndex.load(tmp_path / "index")
@@ -343,10 +376,26 @@ def test_list_fields_and_numbers_in_json_lists_filter_as_expected(tmp_path):
 def test_search_and_index_commands_filter_and_remove(tmp_path, capsys):
     listing, paths = write_list(tmp_path)
     out = tmp_path / "index"
-    assert run_cli(capsys, "index", "--images", str(listing), "--out", str(out), *FROZEN_ARGS, "--workers", "0",
-                   "--quiet")[0] == 0
-    code, stdout, err = run_cli(capsys, "search", "--index", str(out), str(paths[0]), "-k", "20", "--json",
-                                "--filter", "label in class_1,class_2", "--filter", "year<2030")
+    assert (
+        run_cli(
+            capsys, "index", "--images", str(listing), "--out", str(out), *FROZEN_ARGS, "--workers", "0", "--quiet"
+        )[0]
+        == 0
+    )
+    code, stdout, err = run_cli(
+        capsys,
+        "search",
+        "--index",
+        str(out),
+        str(paths[0]),
+        "-k",
+        "20",
+        "--json",
+        "--filter",
+        "label in class_1,class_2",
+        "--filter",
+        "year<2030",
+    )
     assert code == 0, err
     [result] = json.loads(stdout)
     assert [r["id"] for r in result["results"]] and {r["id"] for r in result["results"]} == {4, 5, 6, 7}
@@ -361,8 +410,11 @@ def test_post_search_filters_over_http(gallery_index, tmp_path):
     searcher = Searcher(index)
     query = gallery.paths[0].read_bytes()
     with serve_in_thread(create_app(searcher)) as url, httpx.Client(base_url=url, timeout=60) as client:
-        answer = client.post("/search", files={"file": ("q.jpg", query, "image/jpeg")},
-                             data={"k": "5", "filter": ["label in class_1,class_2", "label=class_2"]})
+        answer = client.post(
+            "/search",
+            files={"file": ("q.jpg", query, "image/jpeg")},
+            data={"k": "5", "filter": ["label in class_1,class_2", "label=class_2"]},
+        )
         assert answer.status_code == 200, answer.text
         results = answer.json()["results"]
         assert len(results) == 5 and {r["label"] for r in results} == {"class_2"}
@@ -377,7 +429,9 @@ def test_post_search_filters_over_http(gallery_index, tmp_path):
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (`apt-get install chromium`)")
+@pytest.mark.skipif(
+    not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium (`apt-get install chromium`)"
+)
 def test_the_page_filter_input_restricts_the_results(gallery_index):
     from playwright.sync_api import expect, sync_playwright
 
@@ -385,8 +439,16 @@ def test_the_page_filter_input_restricts_the_results(gallery_index):
     searcher = Searcher(index)
     expected = searcher.search(gallery.paths[0], k=4, filter=["label in class_1,class_2", "label=class_2"])
     with serve_in_thread(create_app(searcher)) as url, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-dev-shm-usage"])
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+            ],
+        )
         try:
             page = browser.new_page()
             page.goto(url + "/")

@@ -94,10 +94,12 @@ def _grads(dpt: DPTLoss, views):
         out = dpt({k: (leaves[k], y) for k, (_, y) in views.items()})
         targets = [dpt.proxy_anchor.proxies, *leaves.values()]
         grads = torch.autograd.grad(out.total, targets, allow_unused=True)
-        return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, targets)]
+        return [g if g is not None else torch.zeros_like(t) for g, t in zip(grads, targets, strict=True)]
 
     with_transfer, without = total_grads(3.0), total_grads(0.0)
-    return dict(zip(["proxies", *views], [(a - b) / 3.0 for a, b in zip(with_transfer, without)]))
+    return dict(
+        zip(["proxies", *views], [(a - b) / 3.0 for a, b in zip(with_transfer, without, strict=True)], strict=True)
+    )
 
 
 @pytest.mark.parametrize("transfer", ["proxy", "teacher", "embedding", "relation"])

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
-
 from conftest import TINY_BACKBONE, TINY_IMG, tiny_run_config, write_cub
+
 from dva.config import ModelConfig
 from dva.errors import CheckpointError, ConfigError
 from dva.losses import DPTLoss
@@ -37,8 +37,9 @@ FINE_TUNING = ("full", "partial-attn", "partial-proj", "partial-mlp")
 
 
 def tiny(method: str, **options) -> torch.nn.Module:
-    return create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method=method,
-                        method_options=options, rank=4)
+    return create_model(
+        backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method=method, method_options=options, rank=4
+    )
 
 
 def test_every_registered_method_is_covered():
@@ -99,7 +100,7 @@ def test_trained_adapters_change_the_output_and_survive_merge_adapters():
     for method in ("adaptformer", "clip-adapter"):
         model = tiny(method).eval()
         torch.manual_seed(3)
-        for name, p in model.named_parameters():
+        for _name, p in model.named_parameters():
             if p.requires_grad:
                 torch.nn.init.normal_(p, std=0.2)
         with torch.no_grad():
@@ -184,8 +185,9 @@ def test_a_trained_run_rebuilds_to_the_trained_model(method, tmp_path):
 
 def test_model_config_keeps_method_options_through_save_and_load(tmp_path):
     config = tiny_run_config(tmp_path)
-    config.model = ModelConfig(backbone=TINY_BACKBONE, pretrained=False, method="adaptformer",
-                               method_options={"bottleneck": 16, "scale": 0.5})
+    config.model = ModelConfig(
+        backbone=TINY_BACKBONE, pretrained=False, method="adaptformer", method_options={"bottleneck": 16, "scale": 0.5}
+    )
     config.save(tmp_path / "config.json")
     loaded = type(config).load(tmp_path / "config.json")
     assert loaded.model.method_options == {"bottleneck": 16, "scale": 0.5}
@@ -197,10 +199,36 @@ def test_train_cli_passes_method_options_into_the_run(cub_root, tmp_path, capsys
     from dva.cli import main
 
     with pytest.raises(SystemExit) as done:
-        main(["train", "--dataset", "cub", "--data", str(cub_root.root), "--backbone", TINY_BACKBONE, "--no-pretrained",
-              "--img-size", str(TINY_IMG), "--method", "clip-adapter", "--method-option", "ratio=0.5",
-              "--method-option", "reduction=8", "--epochs", "1", "--batch-size", "8", "--workers", "0",
-              "--out", str(tmp_path / "run"), "--quiet", "--json"])
+        main(
+            [
+                "train",
+                "--dataset",
+                "cub",
+                "--data",
+                str(cub_root.root),
+                "--backbone",
+                TINY_BACKBONE,
+                "--no-pretrained",
+                "--img-size",
+                str(TINY_IMG),
+                "--method",
+                "clip-adapter",
+                "--method-option",
+                "ratio=0.5",
+                "--method-option",
+                "reduction=8",
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--workers",
+                "0",
+                "--out",
+                str(tmp_path / "run"),
+                "--quiet",
+                "--json",
+            ]
+        )
     assert done.value.code == 0
     assert json.loads(capsys.readouterr().out)["trainable_params"] == 2 * 64 * 8
     head = Run(tmp_path / "run").load_model().head
@@ -216,14 +244,16 @@ def test_vpt_deep_with_no_prompts_is_exactly_the_frozen_model():
         assert torch.equal(tiny("vpt-deep", num_prompts=0).eval()(x), tiny("frozen").eval()(x))
 
 
-@pytest.mark.parametrize("backbone, img_size, prefix", [(TINY_BACKBONE, TINY_IMG, 1),
-                                                        ("vit_small_patch14_dinov2", 28, 1),
-                                                        ("vit_small_patch14_reg4_dinov2", 28, 5)])
+@pytest.mark.parametrize(
+    "backbone, img_size, prefix",
+    [(TINY_BACKBONE, TINY_IMG, 1), ("vit_small_patch14_dinov2", 28, 1), ("vit_small_patch14_reg4_dinov2", 28, 5)],
+)
 def test_vpt_deep_prompts_sit_after_the_prefix_tokens_and_leave_before_the_norm(backbone, img_size, prefix):
     from dva.models.vpt import PromptedBlock
 
-    model = create_model(backbone=backbone, pretrained=False, img_size=img_size, method="vpt-deep",
-                         method_options={"num_prompts": 3}).eval()
+    model = create_model(
+        backbone=backbone, pretrained=False, img_size=img_size, method="vpt-deep", method_options={"num_prompts": 3}
+    ).eval()
     block = model.backbone.blocks[0]
     assert isinstance(block, PromptedBlock) and block.num_prefix_tokens == prefix
     seen = []
@@ -235,7 +265,7 @@ def test_vpt_deep_prompts_sit_after_the_prefix_tokens_and_leave_before_the_norm(
         out = model(x)
     tokens = prefix + (img_size // model.backbone.patch_embed.patch_size[0]) ** 2
     assert seen[0].shape[1] == tokens + 3 and final[0].shape[1] == tokens
-    assert torch.equal(seen[0][:, prefix:prefix + 3], block.prompts.expand(2, -1, -1))  # right after the prefix
+    assert torch.equal(seen[0][:, prefix : prefix + 3], block.prompts.expand(2, -1, -1))  # right after the prefix
     torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
     with torch.no_grad():  # the embedding is the CLS token after the final norm
         cls = torch.nn.functional.normalize(model.backbone.norm(final[0])[:, 0], dim=-1)
@@ -324,15 +354,16 @@ def test_lora_is_icas_layer_scaled_by_alpha_over_rank_and_merges():
     from dva.models.ica import ICALinear
 
     lora = tiny("lora", rank=4, alpha=8.0).eval()
-    ica = create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica", rank=4,
-                       scale=2.0).eval()
+    ica = create_model(
+        backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method="ica", rank=4, scale=2.0
+    ).eval()
     layer = lora.backbone.blocks[0].attn.qkv
     assert isinstance(layer, ICALinear) and layer.config.targets == ("q", "v") and layer.config.scale == 2.0
     x = torch.randn(2, 3, TINY_IMG, TINY_IMG)
     with torch.no_grad():
         assert torch.equal(lora(x), tiny("frozen").eval()(x))  # up starts at zero
         torch.manual_seed(1)
-        for name, p in lora.named_parameters():
+        for _name, p in lora.named_parameters():
             if p.requires_grad:
                 torch.nn.init.normal_(p, std=0.1)
         ica.load_state_dict(lora.state_dict())
@@ -359,6 +390,16 @@ def test_params_cli_counts_the_peers_with_their_options(capsys, backbone, method
     from conftest import run_cli
 
     args = [a for o in options for a in ("--method-option", o)]
-    code, out, _ = run_cli(capsys, "params", "--backbone", backbone, "--img-size", "112" if "dinov2" in backbone
-                           else "224", "--method", method, *args, "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "params",
+        "--backbone",
+        backbone,
+        "--img-size",
+        "112" if "dinov2" in backbone else "224",
+        "--method",
+        method,
+        *args,
+        "--json",
+    )
     assert code == 0 and json.loads(out)["trainable"] == trainable

@@ -65,7 +65,9 @@ def test_map_at_r_perfect_and_singletons():
     assert map_at_r(x, y) == pytest.approx(1.0)
 
 
-@pytest.mark.parametrize("x, y", [(np.zeros((3, 2)), np.zeros(2)), (np.zeros((1, 2)), np.zeros(1)), (np.zeros(3), np.zeros(3))])
+@pytest.mark.parametrize(
+    "x, y", [(np.zeros((3, 2)), np.zeros(2)), (np.zeros((1, 2)), np.zeros(1)), (np.zeros(3), np.zeros(3))]
+)
 def test_bad_shapes_are_refused(x, y):
     with pytest.raises(ValueError):
         recall_at_k(x, y)

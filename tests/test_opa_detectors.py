@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CUB100
 from PIL import Image
 
-from conftest import CUB100
 from dva.data.records import ImageRecord
 from dva.errors import ConfigError, DataError
 from dva.opa import Detection, create_detector, list_detectors
@@ -41,14 +41,38 @@ def grounding_dino_dir(tmp_path_factory) -> Path:
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", "a", "bird", "black", "footed", "albatross"]
     (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
     tokenizer = BertTokenizerFast(vocab=str(folder / "vocab.txt"), do_lower_case=True)
-    swin = SwinConfig(window_size=7, embed_dim=8, depths=[1, 1, 1, 1], num_heads=[1, 1, 1, 1], image_size=64,
-                      out_features=["stage2", "stage3", "stage4"], out_indices=[2, 3, 4])
+    swin = SwinConfig(
+        window_size=7,
+        embed_dim=8,
+        depths=[1, 1, 1, 1],
+        num_heads=[1, 1, 1, 1],
+        image_size=64,
+        out_features=["stage2", "stage3", "stage4"],
+        out_indices=[2, 3, 4],
+    )
     config = GroundingDinoConfig(
-        d_model=32, encoder_layers=1, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2,
-        encoder_ffn_dim=8, decoder_ffn_dim=8, num_queries=5, encoder_n_points=2, decoder_n_points=2,
-        use_timm_backbone=False, backbone_config=swin, max_text_len=16,
-        text_config={"model_type": "bert", "hidden_size": 8, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "intermediate_size": 8, "max_position_embeddings": 16, "vocab_size": len(vocab)},
+        d_model=32,
+        encoder_layers=1,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=8,
+        decoder_ffn_dim=8,
+        num_queries=5,
+        encoder_n_points=2,
+        decoder_n_points=2,
+        use_timm_backbone=False,
+        backbone_config=swin,
+        max_text_len=16,
+        text_config={
+            "model_type": "bert",
+            "hidden_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "intermediate_size": 8,
+            "max_position_embeddings": 16,
+            "vocab_size": len(vocab),
+        },
     )
     torch.manual_seed(0)
     GroundingDinoForObjectDetection(config).save_pretrained(folder)
@@ -75,11 +99,25 @@ def owlv2_dir(tmp_path_factory) -> Path:
     vocab = {t: i for i, t in enumerate(tokens)}
     tokenizer = CLIPTokenizer(vocab=vocab, merges=[("b", "i"), ("bi", "r"), ("bir", "d</w>")])
     config = Owlv2Config(
-        text_config={"vocab_size": len(vocab), "hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1,
-                     "num_attention_heads": 2, "max_position_embeddings": 16, "bos_token_id": 9, "eos_token_id": 10,
-                     "pad_token_id": 10},
-        vision_config={"hidden_size": 16, "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": len(vocab),
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 16,
+            "bos_token_id": 9,
+            "eos_token_id": 10,
+            "pad_token_id": 10,
+        },
+        vision_config={
+            "hidden_size": 16,
+            "intermediate_size": 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=16,
     )
     torch.manual_seed(0)
@@ -130,8 +168,9 @@ def test_prompts():
 
 
 def test_grounding_dino_end_to_end_on_a_random_model(grounding_dino_dir):
-    detector = create_detector("groundingdino", model=str(grounding_dino_dir), box_threshold=0.0, text_threshold=0.0,
-                               device="cpu")
+    detector = create_detector(
+        "groundingdino", model=str(grounding_dino_dir), box_threshold=0.0, text_threshold=0.0, device="cpu"
+    )
     assert detector.settings() == {"model": str(grounding_dino_dir), "box_threshold": 0.0, "text_threshold": 0.0}
     found = detector.detect(image(), "bird")
     assert isinstance(found, Detection) and 0 <= found.score <= 1
@@ -164,7 +203,9 @@ def test_owlv2_end_to_end_and_square_padding(owlv2_dir, monkeypatch):
     seen = force_outputs(monkeypatch, detector.model, best=5, logit=1.0, box_cxcywh=(0.5, 0.25, 0.5, 0.5))
     found = detector.detect(image(), "Bird.")
     assert detector.processor.tokenizer.convert_ids_to_tokens(seen["input_ids"][0]) == [
-        "<|startoftext|>", "bird</w>", "<|endoftext|>"
+        "<|startoftext|>",
+        "bird</w>",
+        "<|endoftext|>",
     ]
     assert found.score == pytest.approx(1 / (1 + math.exp(-1.0)), rel=1e-5)
     # relative to the 120x120 padded square: y 0..0.5 is 0..60 px, not 0..40

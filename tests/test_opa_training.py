@@ -8,10 +8,10 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_IMG, tiny_run_config
 from PIL import Image
 from safetensors.torch import load_file
 
-from conftest import TINY_IMG, tiny_run_config
 from dva.data import load_catalog, make_split
 from dva.errors import ConfigError
 from dva.evaluate import embed_records
@@ -104,8 +104,9 @@ def test_fallbacks_are_counted_in_the_epoch_log_as_the_contact_sheet_counts_them
 
     split = make_split(load_catalog("cub", cub_root.root), "open")
     boxes = tmp_path / "boxes.jsonl"
-    detect_boxes(create_detector("dataset"), {"train": split.train}, boxes, dataset="cub", root=cub_root.root,
-                 progress=False)
+    detect_boxes(
+        create_detector("dataset"), {"train": split.train}, boxes, dataset="cub", root=cub_root.root, progress=False
+    )
     header, *rows = boxes.read_text().splitlines()
     rows = [json.loads(r) for r in rows]
     rows[2]["score"] = 0.3  # not trusted
@@ -122,7 +123,8 @@ def test_fallbacks_are_counted_in_the_epoch_log_as_the_contact_sheet_counts_them
     # `dva views` on the same file predicts the log: one rule (ViewPolicy) decides both
     sheet = box_statistics(read_box_file(boxes, root=cub_root.root))
     assert {k: sheet[k] for k in ("low_score", "large_box", "no_detection")} == {
-        k: events[k] for k in ("low_score", "large_box", "no_detection")}
+        k: events[k] for k in ("low_score", "large_box", "no_detection")
+    }
     assert sheet["images"] + events["no_box"] == len(split.train) and sheet["background"] == 19
 
 
@@ -139,8 +141,15 @@ def test_opa_at_test_time_embeds_discriminative_views(cub_root, tmp_path):
 
     split = make_split(load_catalog("cub", cub_root.root), "open")
     boxes = tmp_path / "boxes.jsonl"
-    detect_boxes(create_detector("dataset"), {"test": split.test}, boxes, dataset="cub", root=cub_root.root,
-                 limit=20, progress=False)  # 4 test images left without a box
+    detect_boxes(
+        create_detector("dataset"),
+        {"test": split.test},
+        boxes,
+        dataset="cub",
+        root=cub_root.root,
+        limit=20,
+        progress=False,
+    )  # 4 test images left without a box
     config = tiny_run_config(cub_root.root)
     view, counts = discriminative_views(boxes, split.test, config, root=str(cub_root.root), dataset="cub")
     assert counts == {"discriminative": 20, "no_box": 4}
@@ -164,24 +173,65 @@ def dva_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 def test_cli_detect_views_train_and_eval_with_opa(cub_root, tmp_path):
     data = ["--dataset", "cub", "--data", str(cub_root.root)]
     boxes = tmp_path / "boxes.jsonl"
-    report = json.loads(dva_cli("detect", "--detector", "dataset", *data, "--test-only", "--out", str(boxes),
-                                "--quiet", "--json").stdout)
+    report = json.loads(
+        dva_cli(
+            "detect", "--detector", "dataset", *data, "--test-only", "--out", str(boxes), "--quiet", "--json"
+        ).stdout
+    )
     assert report["images"] == 24
-    report = json.loads(dva_cli("detect", "--detector", "dataset", *data, "--include-test", "--out", str(boxes),
-                                "--quiet", "--json").stdout)
+    report = json.loads(
+        dva_cli(
+            "detect", "--detector", "dataset", *data, "--include-test", "--out", str(boxes), "--quiet", "--json"
+        ).stdout
+    )
     assert report["images"] == 48 and report["already_cached"] == 24 and report["detected_now"] == 24
 
-    sheet = json.loads(dva_cli("views", "--boxes", str(boxes), "--out", str(tmp_path / "sheet"), "--limit", "3",
-                               "--tile", "64", "--per-row", "2", "--json").stdout)
+    sheet = json.loads(
+        dva_cli(
+            "views",
+            "--boxes",
+            str(boxes),
+            "--out",
+            str(tmp_path / "sheet"),
+            "--limit",
+            "3",
+            "--tile",
+            "64",
+            "--per-row",
+            "2",
+            "--json",
+        ).stdout
+    )
     assert sheet["shown"] == 3 and sheet["background"] == 48 and sheet["low_score"] == 0
     with Image.open(sheet["sheet"]) as png:
         assert png.format == "PNG" and png.width == 2 * 3 * 64 + 6  # two images per row, 6 px apart
 
     run = tmp_path / "run"
-    summary = json.loads(dva_cli(
-        "train", *data, "--boxes", str(boxes), "--backbone", "test_vit", "--no-pretrained", "--img-size", "32",
-        "--rank", "4", "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(run), "--quiet", "--json",
-    ).stdout)
+    summary = json.loads(
+        dva_cli(
+            "train",
+            *data,
+            "--boxes",
+            str(boxes),
+            "--backbone",
+            "test_vit",
+            "--no-pretrained",
+            "--img-size",
+            "32",
+            "--rank",
+            "4",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "8",
+            "--workers",
+            "0",
+            "--out",
+            str(run),
+            "--quiet",
+            "--json",
+        ).stdout
+    )
     assert summary["method"] == "dva"  # the default method
 
     metrics = json.loads(dva_cli("eval", "--run", str(run), "--opa-test", "--workers", "0", "--quiet", "--json").stdout)

@@ -59,10 +59,13 @@ def test_enlarged_box_is_clipped_to_the_image():
     assert np.array_equal(pixels(view), pixels(image.crop((0, 6, 100, 94))))
 
 
-@pytest.mark.parametrize("box, crop_box, size, offset", [
-    ((40, 20, 60, 180), (39, 12, 61, 188), (132, 176), (55, 0)),  # tall: 22x176 -> width 132 (3:4)
-    ((20, 90, 180, 110), (12, 89, 188, 111), (176, 132), (0, 55)),  # wide: 176x22 -> height 132
-])
+@pytest.mark.parametrize(
+    "box, crop_box, size, offset",
+    [
+        ((40, 20, 60, 180), (39, 12, 61, 188), (132, 176), (55, 0)),  # tall: 22x176 -> width 132 (3:4)
+        ((20, 90, 180, 110), (12, 89, 188, 111), (176, 132), (0, 55)),  # wide: 176x22 -> height 132
+    ],
+)
 def test_short_side_is_padded_to_the_aspect_ratio_without_distorting_the_object(box, crop_box, size, offset):
     image = noise_image(200, 200)
     view = discriminative_view(image, box, 0.9)
@@ -124,14 +127,17 @@ def test_no_background_view_when_the_box_covers_half_the_image_or_more():
     assert policy_background(image, (0, 0, 30, 30), background=False) is None
 
 
-@pytest.mark.parametrize("found, size, background, expected", [
-    (NOT_LISTED, None, True, "no_box"),
-    (None, None, True, "no_detection"),
-    (Detection((0.0, 0.0, 10.0, 10.0), 0.49), None, True, "low_score"),
-    (Detection((0.0, 0.0, 50.0, 100.0), 0.5), (100, 100), True, "large_box"),
-    (Detection((0.0, 0.0, 49.0, 100.0), 0.5), (100, 100), True, "background"),
-    (Detection((0.0, 0.0, 50.0, 100.0), 0.5), None, False, "discriminative"),
-])
+@pytest.mark.parametrize(
+    "found, size, background, expected",
+    [
+        (NOT_LISTED, None, True, "no_box"),
+        (None, None, True, "no_detection"),
+        (Detection((0.0, 0.0, 10.0, 10.0), 0.49), None, True, "low_score"),
+        (Detection((0.0, 0.0, 50.0, 100.0), 0.5), (100, 100), True, "large_box"),
+        (Detection((0.0, 0.0, 49.0, 100.0), 0.5), (100, 100), True, "background"),
+        (Detection((0.0, 0.0, 50.0, 100.0), 0.5), None, False, "discriminative"),
+    ],
+)
 def test_policy_outcome_names_what_the_views_will_be(found, size, background, expected):
     policy = ViewPolicy(background=background)
     assert policy.outcome(found, size) == expected
@@ -166,8 +172,12 @@ def test_contact_sheet_shows_every_outcome(tmp_path):
 
     path = tmp_path / "a.png"
     noise_image(100, 100).save(path)
-    kinds = {"background": ((10, 10, 40, 40), 0.9), "large_box": ((0, 0, 90, 90), 0.9),
-             "low_score": ((10, 10, 40, 40), 0.2), "no_detection": (None, 0.0)}
+    kinds = {
+        "background": ((10, 10, 40, 40), 0.9),
+        "large_box": ((0, 0, 90, 90), 0.9),
+        "low_score": ((10, 10, 40, 40), 0.2),
+        "no_detection": (None, 0.0),
+    }
     counts = {"background": 20, "large_box": 20, "low_score": 1, "no_detection": 1}  # two rare outcomes
     entries = [BoxEntry(path, *kinds[k], (100, 100), f"{k}:{i}") for k, n in counts.items() for i in range(n)]
     chosen = pick(entries, 8)

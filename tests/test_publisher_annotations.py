@@ -12,9 +12,9 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import SHARED
 from PIL import Image
 
-from conftest import SHARED
 from dva.data import load_catalog, make_split
 from dva.data.matfile import read_mat, struct_rows
 
@@ -55,8 +55,11 @@ def counts(side) -> tuple[int, int]:
 def test_cub_200_2011_published_counts(tmp_path):
     source = annotations("CUB_200_2011")
     root = tmp_path / "CUB_200_2011"
-    link_files(source, root, ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt",
-                              "bounding_boxes.txt"])
+    link_files(
+        source,
+        root,
+        ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt", "bounding_boxes.txt"],
+    )
     placeholders(listed_paths(source / "images.txt", root), tmp_path)
 
     catalog = load_catalog("cub", tmp_path)
@@ -74,8 +77,19 @@ def test_cub_200_2011_published_counts(tmp_path):
 def test_nabirds_published_counts_and_boxes_clipped_to_sizes_txt(tmp_path):
     source = annotations("nabirds")
     root = tmp_path / "nabirds"
-    link_files(source, root, ["images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt",
-                              "hierarchy.txt", "bounding_boxes.txt", "sizes.txt"])
+    link_files(
+        source,
+        root,
+        [
+            "images.txt",
+            "image_class_labels.txt",
+            "train_test_split.txt",
+            "classes.txt",
+            "hierarchy.txt",
+            "bounding_boxes.txt",
+            "sizes.txt",
+        ],
+    )
     placeholders(listed_paths(source / "images.txt", root), tmp_path)
 
     catalog = load_catalog("nabirds", tmp_path)
@@ -101,8 +115,10 @@ def test_stanford_cars_published_counts(tmp_path):
     link_files(source / "devkit", root / "devkit", ["cars_meta.mat", "cars_train_annos.mat"])
     link_files(source, root, ["cars_test_annos_withlabels.mat"])
     paths = []
-    for side, mat in (("cars_train", source / "devkit" / "cars_train_annos.mat"),
-                      ("cars_test", source / "cars_test_annos_withlabels.mat")):
+    for side, mat in (
+        ("cars_train", source / "devkit" / "cars_train_annos.mat"),
+        ("cars_test", source / "cars_test_annos_withlabels.mat"),
+    ):
         rows = struct_rows(read_mat(mat, ["annotations"]), "annotations", ("fname",), mat)
         paths += [root / side / str(row["fname"]) for row in rows]
     placeholders(paths, tmp_path)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_BACKBONE, TINY_IMG, run_cli, tiny_run_config
+from test_cli import dva
+
 from dva.errors import ConfigError
 from dva.evaluate.latency import compare_latency, measure_detector_latency
 from dva.models import create_model
@@ -26,16 +27,24 @@ from dva.reproduce import (
 )
 from dva.reproduce.tables import PROMPT_LR
 from dva.train.trainer import Trainer
-from test_cli import dva
-
 
 
 def write_box_file(path: Path, root: Path, paths: list[Path], *, detector: str = "dataset") -> Path:
     """A box cache as `dva detect` writes it: a header, then one trusted box per image."""
-    lines = [{"format": "dva-boxes", "version": 1, "detector": detector, "settings": {}, "prompt": None,
-              "dataset": "cub", "root": str(root)}]
-    lines += [{"path": str(p.relative_to(root)), "box": [4.0, 6.0, 30.0, 34.0], "score": 0.9, "size": [40, 40]}
-              for p in paths]
+    lines = [
+        {
+            "format": "dva-boxes",
+            "version": 1,
+            "detector": detector,
+            "settings": {},
+            "prompt": None,
+            "dataset": "cub",
+            "root": str(root),
+        }
+    ]
+    lines += [
+        {"path": str(p.relative_to(root)), "box": [4.0, 6.0, 30.0, 34.0], "score": 0.9, "size": [40, 40]} for p in paths
+    ]
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     return path
 
@@ -99,8 +108,18 @@ def test_run_rows_trains_shared_runs_once_and_resumes_without_training(base, tmp
         dva_row("lambda 0", {}, lambda_dist=0.0),  # the same run, evaluated on the original images
     ]
     out = tmp_path / "out"
-    first = run_rows(rows, base, out, seeds=(0, 1), test_boxes=base.opa.boxes, latency=True, detector_ms=5.0,
-                     detector_note="test detector", progress=False, log=lambda _: None)
+    first = run_rows(
+        rows,
+        base,
+        out,
+        seeds=(0, 1),
+        test_boxes=base.opa.boxes,
+        latency=True,
+        detector_ms=5.0,
+        detector_note="test detector",
+        progress=False,
+        log=lambda _: None,
+    )
     assert [(r.row.name, r.seed) for r in first] == [(row.name, s) for row in rows for s in (0, 1)]
     runs = {r.run_dir for r in first}
     assert len(runs) == 6 and all((d / "summary.json").is_file() for d in runs)  # 3 configs x 2 seeds
@@ -137,16 +156,43 @@ def _table(rows):
 
 def test_cli_table8_end_to_end_then_nothing_is_trained_again(cub_root, tmp_path, capsys):
     boxes = write_box_file(tmp_path / "boxes.jsonl", cub_root.root, cub_root.paths)
-    args = ("reproduce", "table8", "--dataset", "cub", "--data", str(cub_root.root), "--backbone", TINY_BACKBONE,
-            "--no-pretrained", "--image-size", str(TINY_IMG), "--epochs", "1", "--batch-size", "8", "--workers", "0",
-            "--boxes", str(boxes), "--test-boxes", str(boxes), "--out", str(tmp_path / "out"), "--quiet")
+    args = (
+        "reproduce",
+        "table8",
+        "--dataset",
+        "cub",
+        "--data",
+        str(cub_root.root),
+        "--backbone",
+        TINY_BACKBONE,
+        "--no-pretrained",
+        "--image-size",
+        str(TINY_IMG),
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--workers",
+        "0",
+        "--boxes",
+        str(boxes),
+        "--test-boxes",
+        str(boxes),
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+    )
     code, out, err = run_cli(capsys, *args)
     assert code == 0 and err.count(": training") == 4
     table = (tmp_path / "out" / "table8.md").read_text()
     assert table in out
     lines = [line for line in table.splitlines() if line.startswith("| Base")]
-    assert [line.split(" | ")[0] for line in lines] == ["| Base", "| Base + ICA", "| Base + ICA + OPA",
-                                                         "| Base + ICA + OPA + DPT"]
+    assert [line.split(" | ")[0] for line in lines] == [
+        "| Base",
+        "| Base + ICA",
+        "| Base + ICA + OPA",
+        "| Base + ICA + OPA + DPT",
+    ]
     assert lines[0].endswith(" / 1.51 |") and " / 86.8 | " in lines[2]
     saved = json.loads((tmp_path / "out" / "table8.json").read_text())
     assert saved["rows"][2]["ours"]["latency"]["detector"].startswith("dataset detector")
@@ -182,8 +228,10 @@ def test_cli_errors_name_the_missing_option(tmp_path, capsys):
 
 def test_compare_latency_times_every_model_and_leaves_them_unmerged():
     threads = torch.get_num_threads()
-    models = {m: create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method=m)
-              for m in ("frozen", "ica")}
+    models = {
+        m: create_model(backbone=TINY_BACKBONE, pretrained=False, img_size=TINY_IMG, method=m)
+        for m in ("frozen", "ica")
+    }
     timed = compare_latency(models, img_size=TINY_IMG, device="cpu", warmup=1, repeats=3)
     assert set(timed) == {"frozen", "ica"} and all(t.repeats == 3 and t.median_ms > 0 for t in timed.values())
     assert timed["ica"].device == "cpu, 1 thread(s)" and not models["ica"].is_merged

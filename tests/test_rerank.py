@@ -77,8 +77,9 @@ def test_dba_and_qe_vectors():
     np.testing.assert_allclose(query_expansion(q, x, flat, n=3, alpha=3.0)[1], _expand(q[1], x, 3, 3.0), atol=1e-5)
 
 
-@pytest.mark.parametrize("kwargs, field", [({"method": "qe"}, "rerank"), ({"n": 0}, "rerank_k"),
-                                           ({"alpha": -1.0}, "alpha")])
+@pytest.mark.parametrize(
+    "kwargs, field", [({"method": "qe"}, "rerank"), ({"n": 0}, "rerank_k"), ({"alpha": -1.0}, "alpha")]
+)
 def test_bad_rerank_options_name_the_option(kwargs, field):
     x, labels = clustered()
     options = {"method": "aqe", "n": 3, "alpha": 3.0, **kwargs}

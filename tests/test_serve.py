@@ -174,7 +174,10 @@ def test_serve_command_reads_the_key_from_the_environment(gallery_index, tmp_pat
     env = {**os.environ, "DVA_API_KEY": KEY}
     process = subprocess.Popen(
         [sys.executable, "-m", "dva", "serve", "--index", str(index), "--port", str(port)],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         url = f"http://127.0.0.1:{port}/healthz"
@@ -195,7 +198,9 @@ def test_serve_command_reads_the_key_from_the_environment(gallery_index, tmp_pat
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (`apt-get install chromium`; make test does)")
+@pytest.mark.skipif(
+    not CHROMIUM.exists(), reason="needs Debian's chromium (`apt-get install chromium`; make test does)"
+)
 def test_page_asks_for_the_key_then_shows_results(server, tmp_path):
     from playwright.sync_api import expect, sync_playwright
 
@@ -204,8 +209,13 @@ def test_page_asks_for_the_key_then_shows_results(server, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=str(CHROMIUM),
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-dev-shm-usage"],
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-dev-shm-usage",
+            ],
         )
         try:
             page = browser.new_page()

@@ -3,7 +3,6 @@ API keys, and request fields that were read too leniently. Real server on a loop
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 
@@ -103,8 +102,10 @@ def test_slow_clients_are_cut_off(site):
         s.sendall(b"POST /search HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         half_sent.append(s)
     slow_body = socket.create_connection(("127.0.0.1", port))
-    slow_body.sendall(b"POST /search/embedding HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      b"Content-Length: 1000\r\n\r\n{\"embedding\": [")
+    slow_body.sendall(
+        b"POST /search/embedding HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 1000\r\n\r\n{"embedding": ['
+    )
     try:
         for s in half_sent:  # closed by the server within its 1 s header timeout (margin for a busy machine)
             s.settimeout(8)

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
-from PIL import Image
 from conftest import serve_in_thread
+from PIL import Image
 
 from dva.index import Searcher
 from dva.serve import ServeSettings, create_app
@@ -33,6 +33,7 @@ SECONDS = 6.0  # the target is 2 s; 3x for a noisy shared machine
 
 def _png_rows(width: int, height: int, color_type: int, bit_depth: int, row: bytes) -> bytes:
     """A PNG written by hand (PIL takes seconds to encode a 1 x 40M image, this 0.2 s)."""
+
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 

@@ -10,8 +10,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
+
 from dva.index import IndexModel, index_gallery, read_gallery
 from dva.index.shards import shard_dir
 from dva.index.store import GalleryIndex
@@ -19,7 +19,6 @@ from dva.index.store import GalleryIndex
 SRC = Path(__file__).resolve().parents[1] / "src"
 MODEL = ["--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG)]
 QUIET = dict(num_workers=0, progress=False)
-
 
 
 def gallery_with_a_broken_image(root: Path):
@@ -55,8 +54,11 @@ def test_shards_merge_into_the_index_one_process_builds_and_grow_it_too(tmp_path
     code, stdout, _ = run_cli(capsys, *common, "--merge-shards", "--json")
     report = json.loads(stdout)
     assert code == 0 and (report["count"], report["added"]) == (single.count, single.added) == (20, 20)
-    assert [p for p, _ in report["unreadable"]] == [p for p, _ in single.unreadable] == [
-        str(tmp_path / "photos" / "class_2" / "broken.jpg")]  # reported once, by the shard that read it
+    assert (
+        [p for p, _ in report["unreadable"]]
+        == [p for p, _ in single.unreadable]
+        == [str(tmp_path / "photos" / "class_2" / "broken.jpg")]
+    )  # reported once, by the shard that read it
     assert_same_index(tmp_path / "sharded", tmp_path / "single")
     assert not shard_dir(out).exists()
 
@@ -93,15 +95,42 @@ def test_shards_of_another_gallery_or_split_are_refused(tmp_path, capsys):
 
 def test_torchrun_ranks_embed_shards_and_rank_0_builds_the_index(tmp_path):
     gallery_with_a_broken_image(tmp_path / "photos")
-    index_gallery(tmp_path / "single", read_gallery(tmp_path / "photos"),
-                  model=IndexModel.frozen(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG), **QUIET)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
-           "OMP_NUM_THREADS": "1"}
+    index_gallery(
+        tmp_path / "single",
+        read_gallery(tmp_path / "photos"),
+        model=IndexModel.frozen(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG),
+        **QUIET,
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",
+    }
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "dva",
-         "index", "--images", str(tmp_path / "photos"), "--out", str(tmp_path / "index"), *MODEL,
-         "--workers", "0", "--quiet", "--json"],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "dva",
+            "index",
+            "--images",
+            str(tmp_path / "photos"),
+            "--out",
+            str(tmp_path / "index"),
+            *MODEL,
+            "--workers",
+            "0",
+            "--quiet",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)  # printed once, by rank 0

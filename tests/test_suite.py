@@ -6,10 +6,10 @@ import json
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
-
 from conftest import TINY_BACKBONE, TINY_IMG, tiny_run_config, write_cub
 from layouts import write_aircraft, write_nabirds
+from typer.testing import CliRunner
+
 from dva.cli import app
 from dva.config import ModelConfig
 from dva.data import load_catalog, make_split
@@ -62,8 +62,20 @@ def test_suite_evaluates_every_dataset_found_with_the_paper_protocol(suite_root)
 
 def test_suite_command_prints_the_table_and_json(suite_root):
     root, run_dir = suite_root
-    base = ["eval", "--run", str(run_dir), "--suite", "paper", "--data-root", str(root), "--workers", "0",
-            "--device", "cpu", "--quiet"]
+    base = [
+        "eval",
+        "--run",
+        str(run_dir),
+        "--suite",
+        "paper",
+        "--data-root",
+        str(root),
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     table = CliRunner().invoke(app, base)  # in-process: the subprocess entry point is tested in test_cli
     assert table.exit_code == 0, table.output
     lines = table.stdout.splitlines()
@@ -82,8 +94,12 @@ def test_suite_command_prints_the_table_and_json(suite_root):
 def test_dataset_dir_overrides_the_conventional_folder(suite_root, tmp_path):
     write_aircraft(tmp_path / "my_planes", num_variants=3, per_class=3)
     results = evaluate_suite(
-        frozen_model(), None, img_size=TINY_IMG, dataset_dirs={"aircraft": tmp_path / "my_planes"},
-        only=["aircraft"], **FAST,
+        frozen_model(),
+        None,
+        img_size=TINY_IMG,
+        dataset_dirs={"aircraft": tmp_path / "my_planes"},
+        only=["aircraft"],
+        **FAST,
     )
     assert [(r.key, r.root, r.metrics["images"]) for r in results] == [("aircraft", str(tmp_path / "my_planes"), 9)]
     with pytest.raises(ConfigError, match="unknown dataset.*planes"):

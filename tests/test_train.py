@@ -8,9 +8,9 @@ import signal
 
 import pytest
 import torch
+from conftest import tiny_run_config, write_cub
 from safetensors.torch import load_file
 
-from conftest import tiny_run_config, write_cub
 from dva.config import RunConfig
 from dva.data import load_catalog, make_split
 from dva.errors import CheckpointError, ConfigError, DataError
@@ -180,5 +180,5 @@ def test_train_step_is_public_and_needs_no_data(tmp_path):
     batch = TrainBatch({ORIGINAL: (torch.randn(8, 3, 32, 32), torch.arange(8) % 4)}, [], Counter())
     parts = trainer.train_step(batch, step=0)
     assert parts["lr"] == 1e-3 and torch.isfinite(torch.tensor(parts["loss"]))
-    assert any(not torch.equal(a, b) for a, b in zip(before, up))  # up starts at zero and moved
+    assert any(not torch.equal(a, b) for a, b in zip(before, up, strict=True))  # up starts at zero and moved
     assert not (tmp_path / "run").exists()

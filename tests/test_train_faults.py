@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_run_config
 from safetensors.torch import load_file
 
 import dva._io
 import dva.checkpoint
-from conftest import tiny_run_config
 from dva.config import RunConfig
 from dva.errors import WriteError
 from dva.train import Trainer
@@ -66,13 +66,41 @@ def dva_cli(*args: str) -> None:
 
 
 def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cub_root, tmp_path):
-    args = ["train", "--dataset", "cub", "--data", str(cub_root.root), "--backbone", "test_vit", "--no-pretrained",
-            "--img-size", "32", "--method", "ica", "--rank", "4", "--epochs", "2", "--batch-size", "4",
-            "--device", "cpu", "--workers", "0", "--checkpoint-every", "2", "--quiet"]
+    args = [
+        "train",
+        "--dataset",
+        "cub",
+        "--data",
+        str(cub_root.root),
+        "--backbone",
+        "test_vit",
+        "--no-pretrained",
+        "--img-size",
+        "32",
+        "--method",
+        "ica",
+        "--rank",
+        "4",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "4",
+        "--device",
+        "cpu",
+        "--workers",
+        "0",
+        "--checkpoint-every",
+        "2",
+        "--quiet",
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(SRC), os.environ.get("PYTHONPATH")]))}
     marker = tmp_path / "paused"
-    killed = subprocess.Popen([sys.executable, "-c", PAUSING_TRAIN, str(marker), *args, "--out", str(tmp_path / "killed")],
-                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    killed = subprocess.Popen(
+        [sys.executable, "-c", PAUSING_TRAIN, str(marker), *args, "--out", str(tmp_path / "killed")],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         dva_cli(*args, "--out", str(tmp_path / "straight"))  # meanwhile, the uninterrupted run
         deadline = time.monotonic() + 120
@@ -92,8 +120,11 @@ def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(cub_root, tmp
 
 def snapshot(run_dir: Path, *, temporary: bool = True) -> dict[str, bytes]:
     """Every file's bytes (``temporary=False``: without the temporary file a save is writing)."""
-    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and (temporary or not p.name.endswith(".tmp"))}
+    return {
+        str(p.relative_to(run_dir)): p.read_bytes()
+        for p in sorted(run_dir.rglob("*"))
+        if p.is_file() and (temporary or not p.name.endswith(".tmp"))
+    }
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_resume_recovers(cub_root, tmp_path, monkeypatch):
@@ -116,8 +147,9 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint_and_resume_recover
 
     monkeypatch.setattr(dva.checkpoint, "save_file", save_until_the_disk_fills)
     with pytest.raises(WriteError, match=r"No space left on device.*unchanged.*dva train --resume"):
-        Trainer(tiny_run_config(cub_root.root, epochs=2, batch_size=4, checkpoint_every=2), run_dir,
-                progress=False).fit()
+        Trainer(
+            tiny_run_config(cub_root.root, epochs=2, batch_size=4, checkpoint_every=2), run_dir, progress=False
+        ).fit()
     after = snapshot(run_dir)
     assert seen["before"].keys() == after.keys()  # no half-written temporary file left behind, none lost
     for name, content in seen["before"].items():

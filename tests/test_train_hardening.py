@@ -47,12 +47,14 @@ def _stopped_run(tmp_path, **overrides) -> RunConfig:
 def test_config_on_resume_applies_what_may_change_and_refuses_the_rest(tmp_path, capsys):
     _stopped_run(tmp_path)
     (tmp_path / "lr.yaml").write_text("train:\n  lr: 0.5\n")
-    code, _, err = run_cli(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--config",
-                           str(tmp_path / "lr.yaml"), "--quiet")
+    code, _, err = run_cli(
+        capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "lr.yaml"), "--quiet"
+    )
     assert code == 2 and "train.lr: run has 0.001, asked 0.5" in err
     (tmp_path / "ok.yaml").write_text("train:\n  checkpoint_every: 3\n")
-    code, _, err = run_cli(capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--config",
-                           str(tmp_path / "ok.yaml"), "--quiet")
+    code, _, err = run_cli(
+        capsys, "train", "--resume", "--out", str(tmp_path / "run"), "--config", str(tmp_path / "ok.yaml"), "--quiet"
+    )
     assert code == 0, err
     assert RunConfig.load(tmp_path / "run/config.json").train.checkpoint_every == 3
 

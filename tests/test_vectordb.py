@@ -14,9 +14,9 @@ from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, serve_in_thr
 
 pytest.importorskip("qdrant_client", reason="qdrant-client is not installed (pip install 'dva[qdrant]')")
 
-from dva.errors import ConfigError, DataError, MissingDependency  # noqa: E402
-from dva.index import GalleryIndex, Searcher  # noqa: E402
-from dva.index.vectordb import QdrantConfig, QdrantGallery, check_server, push_index  # noqa: E402
+from dva.errors import ConfigError, DataError, MissingDependency  # noqa: E402 - after pytest.importorskip("qdrant_client")
+from dva.index import GalleryIndex, Searcher  # noqa: E402 - after pytest.importorskip("qdrant_client")
+from dva.index.vectordb import QdrantConfig, QdrantGallery, check_server, push_index  # noqa: E402 - after pytest.importorskip("qdrant_client")
 
 
 def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -104,7 +104,7 @@ def test_searcher_on_qdrant_returns_what_faiss_returns(pushed):
     _, index_dir, vectors = pushed
     local, remote = Searcher(index_dir), Searcher(index_dir, backend=vectors)
     queries = np.asarray(GalleryIndex.load(index_dir).embeddings[:4]) + 0.01
-    for a, b in zip(local.search_embeddings(queries, 5), remote.search_embeddings(queries, 5)):
+    for a, b in zip(local.search_embeddings(queries, 5), remote.search_embeddings(queries, 5), strict=True):
         assert [m.id for m in a] == [m.id for m in b]
         assert [(m.path, m.label, m.metadata) for m in a] == [(m.path, m.label, m.metadata) for m in b]
         np.testing.assert_allclose([m.score for m in a], [m.score for m in b], atol=1e-5)
@@ -136,8 +136,24 @@ def test_cli_index_fills_the_embedded_database_and_search_uses_it(capsys, tmp_pa
 
     photos = write_gallery(tmp_path / "photos", num_classes=3, per_class=3)
     out = tmp_path / "index"
-    build = ["index", "--frozen", "--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG),
-             "--images", str(photos.root), "--out", str(out), "--workers", "0", "--quiet", "--backend", "qdrant"]
+    build = [
+        "index",
+        "--frozen",
+        "--backbone",
+        TINY_BACKBONE,
+        "--no-pretrained",
+        "--img-size",
+        str(TINY_IMG),
+        "--images",
+        str(photos.root),
+        "--out",
+        str(out),
+        "--workers",
+        "0",
+        "--quiet",
+        "--backend",
+        "qdrant",
+    ]
     code, stdout, err = run_cli(capsys, *build)
     assert code == 0, err
     assert "9 images upserted into qdrant embedded" in stdout and (out / "qdrant").is_dir()
@@ -147,8 +163,9 @@ def test_cli_index_fills_the_embedded_database_and_search_uses_it(capsys, tmp_pa
     assert json.loads(stdout)["vectordb"]["pushed"] == 1  # only the new image
     searches = []
     for backend in ("faiss", "qdrant"):
-        code, stdout, err = run_cli(capsys, "search", "--index", str(out), str(photos.paths[4]), "-k", "3", "--json",
-                                    "--backend", backend)
+        code, stdout, err = run_cli(
+            capsys, "search", "--index", str(out), str(photos.paths[4]), "-k", "3", "--json", "--backend", backend
+        )
         assert code == 0, err
         searches.append([(m["id"], m["path"]) for m in json.loads(stdout)[0]["results"]])
     assert searches[0] == searches[1] and searches[1][0][1] == str(photos.paths[4])
@@ -178,10 +195,24 @@ def test_a_database_that_goes_away_is_503_and_its_address_stays_in_the_log(pushe
 def test_an_unreachable_server_is_one_line_naming_it_and_exit_2(capsys, gallery_index, tmp_path, command):
     gallery, index_dir = gallery_index
     url = closed_port_url()
-    args = {"search": ["search", "--index", str(index_dir), str(gallery.paths[0])],
-            "serve": ["serve", "--index", str(index_dir), "--port", "1"],
-            "index": ["index", "--images", str(gallery.root), "--out", str(tmp_path / "new"), "--frozen",
-                      "--backbone", TINY_BACKBONE, "--no-pretrained", "--workers", "0", "--quiet"]}[command]
+    args = {
+        "search": ["search", "--index", str(index_dir), str(gallery.paths[0])],
+        "serve": ["serve", "--index", str(index_dir), "--port", "1"],
+        "index": [
+            "index",
+            "--images",
+            str(gallery.root),
+            "--out",
+            str(tmp_path / "new"),
+            "--frozen",
+            "--backbone",
+            TINY_BACKBONE,
+            "--no-pretrained",
+            "--workers",
+            "0",
+            "--quiet",
+        ],
+    }[command]
     code, _, err = run_cli(capsys, *args, "--backend", "qdrant", "--qdrant-url", url)
     assert code == 2
     assert err.count("\n") == 1 and err.startswith(f"error: {url}: cannot reach the Qdrant server")

@@ -56,8 +56,9 @@ def test_gradcam_comparison_of_a_trained_run(trained_run, tmp_path, capsys):
     frozen, adapted = frozen_and_adapted(model)
     assert frozen.is_merged is False and adapted.is_merged
     images = [Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 50, 3), dtype=np.uint8)) for i in range(2)]
-    figure = gradcam_comparison({"frozen": frozen, "adapted": adapted}, images, img_size=TINY_IMG, cell=64,
-                                reference=images[0])
+    figure = gradcam_comparison(
+        {"frozen": frozen, "adapted": adapted}, images, img_size=TINY_IMG, cell=64, reference=images[0]
+    )
     assert figure.size == (6 + 4 * 70, 12 + 10 + 2 * 70)  # columns: reference, image, frozen, adapted
     panels = np.asarray(figure)
     frozen_panel = panels[22:86, 6 + 2 * 70 : 6 + 2 * 70 + 64]
@@ -67,8 +68,9 @@ def test_gradcam_comparison_of_a_trained_run(trained_run, tmp_path, capsys):
     out = tmp_path / "cam.png"
     image = tmp_path / "bird.png"
     images[1].save(image)
-    code, stdout, _ = run_cli(capsys, "visualize", "gradcam", str(image), "--run", str(trained_run), "--out", str(out),
-                          "--cell", "48")
+    code, stdout, _ = run_cli(
+        capsys, "visualize", "gradcam", str(image), "--run", str(trained_run), "--out", str(out), "--cell", "48"
+    )
     assert code == 0 and Image.open(out).size == (6 + 3 * 54, 12 + 10 + 54)
 
     frozen_only = IndexModel.frozen("test_vit", pretrained=False, img_size=TINY_IMG)
@@ -95,8 +97,9 @@ def test_retrieval_grid_marks_matches_by_label(gallery_index, tmp_path, capsys):
     assert figure.shape[0] == header + 4 * cell_h + gap
 
     out = tmp_path / "grid.png"
-    code, stdout, _ = run_cli(capsys, "visualize", "grid", "--index", str(index), "--sample", "3", "-k", "4",
-                          "--out", str(out))
+    code, stdout, _ = run_cli(
+        capsys, "visualize", "grid", "--index", str(index), "--sample", "3", "-k", "4", "--out", str(out)
+    )
     assert code == 0 and "3 queries x top-4" in stdout and "/12 matches share the query's label" in stdout
     assert Image.open(out).size[0] == 2 * gap + 5 * (128 + gap)
 
@@ -106,8 +109,9 @@ def test_comparison_grid_asks_each_model_the_same_queries(gallery_index, trained
 
     gallery, frozen_dir = gallery_index
     trained_dir = tmp_path / "trained-index"
-    index_gallery(trained_dir, read_gallery(gallery.root), model=IndexModel.from_run(trained_run), num_workers=0,
-                  progress=False)
+    index_gallery(
+        trained_dir, read_gallery(gallery.root), model=IndexModel.from_run(trained_run), num_workers=0, progress=False
+    )
     frozen, trained = Searcher(frozen_dir), Searcher(trained_dir)
     rows = comparison_rows([frozen, trained], [gallery.paths[3]], sample=2, seed=0, k=4)
     assert [r.title for r in rows] == ["frozen", "ica"] * 3  # per query: the frozen row, then the trained one
@@ -120,8 +124,23 @@ def test_comparison_grid_asks_each_model_the_same_queries(gallery_index, trained
         assert rows[i].query_label == rows[i + 1].query_label is not None
 
     out = tmp_path / "compare.png"
-    code, stdout, err = run_cli(capsys, "visualize", "grid", "--index", str(frozen_dir), "--compare", str(trained_dir),
-                                "--sample", "2", "-k", "3", "--thumb", "40", "--out", str(out))
+    code, stdout, err = run_cli(
+        capsys,
+        "visualize",
+        "grid",
+        "--index",
+        str(frozen_dir),
+        "--compare",
+        str(trained_dir),
+        "--sample",
+        "2",
+        "-k",
+        "3",
+        "--thumb",
+        "40",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert "2 queries x top-3" in stdout and "frozen " in stdout and ", ica " in stdout
     header, gap, cell_h = 10 + 8, 6, 40 + 2 * (10 + 3) + 6

@@ -17,11 +17,18 @@ from dva._version import __version__
 #: dva.metrics`` must not pay for timm, faiss and the models (tests/test_imports.py).
 _LAZY = {
     "metrics": "dva.metrics",
-    "DataConfig": "dva.config", "ModelConfig": "dva.config", "OPAConfig": "dva.config", "RunConfig": "dva.config",
+    "DataConfig": "dva.config",
+    "ModelConfig": "dva.config",
+    "OPAConfig": "dva.config",
+    "RunConfig": "dva.config",
     "TrainConfig": "dva.config",
-    "CheckpointError": "dva.errors", "ConfigError": "dva.errors", "DataError": "dva.errors", "DvaError": "dva.errors",
+    "CheckpointError": "dva.errors",
+    "ConfigError": "dva.errors",
+    "DataError": "dva.errors",
+    "DvaError": "dva.errors",
     "Searcher": "dva.index",
-    "count_parameters": "dva.models", "create_model": "dva.models",
+    "count_parameters": "dva.models",
+    "create_model": "dva.models",
     "Run": "dva.runs",
 }
 

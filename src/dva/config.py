@@ -45,7 +45,6 @@ DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
 DEFAULT_METHOD = "dva"
 
 
-
 def setting(
     default: Any = dataclasses.MISSING,
     *,
@@ -84,7 +83,9 @@ class ModelConfig:
     )
     #: False builds the backbone with random weights, seeded by ``init_seed`` so a run can be
     #: rebuilt bit-for-bit later (tests and speed benchmarks use this).
-    pretrained: bool = setting(True, help="Pre-trained backbone weights (random weights, seeded, with --no-pretrained).")
+    pretrained: bool = setting(
+        True, help="Pre-trained backbone weights (random weights, seeded, with --no-pretrained)."
+    )
     init_seed: int = setting(0, help="Seed of the random backbone weights when not pretrained.")
     img_size: int = setting(224, help="Crop size (resize is img-size * 256/224). Paper: 224.", weights=False)
     #: See ``dva.models.methods``: "dva" (ICA + OPA + DPT, the paper's), "ica", "full", ...
@@ -116,8 +117,10 @@ class ModelConfig:
             if key not in taken:
                 continue
             if key in options and json.dumps(options[key]) != json.dumps(value, default=list):
-                raise ConfigError(f"model.{key}={value!r} and model.method_options.{key}={options[key]!r} disagree; "
-                                  f"keep the method option")
+                raise ConfigError(
+                    f"model.{key}={value!r} and model.method_options.{key}={options[key]!r} disagree; "
+                    f"keep the method option"
+                )
             options[key] = value
         if options or "method_options" in raw:
             raw["method_options"] = options
@@ -132,9 +135,7 @@ class DataConfig:
     root: str = setting("", help="Where the dataset lives.", identity=False)
     split: str = setting("open", help="open (paper: train on the first half of the classes) or the official split.")
     #: Used for logging and hyper-parameter choice; the test split is never used for selection.
-    val_classes: int = setting(
-        0, help="Hold out the last N training classes for validation (never the test split)."
-    )
+    val_classes: int = setting(0, help="Hold out the last N training classes for validation (never the test split).")
     #: Images are resized to ``resize_size`` squared, then cropped to ``ModelConfig.img_size``.
     resize_size: int | None = setting(None, help="Resize before the crop; default keeps the paper's 256/224 ratio.")
     num_workers: int = setting(2, help="DataLoader worker processes.", identity=False)
@@ -160,9 +161,7 @@ class OPAConfig:
     prompt: str | None = setting(None, help="Detector prompt template.")
     #: ``model``, ``box_threshold``, ..., see ``dva.opa.detectors``.
     detector_options: dict[str, Any] = setting(default_factory=dict, help="Options of the detector.")
-    min_score: float = setting(
-        0.5, help="OPA: boxes scoring less are not trusted (original image used). Paper: 0.5."
-    )
+    min_score: float = setting(0.5, help="OPA: boxes scoring less are not trusted (original image used). Paper: 0.5.")
     enlarge: float = setting(1.1, help="OPA: the box is enlarged by this factor before cropping.")
     aspect: tuple[int, int] = setting(
         (3, 4), help="OPA: the discriminative crop is padded on its short side to at least short:long."
@@ -326,7 +325,9 @@ def identity_dict(config: Any) -> dict[str, Any]:
         for section in sections:
             parent = parent.setdefault(section, {})
         parent[leaf] = json.loads(json.dumps(value))
-    model = nested.get("model") if isinstance(config, RunConfig) else nested if isinstance(config, ModelConfig) else None
+    model = (
+        nested.get("model") if isinstance(config, RunConfig) else nested if isinstance(config, ModelConfig) else None
+    )
     if model is not None:
         _stable_model_layout(model)
     return nested

@@ -146,7 +146,10 @@ def all_gather_rows(tensor: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
 
 
 def shard_bounds(num_items: int, shard: int, num_shards: int) -> tuple[int, int]:
-    """The contiguous ``[start, stop)`` of shard ``shard`` of ``num_shards``: no overlap, no gap, sizes differ by at most 1."""
+    """The contiguous ``[start, stop)`` of shard ``shard`` of ``num_shards``.
+
+    No overlap, no gap, sizes differ by at most 1.
+    """
     if not 0 <= shard < num_shards:
         raise ValueError(f"shard {shard} is not in [0, {num_shards})")
     return num_items * shard // num_shards, num_items * (shard + 1) // num_shards

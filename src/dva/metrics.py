@@ -34,9 +34,7 @@ def map_at_r(embeddings: ArrayLike, labels: ArrayLike) -> float:
     return _retrieval(embeddings, labels, (), with_map=True)[1]
 
 
-def retrieval_metrics(
-    embeddings: ArrayLike, labels: ArrayLike, ks: Sequence[int] = (1, 2, 4, 8)
-) -> dict[str, float]:
+def retrieval_metrics(embeddings: ArrayLike, labels: ArrayLike, ks: Sequence[int] = (1, 2, 4, 8)) -> dict[str, float]:
     """``{"recall@1": .., "recall@2": .., ..., "map@r": ..}`` in one pass over the data."""
     recalls, mapr = _retrieval(embeddings, labels, ks, with_map=True)
     return {**{f"recall@{k}": v for k, v in recalls.items()}, "map@r": mapr}

@@ -191,6 +191,8 @@ def load_trained_weights(
     """Load adapter weights, refusing (with the reason) weights made for another model."""
     check_weights_metadata(metadata, config, source)
     given = {k[len(MODEL_PREFIX) :]: v for k, v in tensors.items() if k.startswith(MODEL_PREFIX)}
-    check_fits(given, model.trainable_state_dict(), source, f"{config.model.backbone} with method {config.model.method}")
+    check_fits(
+        given, model.trainable_state_dict(), source, f"{config.model.backbone} with method {config.model.method}"
+    )
     result = model.load_state_dict(given, strict=False)
     assert not result.unexpected_keys, result.unexpected_keys

@@ -16,7 +16,9 @@ PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp3
 WorkersOpt = typer.Option(2, "--workers", help="DataLoader worker processes.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
 MethodOptionOpt = typer.Option(
-    None, "--method-option", metavar="KEY=VALUE",
+    None,
+    "--method-option",
+    metavar="KEY=VALUE",
     help="A method-specific option, repeatable: adaptformer bottleneck=64 scale=0.1 dropout=0.1; "
     "clip-adapter reduction=4 ratio=0.2; lora rank=16 alpha=8; vpt-deep num_prompts=10 bitfit=false; "
     "vptsp-g num_prompts=20 bitfit=true class_prompts=5 class_prompt_depth=1 proxy_ratio=0.4.",
@@ -35,10 +37,10 @@ def print_table(rows: list[dict[str, Any]], columns: list[str] | None = None) ->
     columns = columns or list(rows[0])
     cells = [[_fmt(r.get(c, "")) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
+    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)) + " |")
     print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
     for row in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
+        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)) + " |")
 
 
 def _fmt(value: Any) -> str:

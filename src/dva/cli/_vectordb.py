@@ -11,12 +11,14 @@ if TYPE_CHECKING:
     from dva.index.vectordb import QdrantGallery
 
 BackendOpt = typer.Option(
-    "faiss", "--backend",
+    "faiss",
+    "--backend",
     help="Where vectors are searched: faiss (the index's own file, one machine) or qdrant (a Qdrant server "
     "with --qdrant-url, else an embedded database in INDEX_DIR/qdrant). `dva index --backend qdrant` fills it.",
 )
 QdrantUrlOpt = typer.Option(
-    None, "--qdrant-url",
+    None,
+    "--qdrant-url",
     help="With --backend qdrant: http(s)://host:6333 of a Qdrant server or cluster; its API key is read from "
     "$QDRANT_API_KEY.",
 )
@@ -36,8 +38,9 @@ def check_backend_options(backend: str, url: str | None, collection: str) -> Non
         check_server(QdrantConfig(url=url, collection=collection))
 
 
-def open_backend(index_dir: Path, backend: str, url: str | None, collection: str, *,
-                 create: bool = False) -> QdrantGallery | None:
+def open_backend(
+    index_dir: Path, backend: str, url: str | None, collection: str, *, create: bool = False
+) -> QdrantGallery | None:
     """The vector database the options name, or None for FAISS (nothing to open)."""
     from dva.errors import ConfigError
     from dva.index.store import read_manifest

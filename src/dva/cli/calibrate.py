@@ -41,10 +41,20 @@ def calibrate(
     if json_out:
         print_json(result.to_dict())
         return
-    print_table([{
-        "threshold": result.threshold, "target FMR": result.target_fmr, "FMR": result.fmr, "FNMR": result.fnmr,
-        "genuine pairs": result.genuine_pairs, "impostor pairs": result.impostor_pairs, "pairs": result.pairs,
-        "images": result.images, "labels": result.labels,
-    }])
+    print_table(
+        [
+            {
+                "threshold": result.threshold,
+                "target FMR": result.target_fmr,
+                "FMR": result.fmr,
+                "FNMR": result.fnmr,
+                "genuine pairs": result.genuine_pairs,
+                "impostor pairs": result.impostor_pairs,
+                "pairs": result.pairs,
+                "images": result.images,
+                "labels": result.labels,
+            }
+        ]
+    )
     if result.skipped:
         print(f"note: {result.skipped} labelled images could not be read and were left out")

@@ -21,7 +21,9 @@ def list_() -> None:
 def check(
     dataset: str = typer.Option(..., "--dataset", help="Dataset layout name (`dva data list`)."),
     data: str = typer.Option(..., "--data", help="Root folder of the dataset."),
-    split: str | None = typer.Option(None, "--split", help="open, closed or all (default: every split the dataset has)."),
+    split: str | None = typer.Option(
+        None, "--split", help="open, closed or all (default: every split the dataset has)."
+    ),
     open_images: bool = typer.Option(
         True, "--open-images/--no-open-images", help="Read every image header (finds non-images, boxes outside images)."
     ),

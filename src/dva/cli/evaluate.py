@@ -41,8 +41,10 @@ def evaluate(
     img_size: int | None = typer.Option(None, "--img-size", help="Crop size (default: the run's)."),
     weights: Path | None = typer.Option(None, "--weights", help="A specific epoch file instead of model.safetensors."),
     opa_test: bool = typer.Option(
-        False, "--opa-test", help="Embed the test images' discriminative views (detector at test time, Table 8 "
-        "'Base + ICA + OPA'); boxes from --boxes or the run's box file."
+        False,
+        "--opa-test",
+        help="Embed the test images' discriminative views (detector at test time, Table 8 "
+        "'Base + ICA + OPA'); boxes from --boxes or the run's box file.",
     ),
     boxes: Path | None = typer.Option(None, "--boxes", help="With --opa-test: box file holding the test images."),
     batch_size: int = typer.Option(64, "--batch-size"),
@@ -53,16 +55,22 @@ def evaluate(
         None, "--suite", help="Evaluate on every dataset of a suite found under --data-root: paper (Tables 2-7)."
     ),
     data_root: Path | None = typer.Option(
-        None, "--data-root", help="With --suite: folder holding CUB_200_2011/, stanford_cars/, stanford_dogs/, "
-        "nabirds/, fgvc-aircraft-2013b/, inat2021/ (docs/datasets.md)."
+        None,
+        "--data-root",
+        help="With --suite: folder holding CUB_200_2011/, stanford_cars/, stanford_dogs/, "
+        "nabirds/, fgvc-aircraft-2013b/, inat2021/ (docs/datasets.md).",
     ),
     dataset_dir: list[str] | None = typer.Option(
-        None, "--dataset-dir", help="With --suite: NAME=PATH, where a dataset lives if not under --data-root (repeatable)."
+        None,
+        "--dataset-dir",
+        help="With --suite: NAME=PATH, where a dataset lives if not under --data-root (repeatable).",
     ),
     datasets: str | None = typer.Option(None, "--datasets", help="With --suite: only these, e.g. cub,nabirds."),
     rerank: str | None = typer.Option(
-        None, "--rerank", help="Re-rank each query's ranking: aqe (alpha query expansion) or dba (database-side "
-        "augmentation); the query stays out of every expansion."
+        None,
+        "--rerank",
+        help="Re-rank each query's ranking: aqe (alpha query expansion) or dba (database-side "
+        "augmentation); the query stays out of every expansion.",
     ),
     rerank_k: int = typer.Option(5, "--rerank-k", help="With --rerank: neighbours per expansion (n)."),
     alpha: float = typer.Option(3.0, "--alpha", help="With --rerank: weight exponent, weights = similarity^alpha."),
@@ -88,10 +96,9 @@ def evaluate(
     from dva.config import ModelConfig, RunConfig
     from dva.data import load_catalog, make_split
     from dva.evaluate import evaluate_side
+    from dva.index.rerank import check_rerank
     from dva.models import create_model
     from dva.runs import Run
-
-    from dva.index.rerank import check_rerank
 
     check_rerank(rerank, rerank_k, alpha)  # before anything is embedded
     if rerank is not None and suite is not None:
@@ -117,17 +124,26 @@ def evaluate(
     # Under torchrun every rank embeds a shard of each gallery; rank 0 computes and prints the metrics.
     info, rank_device = init_distributed(resolve_device(device))
     quiet = quiet or not info.is_main
-    common = dict(batch_size=batch_size, num_workers=workers, device=rank_device, precision=precision, progress=not quiet)
+    common = dict(
+        batch_size=batch_size, num_workers=workers, device=rank_device, precision=precision, progress=not quiet
+    )
     if suite is not None:
         from dva.evaluate.suite import evaluate_run_on_suite, evaluate_suite
 
         chosen = dict(suite=suite, dataset_dirs=_parse_dirs(dataset_dir or []), only=split_csv(datasets), **common)
         if run is not None:  # the run's protocol, image size and own dataset, as the Python API gives them
-            evaluate = partial(evaluate_run_on_suite, run, data_root, weights=weights, img_size=img_size,
-                               protocol=split, **chosen)
+            evaluate = partial(
+                evaluate_run_on_suite, run, data_root, weights=weights, img_size=img_size, protocol=split, **chosen
+            )
         else:
-            evaluate = partial(evaluate_suite, model, data_root, img_size=img_size or model_config.img_size,
-                               protocol=split or "open", **chosen)
+            evaluate = partial(
+                evaluate_suite,
+                model,
+                data_root,
+                img_size=img_size or model_config.img_size,
+                protocol=split or "open",
+                **chosen,
+            )
         _run_suite(evaluate, suite, data_root, json_out=json_out, quiet=quiet, print_results=info.is_main)
         return
     side = make_split(load_catalog(dataset, data), split or "open").test
@@ -142,8 +158,17 @@ def evaluate(
         opa_report = {"boxes": str(box_path), **counts}
     elif boxes is not None:
         raise ConfigError("--boxes is for --opa-test; evaluation otherwise uses the original images only")
-    metrics = evaluate_side(model, side, img_size=img_size or model_config.img_size, resize_size=resize, view=view,
-                            rerank=rerank, rerank_k=rerank_k, alpha=alpha, **common)
+    metrics = evaluate_side(
+        model,
+        side,
+        img_size=img_size or model_config.img_size,
+        resize_size=resize,
+        view=view,
+        rerank=rerank,
+        rerank_k=rerank_k,
+        alpha=alpha,
+        **common,
+    )
     if rerank is not None:
         metrics["rerank"] = {"method": rerank, "n": rerank_k, "alpha": alpha}
     if opa_report is not None:
@@ -162,7 +187,12 @@ def evaluate(
 
 
 def _run_suite(
-    evaluate: Callable[..., list[Any]], suite: str, data_root: Path | None, *, json_out: bool, quiet: bool,
+    evaluate: Callable[..., list[Any]],
+    suite: str,
+    data_root: Path | None,
+    *,
+    json_out: bool,
+    quiet: bool,
     print_results: bool,
 ) -> None:
     """Run ``evaluate`` (``evaluate_suite`` or ``evaluate_run_on_suite``, bound) and print its results."""
@@ -180,8 +210,11 @@ def _run_suite(
         return
     rows = [
         {
-            "dataset": r.title, "split": r.protocol if r.protocol == "all" else f"{r.protocol} test", "role": r.role,
-            "images": r.metrics["images"], **{f"R@{k}": f"{100 * r.metrics[f'recall@{k}']:.1f}" for k in TABLE_KS},
+            "dataset": r.title,
+            "split": r.protocol if r.protocol == "all" else f"{r.protocol} test",
+            "role": r.role,
+            "images": r.metrics["images"],
+            **{f"R@{k}": f"{100 * r.metrics[f'recall@{k}']:.1f}" for k in TABLE_KS},
             "MAP@R": f"{100 * r.metrics['map@r']:.1f}",
         }
         for r in results
@@ -205,4 +238,3 @@ def _parse_dirs(values: list[str]) -> dict[str, str]:
             raise ConfigError(f"--dataset-dir expects NAME=PATH, got {value!r}")
         dirs[name.strip()] = path.strip()
     return dirs
-

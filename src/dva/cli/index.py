@@ -23,7 +23,9 @@ def index(
     ),
     out: Path | None = typer.Option(None, "--out", help="Index directory to create, or to add new images to."),
     run: Path | None = typer.Option(None, "--run", help="Embed with this run's model (adapters merged)."),
-    weights: Path | None = typer.Option(None, "--weights", help="With --run: an epoch file instead of model.safetensors."),
+    weights: Path | None = typer.Option(
+        None, "--weights", help="With --run: an epoch file instead of model.safetensors."
+    ),
     frozen: bool = typer.Option(False, "--frozen", help="Embed with a frozen backbone, no run needed."),
     backbone: str | None = typer.Option(None, "--backbone", help="With --frozen: timm ViT or dinov2_vits14.imgfocus."),
     pretrained: bool = typer.Option(True, "--pretrained/--no-pretrained", help="With --frozen: random weights."),
@@ -32,7 +34,9 @@ def index(
         True, "--folder-labels/--no-folder-labels", help="Label each image of a folder tree by its folder's name."
     ),
     index_type: str | None = typer.Option(
-        None, "--index-type", help="auto (exact below --approx-threshold, else HNSW, IVF when 10x larger), flat, hnsw, ivf."
+        None,
+        "--index-type",
+        help="auto (exact below --approx-threshold, else HNSW, IVF when 10x larger), flat, hnsw, ivf.",
     ),
     approx_threshold: int | None = typer.Option(
         None, "--approx-threshold", help="Gallery size from which auto turns approximate (default 100000)."
@@ -49,7 +53,9 @@ def index(
     remove: list[Path] = typer.Option(
         [], "--remove", help="Delete this indexed image from OUT (repeatable); a path not in the index changes nothing."
     ),
-    remove_missing: bool = typer.Option(False, "--remove-missing", help="Delete from OUT every image whose file is gone."),
+    remove_missing: bool = typer.Option(
+        False, "--remove-missing", help="Delete from OUT every image whose file is gone."
+    ),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = WorkersOpt,
     device: str = DeviceOpt,
@@ -72,7 +78,8 @@ def index(
     then --merge-shards.
     """
     from dva.index import IndexModel, check_index, index_gallery, read_gallery
-    from dva.index.shards import embed_shard, merge_shards as merge, parse_shard
+    from dva.index.shards import embed_shard, parse_shard
+    from dva.index.shards import merge_shards as merge
 
     if check is not None:
         report = check_index(check)
@@ -80,14 +87,25 @@ def index(
             print_json(report)
         else:
             filtered = ", ".join(f"{kept} kept: {recall:.3f}" for kept, recall in report["filtered_recall@10"].items())
-            print_table([{"images": report["count"], "index": report["index"]["factory"],
-                          "recall@10": report["recall@10"], "filtered recall@10": filtered or "-",
-                          "missing files": report["missing_files"], "converted": "yes" if report["converted"] else "no",
-                          "repaired rows": report["repaired_rows"]}])
+            print_table(
+                [
+                    {
+                        "images": report["count"],
+                        "index": report["index"]["factory"],
+                        "recall@10": report["recall@10"],
+                        "filtered recall@10": filtered or "-",
+                        "missing files": report["missing_files"],
+                        "converted": "yes" if report["converted"] else "no",
+                        "repaired rows": report["repaired_rows"],
+                    }
+                ]
+            )
         return
     removing = bool(remove) or remove_missing
     if out is None or (images is None and not removing):
-        raise ConfigError("pass --images DIR_OR_LIST and --out INDEX_DIR (or --check INDEX_DIR, or --out with --remove)")
+        raise ConfigError(
+            "pass --images DIR_OR_LIST and --out INDEX_DIR (or --check INDEX_DIR, or --out with --remove)"
+        )
     if removing and (shard is not None or merge_shards or launched_by_torchrun()):
         raise ConfigError("--remove/--remove-missing run on their own or with --images, not with sharded embedding")
     if frozen and run is not None:
@@ -119,7 +137,9 @@ def index(
             return
         report = merge(out, items, **build)
     else:
-        report = index_gallery(out, items, device=device, remove=remove, remove_missing=remove_missing, **build, **embed)
+        report = index_gallery(
+            out, items, device=device, remove=remove, remove_missing=remove_missing, **build, **embed
+        )
     pushed = _push(out, report, backend, qdrant_url, collection) if backend != "faiss" or qdrant_url else None
     if json_out:
         print_json({**report.to_dict(), **({} if pushed is None else {"vectordb": pushed})})
@@ -128,13 +148,23 @@ def index(
         print(f"warning: skipped {reason}", file=sys.stderr)
     if len(report.unreadable) > SHOWN_FAILURES:
         print(f"warning: ... and {len(report.unreadable) - SHOWN_FAILURES} more (--json lists all)", file=sys.stderr)
-    print_table([{
-        "index": report.path, "version": report.version, "images": report.count, "added": report.added,
-        "already indexed": report.already_indexed, "updated": report.updated, "removed": report.removed,
-        "unreadable": len(report.unreadable),
-        "type": report.index["factory"], "recall@10": report.index["recall@10"],
-        "img/s": report.added / report.embed_seconds if report.embed_seconds else 0.0,
-    }])
+    print_table(
+        [
+            {
+                "index": report.path,
+                "version": report.version,
+                "images": report.count,
+                "added": report.added,
+                "already indexed": report.already_indexed,
+                "updated": report.updated,
+                "removed": report.removed,
+                "unreadable": len(report.unreadable),
+                "type": report.index["factory"],
+                "recall@10": report.index["recall@10"],
+                "img/s": report.added / report.embed_seconds if report.embed_seconds else 0.0,
+            }
+        ]
+    )
     if pushed is not None:
         print(f"{pushed['pushed']} images upserted into {pushed['factory']} ({pushed['images']} there now)")
 
@@ -158,8 +188,10 @@ def search(
     k: int = typer.Option(10, "-k", "--k", help="Number of matches per query."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto, ..."),
     rerank: str | None = typer.Option(
-        None, "--rerank", help="Re-rank by neighbourhood: aqe (alpha query expansion) or dba (database-side "
-        "augmentation); the order changes, the score stays the plain cosine."
+        None,
+        "--rerank",
+        help="Re-rank by neighbourhood: aqe (alpha query expansion) or dba (database-side "
+        "augmentation); the order changes, the score stays the plain cosine.",
     ),
     rerank_k: int = typer.Option(5, "--rerank-k", help="With --rerank: neighbours per expansion (n)."),
     alpha: float = typer.Option(3.0, "--alpha", help="With --rerank: weight exponent, weights = similarity^alpha."),
@@ -167,8 +199,10 @@ def search(
         None, "--threshold", help="A match when score >= this (overrides the index's `dva calibrate` threshold)."
     ),
     filters: list[str] = typer.Option(
-        [], "--filter", help="Keep only images that match (repeatable, AND): label=Cardinal, 'label in A,B', "
-        "'year>=2000', 'price<10', '10<=year<=20' (label, path or a field of the gallery list)."
+        [],
+        "--filter",
+        help="Keep only images that match (repeatable, AND): label=Cardinal, 'label in A,B', "
+        "'year>=2000', 'price<10', '10<=year<=20' (label, path or a field of the gallery list).",
     ),
     json_out: bool = JsonOpt,
     backend: str = BackendOpt,
@@ -198,14 +232,26 @@ def search(
             raise ConfigError("--filter needs the index's own metadata database: not with --backend qdrant")
         GalleryIndex.check_filters(index_dir, parsed)
     searcher = Searcher(index_dir, device=device, backend=open_backend(index_dir, backend, qdrant_url, collection))
-    results = searcher.search_batch(images, k, rerank=rerank, rerank_k=rerank_k, alpha=alpha, threshold=threshold,
-                                    filter=parsed)
+    results = searcher.search_batch(
+        images, k, rerank=rerank, rerank_k=rerank_k, alpha=alpha, threshold=threshold, filter=parsed
+    )
     if json_out:
-        print_json([{"query": str(q), "results": [m.to_dict() for m in ms]} for q, ms in zip(images, results)])
+        print_json(
+            [{"query": str(q), "results": [m.to_dict() for m in ms]} for q, ms in zip(images, results, strict=True)]
+        )
         return
     decided = searcher.calibration is not None or threshold is not None
-    for query, matches in zip(images, results):
+    for query, matches in zip(images, results, strict=True):
         print(f"\n{query}")
-        print_table([{"rank": r, "score": m.score, **({"match": "yes" if m.is_match else "no"} if decided else {}),
-                      "label": m.label or "", "path": m.path}
-                     for r, m in enumerate(matches, start=1)])
+        print_table(
+            [
+                {
+                    "rank": r,
+                    "score": m.score,
+                    **({"match": "yes" if m.is_match else "no"} if decided else {}),
+                    "label": m.label or "",
+                    "path": m.path,
+                }
+                for r, m in enumerate(matches, start=1)
+            ]
+        )

@@ -12,7 +12,9 @@ from dva.config import OPAConfig, default_of
 from dva.errors import ConfigError
 
 PromptOpt = typer.Option(
-    None, "--prompt", help="Detector prompt; '{class}' = each image's class name (paper). Default: the dataset's "
+    None,
+    "--prompt",
+    help="Detector prompt; '{class}' = each image's class name (paper). Default: the dataset's "
     "meta-category, e.g. 'bird'.",
 )
 BoxThresholdOpt = typer.Option(None, "--box-threshold", help="groundingdino/owlv2: minimum box score kept.")
@@ -32,8 +34,13 @@ def cli_detector_options(
     detector: str,
 ) -> dict[str, Any]:
     """The options given on the command line, for ``create_detector(detector, **options)``."""
-    given = {"model": model, "box_threshold": box_threshold, "text_threshold": text_threshold, "box_file": box_file,
-             "device": device}
+    given = {
+        "model": model,
+        "box_threshold": box_threshold,
+        "text_threshold": text_threshold,
+        "box_file": box_file,
+        "device": device,
+    }
     options = {k: v for k, v in given.items() if v is not None}
     if detector == "boxes" and data_root:
         options["data_root"] = data_root
@@ -78,10 +85,23 @@ def detect(
         del sides["test"]
     if not any(len(side) for side in sides.values()):
         raise ConfigError(f"the {split} split has no training images; add --include-test to detect its test images")
-    options = cli_detector_options(model=model, box_threshold=box_threshold, text_threshold=text_threshold,
-                               box_file=box_file, device=device, data_root=data, detector=detector)
+    options = cli_detector_options(
+        model=model,
+        box_threshold=box_threshold,
+        text_threshold=text_threshold,
+        box_file=box_file,
+        device=device,
+        data_root=data,
+        detector=detector,
+    )
     report = detect_boxes(
-        create_detector(detector, **options), sides, out, dataset=dataset, root=data, prompt=prompt, limit=limit,
+        create_detector(detector, **options),
+        sides,
+        out,
+        dataset=dataset,
+        root=data,
+        prompt=prompt,
+        limit=limit,
         progress=not quiet,
     )
     if json_out:
@@ -97,7 +117,9 @@ def views(
     limit: int = typer.Option(24, "--limit", help="Images on the sheet: every outcome, spread through the file."),
     data: str | None = DataRootOpt,
     min_score: float = typer.Option(
-        default_of(OPAConfig, "min_score"), "--min-score", help="Boxes scoring less are not trusted (training's default)."
+        default_of(OPAConfig, "min_score"),
+        "--min-score",
+        help="Boxes scoring less are not trusted (training's default).",
     ),
     max_area: float = typer.Option(
         default_of(OPAConfig, "max_area"), "--max-area", help="No background view at this box/image area or more."

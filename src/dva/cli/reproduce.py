@@ -34,8 +34,10 @@ def reproduce(
     lr: float | None = typer.Option(None, "--lr", help="Adapter learning rate (fine-tuning rows use their own, 1e-5)."),
     boxes: Path | None = typer.Option(None, "--boxes", help="Training boxes for rows that use OPA (dva detect)."),
     test_boxes: Path | None = typer.Option(
-        None, "--test-boxes", help="Boxes of the test images, for rows evaluated with the detector at test time "
-        "(Table 8 'Base + ICA + OPA'; dva detect --test-only)."
+        None,
+        "--test-boxes",
+        help="Boxes of the test images, for rows evaluated with the detector at test time "
+        "(Table 8 'Base + ICA + OPA'; dva detect --test-only).",
     ),
     workers: int | None = typer.Option(None, "--workers", help="DataLoader worker processes."),
     device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda, ..."),
@@ -62,8 +64,14 @@ def reproduce(
         "model": {"backbone": backbone, "pretrained": pretrained, "img_size": img_size},
         "data": {"dataset": dataset, "root": data, "split": split, "num_workers": workers},
         # the tables need each run's final weights only (fine-tuned ViT-B/16 epochs are 343 MB each)
-        "train": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device, "precision": precision,
-                  "keep_checkpoints": 1},
+        "train": {
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "device": device,
+            "precision": precision,
+            "keep_checkpoints": 1,
+        },
         "opa": {"boxes": str(boxes.resolve()) if boxes else None},
     }
     base = build_config(out, overrides, config_file, resume=False)
@@ -97,8 +105,15 @@ def _run(
         side = make_split(load_catalog(base.data.dataset, base.data.root), base.data.split).test
         detector_ms, detector_note = time_detector(test_boxes, side)
     results = run_rows(
-        table.rows, base, out, seeds, test_boxes=test_boxes, latency=table.needs_latency,
-        detector_ms=detector_ms, detector_note=detector_note, progress=not quiet,
+        table.rows,
+        base,
+        out,
+        seeds,
+        test_boxes=test_boxes,
+        latency=table.needs_latency,
+        detector_ms=detector_ms,
+        detector_note=detector_note,
+        progress=not quiet,
     )
     summary = summarize(table, results)
     markdown = to_markdown(summary, setting_line(base, seeds))
@@ -131,15 +146,17 @@ def _dry_run(table: Table, base: RunConfig, out: Path, seeds: list[int], json_ou
         print_json(rows)
         return
     print(f"{table.title} ({base.model.backbone}); runs under {out / 'runs'}")
-    print_table([
-        {
-            **r,
-            "trainable": f"{r['trainable']:,}",
-            "paper_params_m": f"{r['paper_params_m']:g}" if r["paper_params_m"] else "-",
-            "run": Path(r["run"]).name,
-        }
-        for r in rows
-    ])
+    print_table(
+        [
+            {
+                **r,
+                "trainable": f"{r['trainable']:,}",
+                "paper_params_m": f"{r['paper_params_m']:g}" if r["paper_params_m"] else "-",
+                "run": Path(r["run"]).name,
+            }
+            for r in rows
+        ]
+    )
 
 
 def _parse_seeds(text: str) -> list[int]:

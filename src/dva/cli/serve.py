@@ -36,11 +36,16 @@ def serve(
     from dva.serve import ServeSettings, create_app, server_config
 
     if api_key == "" or (api_key is None and os.environ.get("DVA_API_KEY") == ""):  # click drops an empty variable
-        raise ConfigError("--api-key / DVA_API_KEY is set but empty, which would turn authentication off: "
-                          "give a key, or unset it to serve without one")
+        raise ConfigError(
+            "--api-key / DVA_API_KEY is set but empty, which would turn authentication off: "
+            "give a key, or unset it to serve without one"
+        )
     if host not in LOOPBACK and not api_key:
-        print(f"warning: serving {index_dir} on {host} without --api-key: anyone who can reach it can search "
-              "and view the gallery", file=sys.stderr)
+        print(
+            f"warning: serving {index_dir} on {host} without --api-key: anyone who can reach it can search "
+            "and view the gallery",
+            file=sys.stderr,
+        )
     settings = ServeSettings(
         max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_image_pixels=max_pixels, max_k=max_k, api_key=api_key
     )

@@ -52,9 +52,11 @@ def train(
     backbone: str | None = _field("model.backbone"),
     pretrained: bool | None = _field("model.pretrained", "--pretrained/--no-pretrained"),
     method: str | None = typer.Option(
-        None, "--method", help="dva (ICA + OPA + DPT, needs --boxes or --detector), ica, adaptformer, clip-adapter, "
+        None,
+        "--method",
+        help="dva (ICA + OPA + DPT, needs --boxes or --detector), ica, adaptformer, clip-adapter, "
         "full, partial-attn, partial-proj, partial-mlp (fine-tuning trains at lr 1e-5 unless --lr), frozen; "
-        "PEFT peers: lora, vpt-deep, vptsp-g (docs/reproduce.md)."
+        "PEFT peers: lora, vpt-deep, vptsp-g (docs/reproduce.md).",
     ),
     method_option: list[str] | None = MethodOptionOpt,
     targets: str | None = typer.Option(
@@ -86,8 +88,12 @@ def train(
     box_file: str | None = BoxFileOpt,
     detector_device: str | None = DetectorDeviceOpt,
     min_score: float | None = _field("opa.min_score"),
-    config_file: Path | None = typer.Option(None, "--config", help="YAML/JSON file with model/data/train/opa sections."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."),
+    config_file: Path | None = typer.Option(
+        None, "--config", help="YAML/JSON file with model/data/train/opa sections."
+    ),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."
+    ),
     compile_model: bool | None = _field("train.compile", "--compile/--no-compile"),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     json_out: bool = JsonOpt,
@@ -104,15 +110,19 @@ def train(
     from dva.train import Trainer
 
     overrides = config_overrides(ctx.params)
-    overrides["model"].update(
-        method_options=parse_method_options(method_option), targets=split_csv(targets), rank=rank
-    )
+    overrides["model"].update(method_options=parse_method_options(method_option), targets=split_csv(targets), rank=rank)
     overrides["opa"].update(
         boxes=str(boxes) if boxes is not None else None,
         detector_options=cli_detector_options(
-            model=detector_model, box_threshold=box_threshold, text_threshold=text_threshold, box_file=box_file,
-            device=detector_device, data_root=data, detector=detector or "",
-        ) or None,
+            model=detector_model,
+            box_threshold=box_threshold,
+            text_threshold=text_threshold,
+            box_file=box_file,
+            device=detector_device,
+            data_root=data,
+            detector=detector or "",
+        )
+        or None,
     )
     config = build_config(out, overrides, config_file, resume)
     _check_opa(config, out)
@@ -147,8 +157,10 @@ def _check_opa(config: RunConfig, out: Path) -> None:
     opa = config.opa
     if not get_method(config.model.method).uses_opa:
         if opa.boxes or opa.detector:
-            raise ConfigError(f"--boxes/--detector give OPA's object views, which method {config.model.method!r} "
-                              "does not use (--method dva does)")
+            raise ConfigError(
+                f"--boxes/--detector give OPA's object views, which method {config.model.method!r} "
+                "does not use (--method dva does)"
+            )
         return
     if opa.detector and not opa.boxes:
         opa.boxes = str(out / "boxes.jsonl")

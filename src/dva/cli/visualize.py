@@ -22,8 +22,10 @@ def grid(
     thumb: int = typer.Option(128, "--thumb", help="Thumbnail size in pixels."),
     device: str = typer.Option("cpu", "--device"),
     compare: list[Path] = typer.Option(
-        None, "--compare", help="Another index of the same gallery (e.g. a trained run's): each query gets a row "
-        "per index, titled with its model's method. Repeatable."
+        None,
+        "--compare",
+        help="Another index of the same gallery (e.g. a trained run's): each query gets a row "
+        "per index, titled with its model's method. Repeatable.",
     ),
 ) -> None:
     """Each query, then its top-k: green frame = same label as the query, red = another, grey = unknown."""

@@ -43,7 +43,9 @@ def read_aircraft(root: Path) -> Catalog:
     lists = [f"images_variant_{side}.txt" for side, _ in VARIANT_LISTS]
     require_files(data, ["variants.txt", *lists], "FGVC-Aircraft")
     problems: list[str] = []
-    variants = [line.strip() for line in (data / "variants.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+    variants = [
+        line.strip() for line in (data / "variants.txt").read_text(encoding="utf-8").splitlines() if line.strip()
+    ]
     label_of = {name: i for i, name in enumerate(variants)}
     if len(label_of) != len(variants):
         problems.append(f"{data / 'variants.txt'}: a variant is listed twice")

@@ -29,8 +29,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dva.data.publisher_boxes import one_based_box
 from dva.data.matfile import read_mat, string_list, struct_rows
+from dva.data.publisher_boxes import one_based_box
 from dva.data.records import Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root
@@ -113,7 +113,9 @@ def _add_record(catalog: Catalog, path: Path, image_id: str, row: dict[str, Any]
         catalog.problems.append(f"{where}: class and box fields must be numbers, got {row!r}")
         return
     if not 1 <= class_id <= catalog.num_classes:
-        catalog.problems.append(f"{where}: class {class_id} is outside 1..{catalog.num_classes} (the class_names count)")
+        catalog.problems.append(
+            f"{where}: class {class_id} is outside 1..{catalog.num_classes} (the class_names count)"
+        )
         return
     if not path.is_file():
         catalog.problems.append(f"{where}: {path} does not exist")

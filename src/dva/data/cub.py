@@ -59,7 +59,6 @@ def read_cub_layout(name: str, root: Path, sep: str | None, train_flag: str = "1
     return catalog
 
 
-
 def add_cub_style_records(
     catalog: Catalog,
     images: dict[str, tuple[int, str]],
@@ -89,7 +88,9 @@ def add_cub_style_records(
             continue
         flag = flags.get(image_id)
         if flag is None or flag[1] not in ("0", "1"):
-            problems.append(f"{root / 'train_test_split.txt'}: image {image_id} needs a 0/1 flag, got {flag and flag[1]!r}")
+            problems.append(
+                f"{root / 'train_test_split.txt'}: image {image_id} needs a 0/1 flag, got {flag and flag[1]!r}"
+            )
             continue
         path = root / "images" / rel_path
         if not path.is_file():

@@ -27,8 +27,8 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from dva.data.publisher_boxes import one_based_box
 from dva.data.matfile import number_list, read_mat, string_list
+from dva.data.publisher_boxes import one_based_box
 from dva.data.records import Box, Catalog, ImageRecord, duplicate_ids, empty_classes
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, require_files
@@ -73,7 +73,9 @@ def read_dogs(root: Path) -> Catalog:
     catalog = Catalog("dogs", root, class_names, [])
     for label, folders in sorted(class_folders.items()):
         if label < 1 or len(folders) > 1:
-            catalog.problems.append(f"{lists}: label {label} names folders {', '.join(sorted(folders))}; expected one folder per label 1..N")
+            catalog.problems.append(
+                f"{lists}: label {label} names folders {', '.join(sorted(folders))}; expected one folder per label 1..N"
+            )
 
     has_boxes = (root / "Annotation").is_dir()
     for file, annotation, label, is_train, where in entries:
@@ -124,6 +126,8 @@ def _check_file_list(path: Path, entries: list[tuple[str, str, int, bool, str]],
         return
     every = string_list(read_mat(path, ["file_list"]), "file_list", path)
     listed = {e[0] for e in entries}
-    catalog.problems += [f"{path}: {f} is in neither train_list.mat nor test_list.mat" for f in every if f not in listed]
+    catalog.problems += [
+        f"{path}: {f} is in neither train_list.mat nor test_list.mat" for f in every if f not in listed
+    ]
     known = set(every)
     catalog.problems += [f"{e[4]}: {e[0]} is not in {path.name}" for e in entries if e[0] not in known]

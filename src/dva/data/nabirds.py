@@ -27,8 +27,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dva.data.publisher_boxes import read_xywh_boxes
 from dva.data.cub import add_cub_style_records
+from dva.data.publisher_boxes import read_xywh_boxes
 from dva.data.records import Catalog, duplicate_ids
 from dva.data.registry import register_dataset
 from dva.data.tables import find_root, read_mapping, read_table, require_files
@@ -77,7 +77,6 @@ def _read_sizes(path: Path, problems: list[str]) -> dict[str, tuple[int, int]]:
             continue
         sizes[image_id] = (int(w), int(h))
     return sizes
-
 
 
 def _non_leaf_labels(path: Path, used_ids: list[str], classes: dict[str, tuple[int, str]]) -> list[str]:

@@ -86,10 +86,10 @@ def load_catalog(name: str, root: str | Path) -> Catalog:
 
 def _load_builtin_readers() -> None:
     # Imported for their registration side effect; kept here so `import dva.data` stays cheap.
-    import dva.data.aircraft  # noqa: F401
-    import dva.data.cars  # noqa: F401
-    import dva.data.cub  # noqa: F401
-    import dva.data.dogs  # noqa: F401
-    import dva.data.folder  # noqa: F401
-    import dva.data.inat  # noqa: F401
-    import dva.data.nabirds  # noqa: F401
+    import dva.data.aircraft  # noqa: F401 - registration side effect
+    import dva.data.cars  # noqa: F401 - registration side effect
+    import dva.data.cub  # noqa: F401 - registration side effect
+    import dva.data.dogs  # noqa: F401 - registration side effect
+    import dva.data.folder  # noqa: F401 - registration side effect
+    import dva.data.inat  # noqa: F401 - registration side effect
+    import dva.data.nabirds  # noqa: F401 - registration side effect

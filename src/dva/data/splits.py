@@ -77,6 +77,4 @@ def _check_same_classes(catalog: Catalog, train: SplitSide, test: SplitSide) -> 
             parts.append(f"only in train: {', '.join(only_train[:5])}")
         if only_test:
             parts.append(f"only in test: {', '.join(only_test[:5])}")
-        raise DataError(
-            f"{catalog.root}: the closed split needs every class on both sides ({'; '.join(parts)})"
-        )
+        raise DataError(f"{catalog.root}: the closed split needs every class on both sides ({'; '.join(parts)})")

@@ -77,9 +77,7 @@ def read_table(
     return out
 
 
-def read_mapping(
-    path: Path, sep: str | None = None, problems: list[str] | None = None
-) -> dict[str, tuple[int, str]]:
+def read_mapping(path: Path, sep: str | None = None, problems: list[str] | None = None) -> dict[str, tuple[int, str]]:
     """``id -> (line_number, value)`` of a two-column file; a repeated id is a problem."""
     return {k: (line, v[0]) for k, (line, v) in read_table(path, 2, sep, problems).items()}
 

@@ -42,8 +42,13 @@ def evaluate_side(
     if not info.is_main:
         embed_kwargs["progress"] = False  # one progress bar per job
     embeddings = embed_records(
-        model, side.records, img_size=img_size, resize_size=resize_size, view=view,
-        shard=(info.rank, info.world_size) if info.enabled else None, **embed_kwargs,
+        model,
+        side.records,
+        img_size=img_size,
+        resize_size=resize_size,
+        view=view,
+        shard=(info.rank, info.world_size) if info.enabled else None,
+        **embed_kwargs,
     )
     if info.enabled:
         embeddings = Embeddings.concat(all_gather_objects(embeddings))

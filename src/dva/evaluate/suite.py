@@ -47,8 +47,11 @@ PAPER_SUITE: tuple[SuiteDataset, ...] = (
     SuiteDataset("nabirds", "NABirds", "nabirds", (("nabirds", None),), whole_set=True),
     SuiteDataset("aircraft", "FGVC-Aircraft", "fgvc-aircraft-2013b", (("aircraft", None),), whole_set=True),
     SuiteDataset(
-        "inat100", "iNat2021 (100)", "inat2021",
-        (("inat100", "train.json"), ("inat100_mini", "train_mini.json")), whole_set=True,
+        "inat100",
+        "iNat2021 (100)",
+        "inat2021",
+        (("inat100", "train.json"), ("inat100_mini", "train_mini.json")),
+        whole_set=True,
     ),
 )
 SUITES: dict[str, tuple[SuiteDataset, ...]] = {"paper": PAPER_SUITE}
@@ -72,8 +75,14 @@ class SuiteResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "key": self.key, "title": self.title, "dataset": self.dataset, "root": self.root,
-            "protocol": self.protocol, "role": self.role, "skipped": self.skipped, **self.metrics,
+            "key": self.key,
+            "title": self.title,
+            "dataset": self.dataset,
+            "root": self.root,
+            "protocol": self.protocol,
+            "role": self.role,
+            "skipped": self.skipped,
+            **self.metrics,
         }
 
 
@@ -123,7 +132,9 @@ def _plan_suite(
         except DataError as e:
             errors.append(f"{entry.title} ({folder}): {e}")
     if errors:
-        raise DataError("cannot run the suite; fix these copies or leave them out (--datasets):\n  " + "\n  ".join(errors))
+        raise DataError(
+            "cannot run the suite; fix these copies or leave them out (--datasets):\n  " + "\n  ".join(errors)
+        )
     return planned
 
 
@@ -150,15 +161,25 @@ def evaluate_suite(
     it is ready (progress printing, partial saves).
     """
     planned = _plan_suite(
-        data_root, protocol=protocol, suite=suite, own_dataset=own_dataset, own_root=own_root,
-        dataset_dirs=dataset_dirs, only=only,
+        data_root,
+        protocol=protocol,
+        suite=suite,
+        own_dataset=own_dataset,
+        own_root=own_root,
+        dataset_dirs=dataset_dirs,
+        only=only,
     )
     results = []
     for item in planned:
         if item.side is not None:
             item.result.metrics = evaluate_side(
-                model, item.side, img_size=img_size, resize_size=resize_size, ks=ks,
-                desc=f"embedding {item.entry.title}", **embed_kwargs,
+                model,
+                item.side,
+                img_size=img_size,
+                resize_size=resize_size,
+                ks=ks,
+                desc=f"embedding {item.entry.title}",
+                **embed_kwargs,
             )
         results.append(item.result)
         if on_result:
@@ -187,9 +208,15 @@ def evaluate_run_on_suite(
     config = run.config
     model = run.load_model(weights)
     return evaluate_suite(
-        model, data_root, img_size=img_size or config.model.img_size, resize_size=config.data.resize_size,
-        protocol=protocol or config.data.split, own_dataset=config.data.dataset, own_root=config.data.root or None,
-        device=device, **kwargs,
+        model,
+        data_root,
+        img_size=img_size or config.model.img_size,
+        resize_size=config.data.resize_size,
+        protocol=protocol or config.data.split,
+        own_dataset=config.data.dataset,
+        own_root=config.data.root or None,
+        device=device,
+        **kwargs,
     )
 
 

@@ -103,8 +103,14 @@ def index_gallery(
     """
     embed = dict(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision, progress=progress)
     return build_index_dir(
-        out, items, model=model, index_type=index_type, approx_threshold=approx_threshold,
-        embedder=lambda own, todo: embed_items(own, todo, **embed), remove=remove, remove_missing=remove_missing,
+        out,
+        items,
+        model=model,
+        index_type=index_type,
+        approx_threshold=approx_threshold,
+        embedder=lambda own, todo: embed_items(own, todo, **embed),
+        remove=remove,
+        remove_missing=remove_missing,
     )
 
 
@@ -198,9 +204,20 @@ def live_images(out: Path, manifest: dict[str, Any], paths: Sequence[str] | None
     if manifest.get("format_version", 1) < FORMAT_VERSION:
         _, rows, _ = read_legacy(out, manifest)
         # stat-ed as the conversion will, so a sharded run plans the same images before and after it
-        return {row["path"]: StoredImage(i, i, row["path"], row.get("label"), _fields(row), None,
-                                         *(_stat(Path(row["path"])) or (None, None)), 0, i)
-                for i, row in enumerate(rows)}
+        return {
+            row["path"]: StoredImage(
+                i,
+                i,
+                row["path"],
+                row.get("label"),
+                _fields(row),
+                None,
+                *(_stat(Path(row["path"])) or (None, None)),
+                0,
+                i,
+            )
+            for i, row in enumerate(rows)
+        }
     db = IndexDB.open(out)
     try:
         return db.live(int(manifest["version"]), paths)
@@ -230,7 +247,9 @@ def resolve_removals(out: Path, paths: Sequence[str | os.PathLike[str]], live: d
 
 def _check_new_index(out: Path, model: IndexModel | None) -> None:
     if model is None:
-        raise ConfigError(f"{out} is not an index yet: say which model embeds it (--run RUN_DIR or --frozen --backbone NAME)")
+        raise ConfigError(
+            f"{out} is not an index yet: say which model embeds it (--run RUN_DIR or --frozen --backbone NAME)"
+        )
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out}: exists and is not a dva index (no manifest.json); choose a new or empty folder")
 
@@ -285,10 +304,19 @@ def _create(
                 out.rmdir()  # empty, checked above
             os.rename(partial, out)
         except OSError as e:
-            raise ConfigError(f"{out}: could not move the new index into place ({e}); was it created meanwhile?") from None
+            raise ConfigError(
+                f"{out}: could not move the new index into place ({e}); was it created meanwhile?"
+            ) from None
     return IndexReport(
-        str(out), 1, len(rows), len(rows), 0, unreadable=_unreadable(items, embeddings), index=manifest["index"],
-        embed_seconds=seconds, total_seconds=time.perf_counter() - start,
+        str(out),
+        1,
+        len(rows),
+        len(rows),
+        0,
+        unreadable=_unreadable(items, embeddings),
+        index=manifest["index"],
+        embed_seconds=seconds,
+        total_seconds=time.perf_counter() - start,
     )
 
 
@@ -336,27 +364,57 @@ def _update(
                 retired.append(old)
                 dropped.add(old.id)
         for item, old in plan.relabelled:
-            rows.append(NewRow(old.id, old.path, item.label, dict(item.metadata), old.sha256, old.size, old.mtime_ns,
-                               old.shard, old.row))
+            rows.append(
+                NewRow(
+                    old.id,
+                    old.path,
+                    item.label,
+                    dict(item.metadata),
+                    old.sha256,
+                    old.size,
+                    old.mtime_ns,
+                    old.shard,
+                    old.row,
+                )
+            )
             retired.append(old)
         for path in removals:
             retired.append(live[path])
             dropped.add(live[path].id)
         if not rows and not retired and settings == manifest["settings"]:
             return IndexReport(
-                str(out), version, manifest["count"], 0, plan.unchanged, unreadable=_unreadable(todo, embeddings),
-                index=manifest["index"], embed_seconds=seconds, total_seconds=time.perf_counter() - start,
+                str(out),
+                version,
+                manifest["count"],
+                0,
+                plan.unchanged,
+                unreadable=_unreadable(todo, embeddings),
+                index=manifest["index"],
+                embed_seconds=seconds,
+                total_seconds=time.perf_counter() - start,
             )
         added = sum(1 for i in embeddings.indices.tolist() if i < len(plan.new))
-        new_manifest = {**manifest, "version": version + 1, "settings": settings, "next_id": next_id,
-                        "count": manifest["count"] - len(dropped) + len(embeddings.indices)}
+        new_manifest = {
+            **manifest,
+            "version": version + 1,
+            "settings": settings,
+            "next_id": next_id,
+            "count": manifest["count"] - len(dropped) + len(embeddings.indices),
+        }
         new_manifest = _commit(out, new_manifest, db, embeddings.vectors, rows, retired, dropped, manifest)
     finally:
         db.close()
     return IndexReport(
-        str(out), new_manifest["version"], new_manifest["count"], added, plan.unchanged,
-        updated=len(embeddings.indices) - added + len(plan.relabelled), removed=len(removals),
-        unreadable=_unreadable(todo, embeddings), index=new_manifest["index"], embed_seconds=seconds,
+        str(out),
+        new_manifest["version"],
+        new_manifest["count"],
+        added,
+        plan.unchanged,
+        updated=len(embeddings.indices) - added + len(plan.relabelled),
+        removed=len(removals),
+        unreadable=_unreadable(todo, embeddings),
+        index=new_manifest["index"],
+        embed_seconds=seconds,
         total_seconds=time.perf_counter() - start,
     )
 
@@ -374,13 +432,18 @@ def _commit(
     """Choose the FAISS index for the new size, decide whether its snapshot must be taken
     again, measure recall when it is, and commit the version."""
     settings = manifest["settings"]
-    spec = plan_index(manifest["count"], index_type=settings["index_type"], approx_threshold=settings["approx_threshold"])
+    spec = plan_index(
+        manifest["count"], index_type=settings["index_type"], approx_threshold=settings["approx_threshold"]
+    )
     snapshot, keep = None, False
     index_info = {**spec.to_dict(), f"recall@{RECALL_K}": 1.0}
     if not spec.exact:
-        keep = previous is not None and previous["files"]["faiss"] is not None and \
-            IndexSpec.from_dict(previous["index"]) == spec and _snapshot_fresh(db, previous, spec, rows, retired, dropped,
-                                                                              manifest["count"])
+        keep = (
+            previous is not None
+            and previous["files"]["faiss"] is not None
+            and IndexSpec.from_dict(previous["index"]) == spec
+            and _snapshot_fresh(db, previous, spec, rows, retired, dropped, manifest["count"])
+        )
         if keep:
             index_info = previous["index"]
         else:
@@ -392,13 +455,26 @@ def _commit(
         manifest.pop("snapshot", None)
     manifest = {**manifest, "index": index_info}
     vectors = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1) if len(vectors) else vectors
-    return commit_version(path, manifest, db, vectors=vectors, rows=rows, removed_keys=[r.key for r in retired],
-                          snapshot=snapshot, keep_snapshot=keep)
+    return commit_version(
+        path,
+        manifest,
+        db,
+        vectors=vectors,
+        rows=rows,
+        removed_keys=[r.key for r in retired],
+        snapshot=snapshot,
+        keep_snapshot=keep,
+    )
 
 
 def _snapshot_fresh(
-    db: IndexDB, previous: dict[str, Any], spec: IndexSpec, rows: list[NewRow], retired: Sequence[StoredImage],
-    dropped: set[int], count: int,
+    db: IndexDB,
+    previous: dict[str, Any],
+    spec: IndexSpec,
+    rows: list[NewRow],
+    retired: Sequence[StoredImage],
+    dropped: set[int],
+    count: int,
 ) -> bool:
     """Whether the current snapshot can serve the new version: what it lacks or holds in excess
     stays under :data:`SNAPSHOT_SLACK` of the index (HNSW: it holds nothing in excess)."""
@@ -415,7 +491,12 @@ def _snapshot_fresh(
 
 
 def _vectors_after(
-    path: Path, previous: dict[str, Any] | None, db: IndexDB, vectors: np.ndarray, rows: list[NewRow], dropped: set[int],
+    path: Path,
+    previous: dict[str, Any] | None,
+    db: IndexDB,
+    vectors: np.ndarray,
+    rows: list[NewRow],
+    dropped: set[int],
     dim: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """``(ids, vectors)`` of the new version, sorted by id: the kept images' from their shards,
@@ -425,7 +506,9 @@ def _vectors_after(
     if previous is None:
         return new_ids, new_vectors
     kept = [r for r in db.visible_rows(int(previous["version"])) if r[1] not in dropped]
-    old = gather_vectors(path, previous, np.array([r[8] for r in kept], np.int64), np.array([r[9] for r in kept], np.int64))
+    old = gather_vectors(
+        path, previous, np.array([r[8] for r in kept], np.int64), np.array([r[9] for r in kept], np.int64)
+    )
     return np.concatenate([np.array([r[1] for r in kept], np.int64), new_ids]), np.concatenate([old, new_vectors])
 
 
@@ -450,8 +533,9 @@ def migrate_legacy(out: Path, manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _new_row(item: GalleryItem, image_id: int, shard: int, row: int) -> NewRow:
     size, mtime_ns = _stat(item.path) or (None, None)
-    return NewRow(image_id, str(item.path), item.label, dict(item.metadata), file_sha256(item.path), size, mtime_ns,
-                  shard, row)
+    return NewRow(
+        image_id, str(item.path), item.label, dict(item.metadata), file_sha256(item.path), size, mtime_ns, shard, row
+    )
 
 
 def _fields(row: dict[str, Any]) -> dict[str, Any]:
@@ -487,9 +571,7 @@ def embed_items(
     if first == stop:  # nothing to embed: do not pay for building the model
         return Embeddings(np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)), 0.0
     net = model.load_model()
-    dataset = ImageDataset(
-        [item.path for item in items], embedding_transform(net, model.img_size, model.resize_size)
-    )
+    dataset = ImageDataset([item.path for item in items], embedding_transform(net, model.img_size, model.resize_size))
     embeddings = embed_dataset(net, dataset, desc="indexing", shard=shard, **embed)
     return embeddings, time.perf_counter() - start
 

@@ -20,7 +20,7 @@ import json
 import math
 from collections import Counter
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -142,8 +142,8 @@ def calibration_pairs(
         a = (rng.random(len(chosen)) * sizes).astype(int)
         b = (rng.random(len(chosen)) * (sizes - 1)).astype(int)
         b += b >= a
-        first = np.array([by_label[c][i] for c, i in zip(chosen, a)])
-        second = np.array([by_label[c][i] for c, i in zip(chosen, b)])
+        first = np.array([by_label[c][i] for c, i in zip(chosen, a, strict=True)])
+        second = np.array([by_label[c][i] for c, i in zip(chosen, b, strict=True)])
         genuine_scores = np.einsum("md,md->m", vectors[first], vectors[second])
     # A uniform impostor pair: uniform pairs of distinct images, those of one label rejected.
     first, second = np.empty(0, int), np.empty(0, int)
@@ -197,11 +197,20 @@ def calibrate(
     threshold = threshold_for_fmr(impostor, target_fmr)
     fmr, fnmr = error_rates(genuine, impostor, np.array([threshold]))
     calibration = Calibration(
-        threshold=threshold, target_fmr=float(target_fmr), fmr=float(fmr[0]), fnmr=float(fnmr[0]),
-        genuine_pairs=len(genuine), impostor_pairs=len(impostor), pairs=how, images=len(labels),
-        labels=len(names), skipped=len(embeddings.failures), labelled=str(labelled), seed=seed,
+        threshold=threshold,
+        target_fmr=float(target_fmr),
+        fmr=float(fmr[0]),
+        fnmr=float(fnmr[0]),
+        genuine_pairs=len(genuine),
+        impostor_pairs=len(impostor),
+        pairs=how,
+        images=len(labels),
+        labels=len(names),
+        skipped=len(embeddings.failures),
+        labelled=str(labelled),
+        seed=seed,
         model_fingerprint=index.manifest["model"]["fingerprint"],
-        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
     )
     draw_curve(genuine, impostor, calibration, Path(plot) if plot else index_dir / PLOT)
     atomic_write_json(index_dir / CALIBRATION, calibration.to_dict())
@@ -213,8 +222,10 @@ def _check_labels(labelled: str | Path, items: list[GalleryItem], *, after_decod
     counts = Counter(item.label for item in items)
     labels = set(counts)
     if len(labels) < 2:
-        raise DataError(f"labelled: {labelled} has {len(labels)} label(s) among images{why}; "
-                        "calibration needs at least two (impostor pairs)")
+        raise DataError(
+            f"labelled: {labelled} has {len(labels)} label(s) among images{why}; "
+            "calibration needs at least two (impostor pairs)"
+        )
     if max(counts.values()) < 2:
         raise DataError(f"labelled: {labelled} has no two images{why} of the same label (no genuine pairs)")
 
@@ -242,8 +253,11 @@ def draw_curve(genuine: np.ndarray, impostor: np.ndarray, calibration: Calibrati
     ax.set_yscale("log")
     ax.set_xlabel("cosine threshold (a match when score >= threshold)")
     ax.set_ylabel("error rate")
-    ax.set_title(f"t = {calibration.threshold:.4f}: FMR {calibration.fmr:.4f} "
-                 f"(target {calibration.target_fmr:g}), FNMR {calibration.fnmr:.4f}", fontsize=10)
+    ax.set_title(
+        f"t = {calibration.threshold:.4f}: FMR {calibration.fmr:.4f} "
+        f"(target {calibration.target_fmr:g}), FNMR {calibration.fnmr:.4f}",
+        fontsize=10,
+    )
     ax.legend(fontsize=8, loc="center right")  # "best" scans every point: slow on large curves
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()

@@ -82,6 +82,6 @@ def filtered_recall(index: GalleryIndex, *, k: int = 10, num_queries: int = 200,
         truth = keep[exact.search(queries, kk)[1]]
         params = search_parameters(index.spec, faiss.IDSelectorBatch(keep))
         found = search_selected(index.faiss_index, queries, kk, params)[1]
-        hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
+        hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist(), strict=True))
         out[f"{fraction:.0%}"] = hits / (len(queries) * kk)
     return out

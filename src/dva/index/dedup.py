@@ -61,10 +61,17 @@ class DedupReport:
         return sum(len(g) - 1 for g in self.groups)
 
     def summary(self) -> dict[str, Any]:
-        return {"threshold": self.threshold, "images": self.images, "search": self.search, "k": self.k,
-                "links": self.links, "groups": len(self.groups),
-                "images_in_groups": sum(len(g) for g in self.groups), "duplicates": self.duplicates,
-                "largest_group": max((len(g) for g in self.groups), default=0)}
+        return {
+            "threshold": self.threshold,
+            "images": self.images,
+            "search": self.search,
+            "k": self.k,
+            "links": self.links,
+            "groups": len(self.groups),
+            "images_in_groups": sum(len(g) for g in self.groups),
+            "duplicates": self.duplicates,
+            "largest_group": max((len(g) for g in self.groups), default=0),
+        }
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.summary(), "groups_list": [[asdict(m) for m in g] for g in self.groups]}
@@ -96,7 +103,7 @@ def find_duplicates(
         sources.append(rows[keep])
         targets.append(ids[keep])
     src, dst = np.concatenate(sources), np.concatenate(targets).astype(np.int64)
-    links = len({(min(a, b), max(a, b)) for a, b in zip(src.tolist(), dst.tolist())})
+    links = len({(min(a, b), max(a, b)) for a, b in zip(src.tolist(), dst.tolist(), strict=True)})
     graph = coo_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(n, n))
     _, component = connected_components(graph, directed=True, connection="weak")
     # Members of each component, ids ascending (a stable sort of the component numbers).
@@ -106,16 +113,24 @@ def find_duplicates(
     for ids in (m for m in members if len(m) >= 2):  # the first member has the lowest id
         vectors = np.asarray(index.embeddings[ids], dtype=np.float32)
         scores = vectors @ vectors[0]
-        groups.append([
-            Member(int(index.ids[i]), index.rows[i]["path"], index.rows[i]["label"], 1.0 if j == 0 else float(scores[j]))
-            for j, i in enumerate(ids)
-        ])
+        groups.append(
+            [
+                Member(
+                    int(index.ids[i]),
+                    index.rows[i]["path"],
+                    index.rows[i]["label"],
+                    1.0 if j == 0 else float(scores[j]),
+                )
+                for j, i in enumerate(ids)
+            ]
+        )
     groups.sort(key=lambda g: (-len(g), g[0].id))
     return DedupReport(threshold, n, "range" if exact else "knn", None if exact else k, links, groups)
 
 
 def write_csv(report: DedupReport, out: str | Path) -> Path:
     """One row per member: group (1 = largest), id, path, label, score to the group's first member."""
+
     def write(tmp: Path) -> None:
         with open(tmp, "w", newline="", encoding="utf-8") as f:
             writer = csv.writer(f)
@@ -128,7 +143,11 @@ def write_csv(report: DedupReport, out: str | Path) -> Path:
 
 
 def contact_sheet(
-    report: DedupReport, out: str | Path, *, max_groups: int = SHEET_GROUPS, per_group: int = SHEET_PER_GROUP,
+    report: DedupReport,
+    out: str | Path,
+    *,
+    max_groups: int = SHEET_GROUPS,
+    per_group: int = SHEET_PER_GROUP,
     thumb: int = THUMB,
 ) -> Path:
     """A PNG with one row per group (largest first): its thumbnails, each with its score to the first."""

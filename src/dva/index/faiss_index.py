@@ -61,7 +61,9 @@ class IndexSpec:
         return cls(raw["type"], dict(raw.get("params", {})))
 
 
-def plan_index(num_vectors: int, *, index_type: str = "auto", approx_threshold: int = DEFAULT_APPROX_THRESHOLD) -> IndexSpec:
+def plan_index(
+    num_vectors: int, *, index_type: str = "auto", approx_threshold: int = DEFAULT_APPROX_THRESHOLD
+) -> IndexSpec:
     """Choose the index for a gallery of ``num_vectors`` images (``index_type`` forces one)."""
     if index_type not in INDEX_TYPES:
         raise ConfigError(f"index type: choose from {', '.join(INDEX_TYPES)}, got {index_type!r}")
@@ -84,9 +86,7 @@ def plan_index(num_vectors: int, *, index_type: str = "auto", approx_threshold: 
     return IndexSpec("ivf", {"nlist": nlist, "nprobe": min(nlist, max(8, nlist // 32))})
 
 
-def build_index(
-    spec: IndexSpec, vectors: np.ndarray, *, ids: np.ndarray | None = None, seed: int = 0
-) -> faiss.Index:
+def build_index(spec: IndexSpec, vectors: np.ndarray, *, ids: np.ndarray | None = None, seed: int = 0) -> faiss.Index:
     """A FAISS index of ``spec`` holding ``vectors`` with ids ``0..N-1`` (their positions), or
     with ``ids`` (an ``IDMap2`` around it: the snapshots of :mod:`dva.index.store`)."""
     vectors = _as_matrix(vectors)
@@ -124,8 +124,11 @@ def ids_to_positions(snapshot: faiss.Index, ids: np.ndarray, vectors: np.ndarray
         raise ValueError("a snapshot is an IDMap2 index")
     labels = faiss.vector_to_array(snapshot.id_map)
     positions = np.searchsorted(ids, labels)
-    live = (positions < len(ids)) & (ids[np.minimum(positions, max(len(ids) - 1, 0))] == labels) if len(ids) else \
-        np.zeros(len(labels), bool)
+    live = (
+        (positions < len(ids)) & (ids[np.minimum(positions, max(len(ids) - 1, 0))] == labels)
+        if len(ids)
+        else np.zeros(len(labels), bool)
+    )
     if not live.all():
         if spec.type == "hnsw":  # HNSW cannot delete (writers re-snapshot it instead): rebuild here
             return build_index(spec, vectors, ids=np.arange(len(ids)))
@@ -201,7 +204,7 @@ def recall_vs_exact(
     _, found = index.search(queries, k)
     if ids is not None:
         truth = np.asarray(ids)[truth]
-    hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist()))
+    hits = sum(len(set(t) & set(f)) for t, f in zip(truth.tolist(), found.tolist(), strict=True))
     return hits / (len(queries) * k)
 
 

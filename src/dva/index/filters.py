@@ -22,7 +22,6 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 from dva.errors import DataError
 
@@ -60,8 +59,13 @@ class Filter:
             raise DataError(f"filter {text!r}: empty (expected e.g. label=Cardinal, label in A,B, year>=2000)")
         if match := _RANGE.match(text):
             low, low_op, name, high_op, high = match.groups()
-            return cls(name.strip(), low=_number(text, low), high=_number(text, high),
-                       low_inclusive=low_op == "<=", high_inclusive=high_op == "<=")._checked(text)
+            return cls(
+                name.strip(),
+                low=_number(text, low),
+                high=_number(text, high),
+                low_inclusive=low_op == "<=",
+                high_inclusive=high_op == "<=",
+            )._checked(text)
         if match := _MEMBER.match(text):
             name, values = match.groups()
             members = tuple(v.strip() for v in values.split(","))
@@ -91,7 +95,11 @@ class Filter:
     def __str__(self) -> str:
         """The filter as the string that parses back to it."""
         if self.values:
-            return f"{self.field}={self.values[0]}" if len(self.values) == 1 else f"{self.field} in {','.join(self.values)}"
+            return (
+                f"{self.field}={self.values[0]}"
+                if len(self.values) == 1
+                else f"{self.field} in {','.join(self.values)}"
+            )
         low_op, high_op = ("<=" if self.low_inclusive else "<"), ("<=" if self.high_inclusive else "<")
         if self.low is not None and self.high is not None:
             return f"{self.low:g}{low_op}{self.field}{high_op}{self.high:g}"
@@ -100,7 +108,7 @@ class Filter:
         return f"{self.field}{high_op}{self.high:g}"
 
 
-FilterLike = Union[Filter, str]
+FilterLike = Filter | str
 
 
 def parse_filters(filters: FilterLike | Iterable[FilterLike] | None) -> list[Filter]:

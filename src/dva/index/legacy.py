@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,23 @@ def read_legacy(path: Path, manifest: dict[str, Any]) -> tuple[np.ndarray, list[
     embeddings = np.load(path / files["embeddings"], mmap_mode="r")
     rows = [row for _, row in read_jsonl(path / files["metadata"])]
     faiss_index = faiss.read_index(str(path / files["faiss"]))
-    counts = {"manifest": manifest["count"], "embeddings": len(embeddings), "metadata": len(rows),
-              "faiss": faiss_index.ntotal}
+    counts = {
+        "manifest": manifest["count"],
+        "embeddings": len(embeddings),
+        "metadata": len(rows),
+        "faiss": faiss_index.ntotal,
+    }
     if len(set(counts.values())) != 1:
         raise DataError(f"{path}: the index files disagree on the number of images ({counts})")
     return embeddings, rows, faiss_index
 
 
 def write_legacy_version(
-    path: Path, manifest: dict[str, Any], embeddings: np.ndarray, rows: Sequence[dict[str, Any]], faiss_index: faiss.Index
+    path: Path,
+    manifest: dict[str, Any],
+    embeddings: np.ndarray,
+    rows: Sequence[dict[str, Any]],
+    faiss_index: faiss.Index,
 ) -> dict[str, Any]:
     """Write version ``manifest["version"]`` in format 1: every file in full, then the manifest.
 
@@ -67,9 +75,16 @@ def write_legacy_version(
     atomic_write(path / files["embeddings"], lambda tmp: _save_npy(tmp, embeddings))
     atomic_write(path / files["metadata"], lambda tmp: save_jsonl(tmp, rows))
     atomic_write(path / files["faiss"], lambda tmp: faiss.write_index(faiss_index, str(tmp)))
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-    manifest = {"format": "dva-index", **manifest, "format_version": FORMAT_VERSION, "count": len(rows),
-                "created": manifest.get("created", now), "updated": now, "files": files}
+    now = datetime.now(UTC).isoformat(timespec="seconds")
+    manifest = {
+        "format": "dva-index",
+        **manifest,
+        "format_version": FORMAT_VERSION,
+        "count": len(rows),
+        "created": manifest.get("created", now),
+        "updated": now,
+        "files": files,
+    }
     atomic_write_json(path / "manifest.json", manifest)
     return manifest
 

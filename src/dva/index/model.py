@@ -42,12 +42,16 @@ class IndexModel:
         if not get_method(config.model.method).trains:
             return cls(config, None, f"run {run.path}", run.record)
         if not weights_path.is_file():
-            raise ConfigError(f"{weights_path}: no trained weights (has `dva train --out {run.path}` finished an epoch?)")
+            raise ConfigError(
+                f"{weights_path}: no trained weights (has `dva train --out {run.path}` finished an epoch?)"
+            )
         return cls(config, weights_path, f"run {run.path} ({weights_path.name})", run.record)
 
     @classmethod
     def frozen(cls, backbone: str, *, pretrained: bool = True, img_size: int = 224, init_seed: int = 0) -> IndexModel:
-        model = ModelConfig(backbone=backbone, pretrained=pretrained, img_size=img_size, init_seed=init_seed, method="frozen")
+        model = ModelConfig(
+            backbone=backbone, pretrained=pretrained, img_size=img_size, init_seed=init_seed, method="frozen"
+        )
         return cls(RunConfig(model=model), None, f"frozen {backbone}", TrainingRecord(dva_version=__version__))
 
     @classmethod
@@ -59,7 +63,9 @@ class IndexModel:
         if not get_method(config.model.method).trains:
             return cls(config, None, f"index {as_run.path}", as_run.record)
         if not weights.is_file():
-            raise CheckpointError(f"{weights}: missing; the index's {config.model.method} model needs its trained weights")
+            raise CheckpointError(
+                f"{weights}: missing; the index's {config.model.method} model needs its trained weights"
+            )
         return cls(config, weights, f"index {as_run.path}", as_run.record)
 
     @property
@@ -98,5 +104,10 @@ class IndexModel:
 
     def describe(self) -> dict[str, object]:
         m = self.config.model
-        return {"backbone": m.backbone, "method": m.method, "img_size": m.img_size,
-                "resize_size": self.resize_size, "source": self.source}
+        return {
+            "backbone": m.backbone,
+            "method": m.method,
+            "img_size": m.img_size,
+            "resize_size": self.resize_size,
+            "source": self.source,
+        }

@@ -90,7 +90,11 @@ def gather(vectors: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def query_expansion(
-    queries: np.ndarray, gallery: np.ndarray, index: faiss.Index, *, n: int = DEFAULT_RERANK_K,
+    queries: np.ndarray,
+    gallery: np.ndarray,
+    index: faiss.Index,
+    *,
+    n: int = DEFAULT_RERANK_K,
     alpha: float = DEFAULT_ALPHA,
 ) -> np.ndarray:
     """alpha-QE: each (normalised) query expanded with its top-``n`` in ``index`` (over ``gallery``)."""
@@ -99,7 +103,11 @@ def query_expansion(
 
 
 def database_augmentation(
-    gallery: np.ndarray, index: faiss.Index | None = None, *, n: int = DEFAULT_RERANK_K, alpha: float = DEFAULT_ALPHA,
+    gallery: np.ndarray,
+    index: faiss.Index | None = None,
+    *,
+    n: int = DEFAULT_RERANK_K,
+    alpha: float = DEFAULT_ALPHA,
     block: int = 4096,
 ) -> np.ndarray:
     """DBA: every gallery vector expanded with its own top-``n`` (itself excluded).

@@ -25,7 +25,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import faiss
 import numpy as np
@@ -44,7 +44,7 @@ from dva.index.store import GalleryIndex
 from dva.index.vectordb import VectorBackend
 from dva.runtime import autocast, resolve_device
 
-ImageLike = Union[str, os.PathLike, Image.Image]
+ImageLike = str | os.PathLike | Image.Image
 #: Filtered subsets up to this size are searched exactly: at 768 floats that is ~60 MFLOP a
 #: query, a few milliseconds, and HNSW's graph search degrades when a filter keeps few images.
 EXACT_SUBSET_MAX = 20_000
@@ -65,8 +65,14 @@ class Match:
     is_match: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "path": self.path, "label": self.label, "score": self.score, "metadata": self.metadata,
-                "is_match": self.is_match}
+        return {
+            "id": self.id,
+            "path": self.path,
+            "label": self.label,
+            "score": self.score,
+            "metadata": self.metadata,
+            "is_match": self.is_match,
+        }
 
 
 class Searcher:
@@ -78,14 +84,21 @@ class Searcher:
     """
 
     def __init__(
-        self, index_dir: str | Path, *, device: str = "cpu", precision: str = "fp32", batch_size: int = 32,
+        self,
+        index_dir: str | Path,
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        batch_size: int = 32,
         backend: VectorBackend | None = None,
     ) -> None:
         self.index = GalleryIndex.load(index_dir)
         self.backend = backend
         if backend is not None and backend.embed_dim != self.index.embed_dim:
-            raise DataError(f"{index_dir}: {self.index.embed_dim}-d embeddings, the vector database "
-                            f"{backend.describe()['address']} holds {backend.embed_dim}-d ones")
+            raise DataError(
+                f"{index_dir}: {self.index.embed_dim}-d embeddings, the vector database "
+                f"{backend.describe()['address']} holds {backend.embed_dim}-d ones"
+            )
         self.model_info = IndexModel.from_index(index_dir)
         self.device = resolve_device(device)
         self.precision = precision
@@ -203,8 +216,8 @@ class Searcher:
             ids = self._reranked_ids(queries, min(k, len(self)), rerank, rerank_k, alpha)
             scores = self._cosines(queries, ids)
         return [
-            [self._match_at(i, s, cut) for i, s in zip(row_ids, row_scores) if i >= 0]
-            for row_ids, row_scores in zip(ids.tolist(), scores.tolist())
+            [self._match_at(i, s, cut) for i, s in zip(row_ids, row_scores, strict=True) if i >= 0]
+            for row_ids, row_scores in zip(ids.tolist(), scores.tolist(), strict=True)
         ]
 
     def _cosines(self, queries: np.ndarray, positions: np.ndarray) -> np.ndarray:
@@ -297,8 +310,14 @@ class Searcher:
 
 def _to_match(image_id: int, row: dict[str, Any], score: float, threshold: float | None) -> Match:
     metadata = {key: value for key, value in row.items() if key not in ("path", "label")} if len(row) > 2 else {}
-    return Match(image_id, row["path"], row.get("label"), score, metadata,
-                 None if threshold is None else bool(score >= threshold))
+    return Match(
+        image_id,
+        row["path"],
+        row.get("label"),
+        score,
+        metadata,
+        None if threshold is None else bool(score >= threshold),
+    )
 
 
 def _as_image(image: ImageLike) -> Image.Image:

@@ -62,10 +62,19 @@ def embed_shard(
     todo, own = pending_items(out, items, model)
     embeddings, seconds = embed_items(own, todo, shard=shard, **embed)
     path = shard_dir(out) / f"shard-{shard[0]:05d}-of-{shard[1]:05d}.safetensors"
-    tensors = {"vectors": torch.from_numpy(np.ascontiguousarray(embeddings.vectors)),
-               "positions": torch.from_numpy(embeddings.indices)}
-    metadata = {"shard": shard[0], "num_shards": shard[1], "images": len(todo), "images_digest": _digest(todo),
-                "model": own.fingerprint(), "failures": embeddings.failures, "seconds": seconds}
+    tensors = {
+        "vectors": torch.from_numpy(np.ascontiguousarray(embeddings.vectors)),
+        "positions": torch.from_numpy(embeddings.indices),
+    }
+    metadata = {
+        "shard": shard[0],
+        "num_shards": shard[1],
+        "images": len(todo),
+        "images_digest": _digest(todo),
+        "model": own.fingerprint(),
+        "failures": embeddings.failures,
+        "seconds": seconds,
+    }
     return save_tensors(path, tensors, metadata)
 
 
@@ -80,7 +89,11 @@ def merge_shards(
     """Build or grow index ``out`` from the shard files of ``items`` (checked), then remove them."""
     directory = shard_dir(out)
     report = build_index_dir(
-        out, items, model=model, index_type=index_type, approx_threshold=approx_threshold,
+        out,
+        items,
+        model=model,
+        index_type=index_type,
+        approx_threshold=approx_threshold,
         embedder=lambda own, todo: read_shards(directory, own, todo),
     )
     shutil.rmtree(directory)
@@ -94,14 +107,18 @@ def read_shards(directory: Path, model: IndexModel, todo: Sequence[GalleryItem])
         raise DataError(f"{directory}: no shard files; embed them first with --shard I/N (or under torchrun)")
     splits = {int(_SHARD_FILE.fullmatch(p.name)[2]) for p in files}
     if len(splits) > 1:
-        raise DataError(f"{directory}: shards of different splits ({', '.join(map(str, sorted(splits)))} "
-                        "shards) lie together; delete the stale ones")
+        raise DataError(
+            f"{directory}: shards of different splits ({', '.join(map(str, sorted(splits)))} "
+            "shards) lie together; delete the stale ones"
+        )
     num_shards = splits.pop()
     present = {int(_SHARD_FILE.fullmatch(p.name)[1]) for p in files}
     missing = sorted(set(range(num_shards)) - present)
     if missing:
-        raise DataError(f"{directory}: shard(s) {', '.join(map(str, missing))} of {num_shards} missing; "
-                        f"embed them with --shard I/{num_shards}")
+        raise DataError(
+            f"{directory}: shard(s) {', '.join(map(str, missing))} of {num_shards} missing; "
+            f"embed them with --shard I/{num_shards}"
+        )
     digest, fingerprint = _digest(todo), model.fingerprint()
     parts, seconds = [], 0.0
     for path in files:
@@ -109,8 +126,10 @@ def read_shards(directory: Path, model: IndexModel, todo: Sequence[GalleryItem])
         if meta["model"] != fingerprint:
             raise DataError(f"{path}: embedded with another model than the index's; embed the shards again")
         if meta["images_digest"] != digest or meta["images"] != len(todo):
-            raise DataError(f"{path}: embedded for another list of images ({meta['images']} to add, now "
-                            f"{len(todo)}): the gallery or the index changed since; embed the shards again")
+            raise DataError(
+                f"{path}: embedded for another list of images ({meta['images']} to add, now "
+                f"{len(todo)}): the gallery or the index changed since; embed the shards again"
+            )
         positions = tensors["positions"].numpy()
         failures = [(int(i), str(message)) for i, message in meta["failures"]]
         parts.append(Embeddings(tensors["vectors"].numpy(), np.full(len(positions), -1), positions, failures))

@@ -44,7 +44,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -235,7 +235,7 @@ class IndexDB:
                 raise DataError(f"filter {str(f)!r}: {f.field} is text; a range needs a numeric field")
 
     def max_version(self) -> int:
-        (added, removed), = self.query("SELECT max(added), max(removed) FROM images")
+        ((added, removed),) = self.query("SELECT max(added), max(removed) FROM images")
         return max(added or 0, removed or 0)
 
     # --- writing (holding :func:`update_lock`) ---
@@ -245,7 +245,9 @@ class IndexDB:
         if self.max_version() <= version:
             return  # nothing to undo: do not touch the file
         with self._lock, self.connection:
-            self.connection.execute(f"DELETE FROM fields WHERE key IN (SELECT key FROM images WHERE added > {int(version)})")
+            self.connection.execute(
+                f"DELETE FROM fields WHERE key IN (SELECT key FROM images WHERE added > {int(version)})"
+            )
             self.connection.execute(f"DELETE FROM images WHERE added > {int(version)}")
             self.connection.execute(f"UPDATE images SET removed = NULL WHERE removed > {int(version)}")
 
@@ -260,8 +262,18 @@ class IndexDB:
                 cursor.execute(
                     "INSERT INTO images (id, path, label, fields, sha256, size, mtime_ns, shard, row, added)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (row.id, row.path, row.label, json.dumps(row.fields, ensure_ascii=False), row.sha256,
-                     row.size, row.mtime_ns, row.shard, row.row, int(version)),
+                    (
+                        row.id,
+                        row.path,
+                        row.label,
+                        json.dumps(row.fields, ensure_ascii=False),
+                        row.sha256,
+                        row.size,
+                        row.mtime_ns,
+                        row.shard,
+                        row.row,
+                        int(version),
+                    ),
                 )
                 key = cursor.lastrowid
                 cursor.executemany(
@@ -274,15 +286,18 @@ class IndexDB:
         if not self.query(f"SELECT 1 FROM images WHERE removed <= {int(before)} LIMIT 1"):
             return
         with self._lock, self.connection:
-            self.connection.execute(f"DELETE FROM fields WHERE key IN (SELECT key FROM images WHERE removed <= {int(before)})")
+            self.connection.execute(
+                f"DELETE FROM fields WHERE key IN (SELECT key FROM images WHERE removed <= {int(before)})"
+            )
             self.connection.execute(f"DELETE FROM images WHERE removed <= {int(before)}")
 
     def snapshot_stats(self, version: int, snapshot_version: int) -> tuple[int, int]:
         """``(live vectors of version in the snapshot, live vectors not in it)``: an id's vector
         sits in the shard of the version that embedded it, so shard <= s means "in the snapshot"."""
         s = int(snapshot_version)
-        (inside, outside), = self.query(
-            f"SELECT coalesce(sum(shard <= {s}), 0), coalesce(sum(shard > {s}), 0) FROM images i WHERE {visible(version)}"
+        ((inside, outside),) = self.query(
+            f"SELECT coalesce(sum(shard <= {s}), 0), coalesce(sum(shard > {s}), 0) "
+            f"FROM images i WHERE {visible(version)}"
         )
         return int(inside), int(outside)
 
@@ -326,12 +341,15 @@ class GalleryIndex:
         version = int(manifest["version"])
         stored = db.visible_rows(version)
         if len(stored) != manifest["count"]:
-            raise DataError(f"{path}: {METADATA_DB} holds {len(stored)} images of version {version}, "
-                            f"the manifest says {manifest['count']}")
+            raise DataError(
+                f"{path}: {METADATA_DB} holds {len(stored)} images of version {version}, "
+                f"the manifest says {manifest['count']}"
+            )
         ids = np.array([row[1] for row in stored], dtype=np.int64)
         rows = [{"path": row[2], "label": row[3], **json.loads(row[4])} for row in stored]
-        embeddings = gather_vectors(path, manifest, np.array([r[8] for r in stored], np.int64),
-                                    np.array([r[9] for r in stored], np.int64))
+        embeddings = gather_vectors(
+            path, manifest, np.array([r[8] for r in stored], np.int64), np.array([r[9] for r in stored], np.int64)
+        )
         spec = IndexSpec.from_dict(manifest["index"])
         snapshot = manifest["files"].get("faiss")
         if snapshot is None:
@@ -348,10 +366,24 @@ class GalleryIndex:
         embeddings, rows, faiss_index = read_legacy(path, manifest)
         apply_search_params(faiss_index, IndexSpec.from_dict(manifest["index"]))
         db = IndexDB.in_memory(str(path / manifest["files"]["metadata"]))
-        db.apply(0, (NewRow(i, row["path"], row.get("label"), _extra(row), None, None, None, 0, i)
-                     for i, row in enumerate(rows)), ())
-        return cls(path, manifest, embeddings, rows, faiss_index, np.arange(len(rows), dtype=np.int64), db,
-                   format_version=int(manifest.get("format_version", 1)))
+        db.apply(
+            0,
+            (
+                NewRow(i, row["path"], row.get("label"), _extra(row), None, None, None, 0, i)
+                for i, row in enumerate(rows)
+            ),
+            (),
+        )
+        return cls(
+            path,
+            manifest,
+            embeddings,
+            rows,
+            faiss_index,
+            np.arange(len(rows), dtype=np.int64),
+            db,
+            format_version=int(manifest.get("format_version", 1)),
+        )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -370,7 +402,7 @@ class GalleryIndex:
 
     @cached_property
     def ids_by_path(self) -> dict[str, int]:
-        return {row["path"]: int(i) for i, row in zip(self.ids, self.rows)}
+        return {row["path"]: int(i) for i, row in zip(self.ids, self.rows, strict=True)}
 
     def position(self, image_id: int) -> int:
         """The position of image ``image_id``; ``KeyError`` when no such image is in the index."""
@@ -429,8 +461,11 @@ class GalleryIndex:
     def _select(self, filters: Sequence[Filter]) -> np.ndarray:
         ids = self.db.select(filters, self.version)
         positions = np.searchsorted(self.ids, ids)
-        return positions[(positions < len(self.ids)) & (self.ids[np.minimum(positions, len(self.ids) - 1)] == ids)] \
-            if len(self.ids) else np.zeros(0, np.int64)
+        return (
+            positions[(positions < len(self.ids)) & (self.ids[np.minimum(positions, len(self.ids) - 1)] == ids)]
+            if len(self.ids)
+            else np.zeros(0, np.int64)
+        )
 
 
 def _extra(row: dict[str, Any]) -> dict[str, Any]:
@@ -449,7 +484,9 @@ def gather_vectors(path: Path, manifest: dict[str, Any], shards: np.ndarray, row
         mask = shards == version
         wanted = rows[mask]
         if len(wanted) and (wanted.max() >= len(shard) or shard.shape[1:] != (dim,)):
-            raise DataError(f"{path / name}: holds {shard.shape} vectors, {METADATA_DB} needs row {wanted.max()} of {dim}")
+            raise DataError(
+                f"{path / name}: holds {shard.shape} vectors, {METADATA_DB} needs row {wanted.max()} of {dim}"
+            )
         out[mask] = shard[wanted]
     return out
 
@@ -504,7 +541,7 @@ def commit_version(
             written.append(atomic_write(path / snapshot_name(version), lambda tmp: _save_faiss(tmp, snapshot)))
             faiss_file = snapshot_name(version)
         db.apply(version, rows, removed_keys)
-        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        now = datetime.now(UTC).isoformat(timespec="seconds")
         manifest = {
             **manifest,
             "format": FORMAT,
@@ -526,7 +563,7 @@ def commit_version(
 
 
 def count_visible(db: IndexDB, version: int) -> int:
-    (count,), = db.query(f"SELECT count(*) FROM images i WHERE {visible(version)}")
+    ((count,),) = db.query(f"SELECT count(*) FROM images i WHERE {visible(version)}")
     return int(count)
 
 

@@ -122,8 +122,10 @@ class QdrantGallery:
             try:
                 self._client = QdrantClient(path=str(config.path))
             except RuntimeError as e:  # the folder is locked by another process
-                raise DataError(f"{config.path}: the embedded Qdrant database is open in another process "
-                                f"(one process at a time; a server allows many): {e}") from None
+                raise DataError(
+                    f"{config.path}: the embedded Qdrant database is open in another process "
+                    f"(one process at a time; a server allows many): {e}"
+                ) from None
         try:
             self._open_collection(create)
         except BaseException:
@@ -134,16 +136,22 @@ class QdrantGallery:
         name, address, models = self.config.collection, self.config.address, self._models
         if not self._call(lambda: self._client.collection_exists(name)):
             if not create:
-                raise DataError(f"{address}: no Qdrant collection {name!r} "
-                                f"(fill it with `dva index --backend qdrant ...`)")
-            self._call(lambda: self._client.create_collection(
-                name, vectors_config=models.VectorParams(size=self.embed_dim, distance=models.Distance.COSINE)))
+                raise DataError(
+                    f"{address}: no Qdrant collection {name!r} (fill it with `dva index --backend qdrant ...`)"
+                )
+            self._call(
+                lambda: self._client.create_collection(
+                    name, vectors_config=models.VectorParams(size=self.embed_dim, distance=models.Distance.COSINE)
+                )
+            )
         vectors = self._call(lambda: self._client.get_collection(name)).config.params.vectors
         size = getattr(vectors, "size", None)
         if size != self.embed_dim:
-            raise DataError(f"{address}: collection {name!r} holds {size if size is not None else 'named'} vectors, "
-                            f"the index's model gives {self.embed_dim}-d ones (another model's collection? "
-                            f"choose another --collection)")
+            raise DataError(
+                f"{address}: collection {name!r} holds {size if size is not None else 'named'} vectors, "
+                f"the index's model gives {self.embed_dim}-d ones (another model's collection? "
+                f"choose another --collection)"
+            )
 
     def __len__(self) -> int:
         return int(self._call(lambda: self._client.count(self.config.collection, exact=True)).count)
@@ -159,9 +167,9 @@ class QdrantGallery:
             raise DataError("add: image ids are non-negative integers")
         for start in range(0, len(ids), UPSERT_BATCH):
             batch = self._models.Batch(
-                ids=[int(i) for i in ids[start:start + UPSERT_BATCH]],
-                vectors=vectors[start:start + UPSERT_BATCH].tolist(),
-                payloads=[dict(r) for r in rows[start:start + UPSERT_BATCH]],
+                ids=[int(i) for i in ids[start : start + UPSERT_BATCH]],
+                vectors=vectors[start : start + UPSERT_BATCH].tolist(),
+                payloads=[dict(r) for r in rows[start : start + UPSERT_BATCH]],
             )
             self._call(lambda batch=batch: self._client.upsert(self.config.collection, points=batch, wait=True))
 
@@ -170,8 +178,15 @@ class QdrantGallery:
         found: set[int] = set()
         offset = None
         while True:
-            points, offset = self._call(lambda offset=offset: self._client.scroll(
-                self.config.collection, limit=UPSERT_BATCH * 4, offset=offset, with_payload=False, with_vectors=False))
+            points, offset = self._call(
+                lambda offset=offset: self._client.scroll(
+                    self.config.collection,
+                    limit=UPSERT_BATCH * 4,
+                    offset=offset,
+                    with_payload=False,
+                    with_vectors=False,
+                )
+            )
             found.update(int(p.id) for p in points)
             if offset is None:
                 return found
@@ -184,8 +199,10 @@ class QdrantGallery:
 
     def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float, dict[str, Any]]]]:
         """``(id, cosine, metadata row)`` of the top ``k`` of each query (``(n, D)``), best first."""
-        requests = [self._models.QueryRequest(query=q.tolist(), limit=k, with_payload=True)
-                    for q in np.asarray(queries, dtype=np.float32)]
+        requests = [
+            self._models.QueryRequest(query=q.tolist(), limit=k, with_payload=True)
+            for q in np.asarray(queries, dtype=np.float32)
+        ]
         if not requests:
             return []
         responses = self._call(lambda: self._client.query_batch_points(self.config.collection, requests=requests))
@@ -193,15 +210,23 @@ class QdrantGallery:
 
     def get(self, image_id: int) -> dict[str, Any] | None:
         """The metadata row of ``image_id``, or None when the collection does not hold it."""
-        found = self._call(lambda: self._client.retrieve(self.config.collection, ids=[int(image_id)],
-                                                         with_payload=True, with_vectors=False))
+        found = self._call(
+            lambda: self._client.retrieve(
+                self.config.collection, ids=[int(image_id)], with_payload=True, with_vectors=False
+            )
+        )
         return dict(found[0].payload or {}) if found else None
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /healthz`` and ``dva search --json`` report (the API key never appears)."""
         mode = "server" if self.config.url is not None else "embedded"
-        return {"type": "qdrant", "factory": f"qdrant {mode} {self.config.address} collection {self.config.collection}",
-                "address": self.config.address, "collection": self.config.collection, "mode": mode}
+        return {
+            "type": "qdrant",
+            "factory": f"qdrant {mode} {self.config.address} collection {self.config.collection}",
+            "address": self.config.address,
+            "collection": self.config.collection,
+            "mode": mode,
+        }
 
     def close(self) -> None:
         """Release the connection (and the embedded folder's lock, so another process may open it)."""
@@ -219,13 +244,17 @@ class QdrantGallery:
         except ResponseHandlingException as e:  # connection refused, DNS, timeout, TLS
             source = getattr(e, "source", e)
             raise DatabaseUnavailable(
-                f"{address}: cannot reach the Qdrant server ({type(source).__name__}: {source})") from None
+                f"{address}: cannot reach the Qdrant server ({type(source).__name__}: {source})"
+            ) from None
         except UnexpectedResponse as e:
             if e.status_code in (401, 403):
-                raise DatabaseUnavailable(f"{address}: the Qdrant server refused the API key (HTTP {e.status_code}); "
-                                          f"set it in ${self.config.api_key_env}") from None
-            raise DatabaseUnavailable(f"{address}: the Qdrant server answered HTTP {e.status_code} "
-                                      f"{e.reason_phrase} (is it a Qdrant server?)") from None
+                raise DatabaseUnavailable(
+                    f"{address}: the Qdrant server refused the API key (HTTP {e.status_code}); "
+                    f"set it in ${self.config.api_key_env}"
+                ) from None
+            raise DatabaseUnavailable(
+                f"{address}: the Qdrant server answered HTTP {e.status_code} {e.reason_phrase} (is it a Qdrant server?)"
+            ) from None
         except ApiException as e:
             raise DatabaseUnavailable(f"{address}: Qdrant request failed ({e})") from None
 
@@ -256,8 +285,9 @@ def embedded_config(index_dir: str | Path, collection: str = DEFAULT_COLLECTION)
     return QdrantConfig(path=Path(index_dir) / EMBEDDED_FOLDER, collection=collection)
 
 
-def push_index(index: GalleryIndex, gallery: QdrantGallery, *, refresh: bool = False,
-               progress: Callable[[int], None] | None = None) -> int:
+def push_index(
+    index: GalleryIndex, gallery: QdrantGallery, *, refresh: bool = False, progress: Callable[[int], None] | None = None
+) -> int:
     """Make ``gallery`` hold exactly ``index``'s images, by their stable ids.
 
     Points whose id the index no longer holds (removed, or re-embedded under a new id) are
@@ -273,7 +303,7 @@ def push_index(index: GalleryIndex, gallery: QdrantGallery, *, refresh: bool = F
     gallery.remove(sorted(held - set(wanted.tolist())))
     positions = [p for p, i in enumerate(wanted.tolist()) if refresh or i not in held]
     for first in range(0, len(positions), UPSERT_BATCH):
-        chunk = positions[first:first + UPSERT_BATCH]
+        chunk = positions[first : first + UPSERT_BATCH]
         gallery.add(wanted[chunk].tolist(), np.asarray(index.embeddings[chunk]), [index.rows[p] for p in chunk])
         if progress is not None:
             progress(len(chunk))

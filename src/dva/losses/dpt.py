@@ -139,7 +139,9 @@ class DPTLoss(nn.Module):
             # Every training image has a discriminative view (the original stands in when the
             # box is not trusted), so the two lists pair up row by row; anything else is a bug.
             got = 0 if discriminative is None else len(discriminative[1])
-            raise ValueError(f"transfer {self.transfer!r} pairs each original with its view: {len(y)} originals, {got} views")
+            raise ValueError(
+                f"transfer {self.transfer!r} pairs each original with its view: {len(y)} originals, {got} views"
+            )
         teacher = discriminative[0].detach()
         if self.transfer == "embedding":
             return embedding_distillation(x, teacher)

@@ -90,4 +90,3 @@ def inject_adaptformer(model: nn.Module, config: AdaptFormerConfig) -> list[Adap
     if not layers:
         raise ConfigError("no transformer block with `norm2` and `mlp` found; AdaptFormer needs a timm ViT")
     return layers
-

@@ -23,7 +23,6 @@ from torch import nn
 
 from dva.errors import ConfigError
 
-
 StateDict = dict[str, torch.Tensor]
 
 
@@ -135,5 +134,3 @@ def backbone_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[f
     """The mean and std the backbone was pre-trained with (0.5/0.5 for ``orig_in21k``)."""
     cfg = timm.data.resolve_model_data_config(model)
     return tuple(cfg["mean"]), tuple(cfg["std"])
-
-

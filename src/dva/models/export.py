@@ -82,8 +82,9 @@ def export_run(run_dir: str | Path, out: str | Path, *, weights: str | Path | No
     }
     # Written beside the target and renamed into place: a crash leaves no half-written export.
     with partial_dir(out) as partial:
-        save_for_hf(backbone, str(partial), model_config={"dva": provenance}, data_config=data_config,
-                    safe_serialization=True)
+        save_for_hf(
+            backbone, str(partial), model_config={"dva": provenance}, data_config=data_config, safe_serialization=True
+        )
         if onnx:
             export_onnx(backbone, partial / ONNX, img_size)
         for path in partial.iterdir():
@@ -133,7 +134,13 @@ def export_onnx(backbone: nn.Module, path: Path, img_size: int) -> None:
         raise MissingDependency("--onnx needs onnxscript (torch's ONNX exporter): pip install 'dva[export]'") from None
     example = torch.zeros(2, 3, img_size, img_size)  # batch 2: torch.export would fix a batch of 1 as a constant
     torch.onnx.export(
-        _Embedder(backbone).eval(), (example,), str(path), dynamo=True, verbose=False,
-        input_names=["images"], output_names=["embeddings"], dynamic_shapes=({0: torch.export.Dim("batch")},),
+        _Embedder(backbone).eval(),
+        (example,),
+        str(path),
+        dynamo=True,
+        verbose=False,
+        input_names=["images"],
+        output_names=["embeddings"],
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
         external_data=False,  # one file (ONNX's 2 GB limit is above ViT-L's weights)
     )

@@ -66,7 +66,9 @@ class ICALinear(nn.Module):
         self.down = nn.ModuleDict(
             {t: nn.Linear(base_layer.in_features, config.rank, bias=False, **factory) for t in config.targets}
         )
-        self.up = nn.ModuleDict({t: nn.Linear(config.rank, self.slice_dim, bias=False, **factory) for t in config.targets})
+        self.up = nn.ModuleDict(
+            {t: nn.Linear(config.rank, self.slice_dim, bias=False, **factory) for t in config.targets}
+        )
         self.merged = False
         self.reset_adapters()
 

@@ -229,9 +229,7 @@ def convert_imgfocus_onnx(onnx_path: str | os.PathLike[str]) -> dict[str, torch.
     return state_dict
 
 
-def imgfocus_filter_fn(
-    state_dict: dict[str, torch.Tensor], model: VisionTransformer
-) -> dict[str, torch.Tensor]:
+def imgfocus_filter_fn(state_dict: dict[str, torch.Tensor], model: VisionTransformer) -> dict[str, torch.Tensor]:
     """Fit the converted state dict to ``model``'s grid the way the ONNX graph does.
 
     A ``checkpoint_filter_fn`` for these weights: use it instead of timm's

@@ -129,8 +129,16 @@ def register_method(
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         _METHODS[name] = Method(
-            name, fn, description, uses_opa, trains, options, mergeable, proxy_source=proxy_source,
-            defaults=dict(defaults or {}), legacy_fields=legacy_fields,
+            name,
+            fn,
+            description,
+            uses_opa,
+            trains,
+            options,
+            mergeable,
+            proxy_source=proxy_source,
+            defaults=dict(defaults or {}),
+            legacy_fields=legacy_fields,
         )
         return fn
 

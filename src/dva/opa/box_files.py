@@ -85,7 +85,9 @@ class BoxEntry:
         try:
             box = clip_box(self.box, width, height)
         except ValueError:
-            raise DataError(f"{self.where}: box {list(self.box)} has no area inside the {width}x{height} image") from None
+            raise DataError(
+                f"{self.where}: box {list(self.box)} has no area inside the {width}x{height} image"
+            ) from None
         return BoxEntry(self.path, box, self.score, (width, height), self.where)
 
 
@@ -169,7 +171,7 @@ def _csv_rows(text: str, path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
             continue  # a header row
         if len(row) not in (5, 6):
             raise DataError(f"{path}:{number}: expected path,x0,y0,x1,y1[,score], got {','.join(row)!r}")
-        yield number, dict(zip(("path", "x0", "y0", "x1", "y1", "score"), row))
+        yield number, dict(zip(("path", "x0", "y0", "x1", "y1", "score"), row, strict=False))
 
 
 def _is_number(text: str) -> bool:
@@ -183,15 +185,15 @@ def _is_number(text: str) -> bool:
 def _entry(raw: dict[str, Any], base: Path, where: str) -> BoxEntry:
     image = raw.get("path")
     if not isinstance(image, str) or not image:
-        raise DataError(f"{where}: needs the image's \"path\"")
+        raise DataError(f'{where}: needs the image\'s "path"')
     if "box" in raw:
         box = raw["box"]
         if box is not None and (not isinstance(box, list) or len(box) != 4):
-            raise DataError(f"{where}: \"box\" must be [x0, y0, x1, y1] or null, got {box!r}")
+            raise DataError(f'{where}: "box" must be [x0, y0, x1, y1] or null, got {box!r}')
     else:
         missing = [k for k in ("x0", "y0", "x1", "y1") if k not in raw]
         if missing:
-            raise DataError(f"{where}: needs \"box\" or x0, y0, x1, y1 (missing {', '.join(missing)})")
+            raise DataError(f'{where}: needs "box" or x0, y0, x1, y1 (missing {", ".join(missing)})')
         box = [raw[k] for k in ("x0", "y0", "x1", "y1")]
     coords = None if box is None else tuple(_number(v, where, "box coordinate") for v in box)
     if coords is not None and (coords[2] <= coords[0] or coords[3] <= coords[1]):
@@ -202,7 +204,7 @@ def _entry(raw: dict[str, Any], base: Path, where: str) -> BoxEntry:
         raise DataError(f"{where}: score {score} is not in [0, 1]")
     size = raw.get("size")
     if size is not None and (not isinstance(size, list) or len(size) != 2 or not all(isinstance(v, int) for v in size)):
-        raise DataError(f"{where}: \"size\" must be [width, height], got {size!r}")
+        raise DataError(f'{where}: "size" must be [width, height], got {size!r}')
     return BoxEntry(path_key(base / image), coords, score, tuple(size) if size else None, where)
 
 

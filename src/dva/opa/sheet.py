@@ -85,7 +85,7 @@ def contact_sheet(entries: Sequence[BoxEntry], options: SheetOptions = SheetOpti
     for i, entry in enumerate(entries):
         left, top = (i % per_row) * group, header + (i // per_row) * (options.tile + caption)
         tiles, notes = _row(entry, options)
-        for c, (tile, note) in enumerate(zip(tiles, notes)):
+        for c, (tile, note) in enumerate(zip(tiles, notes, strict=True)):
             x = left + c * options.tile
             sheet.paste(_fit(tile, options.tile), (x, top))
             note = "\n".join(_fit_text(draw, text, font, options.tile - 8) for text in note.split("\n"))

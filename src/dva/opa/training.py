@@ -78,6 +78,11 @@ def _detect_training_boxes(config: RunConfig, train_side: SplitSide, progress: b
         raise ConfigError("opa.detector needs opa.boxes, the file its boxes are cached in")
     detector = create_detector(opa.detector, **opa.detector_options)
     detect_boxes(
-        detector, {"train": train_side}, opa.boxes, dataset=config.data.dataset, root=config.data.root,
-        prompt=opa.prompt, progress=progress,
+        detector,
+        {"train": train_side},
+        opa.boxes,
+        dataset=config.data.dataset,
+        root=config.data.root,
+        prompt=opa.prompt,
+        progress=progress,
     )

@@ -39,27 +39,37 @@ def summarize(table: Table, results: Sequence[RowResult]) -> dict[str, Any]:
         latency = next((r.latency for r in mine if r.latency is not None), None)
         if latency is not None:
             ours[LATENCY] = latency
-        rows.append({
-            "name": row.name,
-            "method": mine[0].config.model.method,
-            "test_view": row.test_view,
-            "overrides": {k: dict(v) for k, v in row.overrides.items()},
-            "note": row.note,
-            "seeds": [r.seed for r in mine],
-            "runs": [str(r.run_dir) for r in mine],
-            "test_views": mine[0].metrics.get("test_views"),
-            "ours": ours,
-            "paper": dict(row.paper),
-        })
-    return {"table": table.name, "title": table.title, "label": table.label, "columns": list(table.columns),
-            "notes": list(table.notes), "rows": rows}
+        rows.append(
+            {
+                "name": row.name,
+                "method": mine[0].config.model.method,
+                "test_view": row.test_view,
+                "overrides": {k: dict(v) for k, v in row.overrides.items()},
+                "note": row.note,
+                "seeds": [r.seed for r in mine],
+                "runs": [str(r.run_dir) for r in mine],
+                "test_views": mine[0].metrics.get("test_views"),
+                "ours": ours,
+                "paper": dict(row.paper),
+            }
+        )
+    return {
+        "table": table.name,
+        "title": table.title,
+        "label": table.label,
+        "columns": list(table.columns),
+        "notes": list(table.notes),
+        "rows": rows,
+    }
 
 
 def setting_line(config: RunConfig, seeds: Sequence[int]) -> str:
     """What our numbers were measured on, in one line."""
     m, d, t = config.model, config.data, config.train
-    return (f"Ours: {d.dataset} ({d.split} split), {m.backbone} at {m.img_size} px, {t.epochs} epoch(s), "
-            f"seed(s) {', '.join(map(str, seeds))}. Paper: CUB-200-2011 (open split), ViT-B/16 at 224 px, 10 epochs.")
+    return (
+        f"Ours: {d.dataset} ({d.split} split), {m.backbone} at {m.img_size} px, {t.epochs} epoch(s), "
+        f"seed(s) {', '.join(map(str, seeds))}. Paper: CUB-200-2011 (open split), ViT-B/16 at 224 px, 10 epochs."
+    )
 
 
 def to_markdown(summary: dict[str, Any], setting: str = "") -> str:
@@ -79,8 +89,10 @@ def to_markdown(summary: dict[str, Any], setting: str = "") -> str:
             notes.append(f"{row['name']}: {row['note']}.")
         latency = row["ours"].get(LATENCY)
         if LATENCY in columns and latency and latency.get("detector_ms") is not None:
-            notes.append(f"{row['name']}: {latency['model_ms']:.2f} ms model + {latency['detector_ms']:.2f} ms "
-                         f"detector ({latency.get('detector', 'test-time detector')}).")
+            notes.append(
+                f"{row['name']}: {latency['model_ms']:.2f} ms model + {latency['detector_ms']:.2f} ms "
+                f"detector ({latency.get('detector', 'test-time detector')})."
+            )
         elif LATENCY in columns and latency and "detector_ms" in latency:
             notes.append(f"{row['name']}: detector time not included ({latency.get('detector', 'not measured')}).")
         if row["test_views"]:

@@ -24,8 +24,13 @@ RECALL_COLUMNS = ("recall@1", "recall@2", "recall@4", "recall@8")
 PARAMS = "params"
 LATENCY = "latency"
 COLUMN_TITLES = {
-    "recall@1": "R@1", "recall@2": "R@2", "recall@4": "R@4", "recall@8": "R@8", "map@r": "MAP@R",
-    PARAMS: "Params (M)", LATENCY: "Latency (ms)",
+    "recall@1": "R@1",
+    "recall@2": "R@2",
+    "recall@4": "R@4",
+    "recall@8": "R@8",
+    "map@r": "MAP@R",
+    PARAMS: "Params (M)",
+    LATENCY: "Latency (ms)",
 }
 
 

@@ -40,7 +40,6 @@ RUNS_DIR = "runs"
 EVAL_DIR = "reproduce"
 
 
-
 @dataclass
 class RowResult:
     """One row trained and evaluated under one seed."""
@@ -166,7 +165,12 @@ def run_rows(
             log(f"{where}: training")
             _train(config, run.path, progress)
         metrics, evaluated_now = evaluate_run(
-            run, config, row.test_view, test_side, test_boxes=test_boxes, batch_size=eval_batch_size,
+            run,
+            config,
+            row.test_view,
+            test_side,
+            test_boxes=test_boxes,
+            batch_size=eval_batch_size,
             progress=progress,
         )
         log(f"{where}: {'evaluated' if evaluated_now else 'done earlier'}, R@1 {100 * metrics['recall@1']:.1f}")
@@ -263,9 +267,16 @@ def evaluate_run(
         )
     model = run.load_model()
     metrics: dict[str, Any] = evaluate_side(
-        model, test_side, img_size=config.model.img_size, resize_size=config.data.resize_size, view=image_view,
-        batch_size=batch_size, num_workers=config.data.num_workers, device=config.train.device,
-        precision=config.train.precision, progress=progress,
+        model,
+        test_side,
+        img_size=config.model.img_size,
+        resize_size=config.data.resize_size,
+        view=image_view,
+        batch_size=batch_size,
+        num_workers=config.data.num_workers,
+        device=config.train.device,
+        precision=config.train.precision,
+        progress=progress,
     )
     if counts is not None:
         metrics["test_views"] = counts

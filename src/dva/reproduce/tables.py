@@ -32,7 +32,7 @@ PAPER_LAMBDA = 3.0
 
 
 def _paper(*recalls: float, params: float | None = None, latency: float | None = None) -> dict[str, float]:
-    numbers: dict[str, float] = dict(zip(RECALL_COLUMNS, recalls))
+    numbers: dict[str, float] = dict(zip(RECALL_COLUMNS, recalls, strict=True))
     if params is not None:
         numbers[PARAMS] = params
     if latency is not None:
@@ -75,16 +75,28 @@ TABLE1 = Table(
     "Table 1: fine-tuning preferences of ViT (which part of every block is trained)",
     (
         FULL_FINE_TUNING,
-        method_row("Attention Projector", "partial-attn", _paper(82.7, 89.0, 92.8, 95.2, params=21.5),
-                   lr=FINE_TUNE_LR, note=_FT_NOTE),
-        method_row("Output Projector", "partial-proj", _paper(82.6, 88.8, 92.6, 95.0, params=7.3),
-                   lr=FINE_TUNE_LR, note=_FT_NOTE),
+        method_row(
+            "Attention Projector",
+            "partial-attn",
+            _paper(82.7, 89.0, 92.8, 95.2, params=21.5),
+            lr=FINE_TUNE_LR,
+            note=_FT_NOTE,
+        ),
+        method_row(
+            "Output Projector",
+            "partial-proj",
+            _paper(82.6, 88.8, 92.6, 95.0, params=7.3),
+            lr=FINE_TUNE_LR,
+            note=_FT_NOTE,
+        ),
         method_row("MLP", "partial-mlp", _paper(82.0, 88.9, 92.9, 95.2, params=56.8), lr=FINE_TUNE_LR, note=_FT_NOTE),
     ),
     (*RECALL_COLUMNS, PARAMS),
     label="Methods",
-    notes=("The paper's counts (21.5 / 7.3 / 56.8 / 85.6M) are not timm ViT-B/16's "
-           "(21.3 / 7.1 / 56.7 / 85.8M: qkv, proj and MLP weights with biases, all backbone weights).",),
+    notes=(
+        "The paper's counts (21.5 / 7.3 / 56.8 / 85.6M) are not timm ViT-B/16's "
+        "(21.3 / 7.1 / 56.7 / 85.8M: qkv, proj and MLP weights with biases, all backbone weights).",
+    ),
 )
 
 TABLE8 = Table(
@@ -93,14 +105,21 @@ TABLE8 = Table(
     (
         method_row("Base", "frozen", _paper(72.5, 82.6, 89.1, latency=1.51)),
         method_row("Base + ICA", "ica", _paper(83.6, 90.3, 93.9, latency=1.51)),
-        dva_row("Base + ICA + OPA", _paper(86.8, 92.0, 94.7, latency=3.65), lambda_dist=0.0, test_view=DISCRIMINATIVE,
-                note="DVA trained with lambda 0; test images replaced by their discriminative views"),
+        dva_row(
+            "Base + ICA + OPA",
+            _paper(86.8, 92.0, 94.7, latency=3.65),
+            lambda_dist=0.0,
+            test_view=DISCRIMINATIVE,
+            note="DVA trained with lambda 0; test images replaced by their discriminative views",
+        ),
         dva_row("Base + ICA + OPA + DPT", _paper(84.9, 90.6, 94.5, latency=1.51)),
     ),
     ("recall@1", "recall@2", "recall@4", LATENCY),
-    notes=("Latency: one image (batch 1) through the model with its adapters merged, median after warm-up, "
-           "all rows timed interleaved on the machine that ran the table (one thread on a CPU); the OPA row adds "
-           "the test-time detector and crop per image. The paper's milliseconds are ViT-B/16 on its GPU.",),
+    notes=(
+        "Latency: one image (batch 1) through the model with its adapters merged, median after warm-up, "
+        "all rows timed interleaved on the machine that ran the table (one thread on a CPU); the OPA row adds "
+        "the test-time detector and crop per image. The paper's milliseconds are ViT-B/16 on its GPU.",
+    ),
 )
 
 TABLE9 = Table(
@@ -116,8 +135,10 @@ TABLE9 = Table(
         dva_row("Q, K, V", _paper(84.4, 90.2, 93.8, 95.9, params=0.885), targets=("q", "k", "v")),
     ),
     (*RECALL_COLUMNS, PARAMS),
-    notes=("The extracted paper lost the Q/K/V symbols of this table; the row order is inferred "
-           "(the Q, V row equals the paper's DVA numbers exactly).",),
+    notes=(
+        "The extracted paper lost the Q/K/V symbols of this table; the row order is inferred "
+        "(the Q, V row equals the paper's DVA numbers exactly).",
+    ),
 )
 
 TABLE10 = Table(
@@ -131,8 +152,10 @@ TABLE10 = Table(
     ),
     (*RECALL_COLUMNS, PARAMS),
     label="Methods",
-    notes=("AdaptFormer as released (bottleneck 64, biases, every block) has 1.19M parameters on ViT-B/16, "
-           "not the paper's 0.590M (bottleneck 32 would give 0.599M: --method-option bottleneck=32).",),
+    notes=(
+        "AdaptFormer as released (bottleneck 64, biases, every block) has 1.19M parameters on ViT-B/16, "
+        "not the paper's 0.590M (bottleneck 32 would give 0.599M: --method-option bottleneck=32).",
+    ),
 )
 
 LAMBDA = Table(
@@ -144,8 +167,10 @@ LAMBDA = Table(
     ),
     RECALL_COLUMNS,
     label="lambda",
-    notes=("Fig. 3 is a plot; the paper states only lambda = 3's numbers (its DVA row) and that R@1 rises up to "
-           "lambda = 3 and falls beyond.",),
+    notes=(
+        "Fig. 3 is a plot; the paper states only lambda = 3's numbers (its DVA row) and that R@1 rises up to "
+        "lambda = 3 and falls beyond.",
+    ),
 )
 
 #: Adam learning rate of the prompt rows (VPT-deep, VPT-deep + BitFit), chosen on cub100's
@@ -164,11 +189,17 @@ PEERS = Table(
         DVA,
         method_row("LoRA (q, v; r 16, alpha 8)", "lora", {}, note="ICA's layer at scale alpha/r = 0.5; lr as ICA"),
         method_row("VPT-deep", "vpt-deep", {}, lr=PROMPT_LR, note=f"10 prompts per block; Adam lr {PROMPT_LR:g}"),
-        Row("VPT-deep + BitFit", {"model": {"method": "vpt-deep", "method_options": {"bitfit": True}},
-                                  "train": {"lr": PROMPT_LR}}, note=f"prompts and every bias; Adam lr {PROMPT_LR:g}"),
-        Row("VPTSP-G", {"model": {"method": "vptsp-g"}, "train": dict(VPTSP_TRAIN)},
+        Row(
+            "VPT-deep + BitFit",
+            {"model": {"method": "vpt-deep", "method_options": {"bitfit": True}}, "train": {"lr": PROMPT_LR}},
+            note=f"prompts and every bias; Adam lr {PROMPT_LR:g}",
+        ),
+        Row(
+            "VPTSP-G",
+            {"model": {"method": "vptsp-g"}, "train": dict(VPTSP_TRAIN)},
             paper={"recall@1": 88.5},
-            note="20 prompts + BitFit + semantic proxies; SGD lr 1e-3, proxy lr 1e-2 (authors' CUB config)"),
+            note="20 prompts + BitFit + semantic proxies; SGD lr 1e-3, proxy lr 1e-2 (authors' CUB config)",
+        ),
     ),
     (*RECALL_COLUMNS, PARAMS),
     label="Methods",
@@ -186,15 +217,27 @@ DPT_VARIANTS = Table(
     "DPT's transfer term: the readings of the paper dva implements (docs/opa.md, 'DPT transfer variants')",
     (
         method_row("ICA alone", "ica", _paper(83.6, 90.3, 93.9)),
-        *(dva_row(f"transfer={transfer}", _paper(84.9, 90.6, 94.5, 96.7) if transfer == "proxy" else {},
-                  options={"transfer": transfer}) for transfer in ("proxy", "teacher", "embedding", "relation")),
-        dva_row("transfer=teacher, two-stage", {}, options={"transfer": "teacher", "object_first": 0.5},
-                note="object views alone for the first half of the steps, then the transfer term"),
+        *(
+            dva_row(
+                f"transfer={transfer}",
+                _paper(84.9, 90.6, 94.5, 96.7) if transfer == "proxy" else {},
+                options={"transfer": transfer},
+            )
+            for transfer in ("proxy", "teacher", "embedding", "relation")
+        ),
+        dva_row(
+            "transfer=teacher, two-stage",
+            {},
+            options={"transfer": "teacher", "object_first": 0.5},
+            note="object views alone for the first half of the steps, then the transfer term",
+        ),
         dva_row("transfer=proxy, no background class", {}, options={"transfer": "proxy", "background": False}),
     ),
     (*RECALL_COLUMNS, "map@r"),
-    notes=("The paper's number stands beside the reading it was first implemented as; the paper does not say "
-           "which reading produced it.",),
+    notes=(
+        "The paper's number stands beside the reading it was first implemented as; the paper does not say "
+        "which reading produced it.",
+    ),
 )
 
 TABLES: dict[str, Table] = {t.name: t for t in (TABLE1, TABLE8, TABLE9, TABLE10, LAMBDA, PEERS, DPT_VARIANTS)}

@@ -32,12 +32,12 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any, BinaryIO
 
+import uvicorn
 from fastapi import APIRouter, Depends, FastAPI, File, Form, HTTPException, Security, UploadFile
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
-import uvicorn
 from fastapi_offline import FastAPIOffline
 from PIL import Image
 from pydantic import BaseModel, Field
@@ -87,7 +87,8 @@ class MatchOut(BaseModel):
     image_url: str
     metadata: dict[str, Any] = Field(description="Extra fields the gallery list gave this image.")
     is_match: bool | None = Field(
-        None, description="Same item as the query: score >= the index's `dva calibrate` threshold; null when uncalibrated."
+        None,
+        description="Same item as the query: score >= the index's `dva calibrate` threshold; null when uncalibrated.",
     )
 
 
@@ -100,8 +101,10 @@ class SearchResponse(BaseModel):
 
 #: Filters one request may send (each is one indexed SQL lookup).
 MAX_FILTERS = 16
-FILTER_HELP = ("Keep only matching images; repeat for AND: label=Cardinal, label in A,B, year>=2000, price<10, "
-               "10<=year<=20 (fields: label, path, or a field of the gallery list).")
+FILTER_HELP = (
+    "Keep only matching images; repeat for AND: label=Cardinal, label in A,B, year>=2000, price<10, "
+    "10<=year<=20 (fields: label, path, or a field of the gallery list)."
+)
 
 
 class EmbeddingQuery(BaseModel):
@@ -134,8 +137,9 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     )
     app.state.searcher = searcher
     app.state.settings = settings
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD,
-                       timeout=settings.body_timeout)
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD, timeout=settings.body_timeout
+    )
     decode_slots = threading.BoundedSemaphore(max(1, settings.decode_slots))
     api = APIRouter(dependencies=[Depends(_api_key_check(settings.api_key))] if settings.api_key else [])
 
@@ -143,8 +147,13 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     def healthz() -> Health:
         info = searcher.describe()
         return Health(
-            status="ok", images=info["images"], embed_dim=info["embed_dim"], backbone=info["model"]["backbone"],
-            method=info["model"]["method"], img_size=info["model"]["img_size"], index=info["index"]["factory"],
+            status="ok",
+            images=info["images"],
+            embed_dim=info["embed_dim"],
+            backbone=info["model"]["backbone"],
+            method=info["model"]["method"],
+            img_size=info["model"]["img_size"],
+            index=info["index"]["factory"],
             version=info["version"],
         )
 
@@ -194,7 +203,9 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
             raise HTTPException(404, f"no image {image_id} in the index")
         opened = open_gallery_file(Path(searcher.match(image_id).path), gallery_dirs)
         if opened is None:
-            raise HTTPException(404, f"image {image_id} is indexed but its file is gone or is no longer a gallery image")
+            raise HTTPException(
+                404, f"image {image_id} is indexed but its file is gone or is no longer a gallery image"
+            )
         f, media_type, size = opened
         return StreamingResponse(_chunks(f), media_type=media_type, headers={"content-length": str(size)})
 
@@ -217,8 +228,11 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 def server_config(app: FastAPI, settings: ServeSettings, **options: Any) -> uvicorn.Config:
     """uvicorn's settings for ``app``: header timeout, keep-alive and connection limits."""
     return uvicorn.Config(
-        app, http=timed_h11(settings.header_timeout), limit_concurrency=settings.max_connections,
-        timeout_keep_alive=5, **options,
+        app,
+        http=timed_h11(settings.header_timeout),
+        limit_concurrency=settings.max_connections,
+        timeout_keep_alive=5,
+        **options,
     )
 
 
@@ -268,8 +282,9 @@ def _api_key_check(expected: str):
         # compare_digest: the time taken does not reveal how much of a guess was right. Header
         # values arrive as Latin-1 text: back to their bytes, to compare with the key's UTF-8.
         if key is None or not secrets.compare_digest(key.encode("latin-1", "replace"), expected.encode()):
-            raise HTTPException(401, f"missing or wrong API key ({API_KEY_HEADER} header)",
-                                headers={"WWW-Authenticate": API_KEY_HEADER})
+            raise HTTPException(
+                401, f"missing or wrong API key ({API_KEY_HEADER} header)", headers={"WWW-Authenticate": API_KEY_HEADER}
+            )
 
     return require_key
 
@@ -295,9 +310,16 @@ def _check_k(k: int, settings: ServeSettings) -> None:
 
 def _response(matches: list[Match], k: int, gallery_size: int, start: float) -> SearchResponse:
     results = [
-        MatchOut(id=m.id, rank=rank, label=m.label, score=m.score, name=Path(m.path).name,
-                 image_url=f"/images/{m.id}", metadata=m.metadata, is_match=m.is_match)
+        MatchOut(
+            id=m.id,
+            rank=rank,
+            label=m.label,
+            score=m.score,
+            name=Path(m.path).name,
+            image_url=f"/images/{m.id}",
+            metadata=m.metadata,
+            is_match=m.is_match,
+        )
         for rank, m in enumerate(matches, start=1)
     ]
-    return SearchResponse(results=results, k=k, gallery_size=gallery_size,
-                          took_ms=(time.perf_counter() - start) * 1000)
+    return SearchResponse(results=results, k=k, gallery_size=gallery_size, took_ms=(time.perf_counter() - start) * 1000)

@@ -37,7 +37,7 @@ class BodySizeLimit:
         while True:
             try:
                 message = await asyncio.wait_for(receive(), self.timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await self._send(send, 408, f"request body not received within {self.timeout:g} s")
                 return
             messages.append(message)
@@ -61,8 +61,11 @@ class BodySizeLimit:
     @staticmethod
     async def _send(send: Send, status: int, detail: str) -> None:
         body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -57,7 +57,6 @@ LOSS_PREFIX = "loss."
 LOG_EVERY = 10
 
 
-
 class TrainingInterrupted(DvaError):
     """Training stopped on request after writing a resume checkpoint."""
 
@@ -121,7 +120,9 @@ class Trainer:
     def _record_classes(self) -> None:
         train = self.split.train
         if train.num_classes < 2:
-            raise DataError(f"training needs at least two classes, the {self.split.protocol} split has {train.num_classes}")
+            raise DataError(
+                f"training needs at least two classes, the {self.split.protocol} split has {train.num_classes}"
+            )
         self.record = TrainingRecord(list(train.class_names), train.num_classes, __version__)
 
     def _check_resume_config(self) -> None:
@@ -129,8 +130,7 @@ class Trainer:
         saved = _comparable(RunConfig.load(self.run.config_path))
         asked = _comparable(self.config)
         may_change = resumable_fields()
-        changed = [k for k in sorted(set(saved) | set(asked))
-                   if k not in may_change and saved.get(k) != asked.get(k)]
+        changed = [k for k in sorted(set(saved) | set(asked)) if k not in may_change and saved.get(k) != asked.get(k)]
         if changed:
             details = "; ".join(f"{k}: run has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{self.run.config_path}: cannot resume with different settings ({details})")
@@ -181,8 +181,11 @@ class Trainer:
         self.dataset = TrainDataset(self.split.train.records, transform, views, self.loss_fn.background_label)
         try:
             self.sampler = TrainBatchSampler(
-                len(self.dataset), cfg.train.batch_size, seed=cfg.train.seed,
-                rank=self.dist.rank, world_size=self.dist.world_size,
+                len(self.dataset),
+                cfg.train.batch_size,
+                seed=cfg.train.seed,
+                rank=self.dist.rank,
+                world_size=self.dist.world_size,
             )
         except ValueError as e:
             raise ConfigError(f"train.batch_size: {e}") from None
@@ -228,8 +231,15 @@ class Trainer:
         self.model.train()
         self.sampler.set_epoch(position.epoch, start_batch=position.batch)
         desc = f"epoch {position.epoch + 1}/{self.config.train.epochs}"
-        bar = tqdm(self.loader, desc=desc, unit="batch", disable=not (self.progress and self.dist.is_main),
-                   leave=False, initial=position.batch, total=self.sampler.batches_per_epoch)
+        bar = tqdm(
+            self.loader,
+            desc=desc,
+            unit="batch",
+            disable=not (self.progress and self.dist.is_main),
+            leave=False,
+            initial=position.batch,
+            total=self.sampler.batches_per_epoch,
+        )
         for batch in bar:
             sizes = self._count_problems(batch, position)
             if any(sum(per_rank) for per_rank in sizes.values()):
@@ -262,7 +272,7 @@ class Trainer:
             sizes = {k: [len(labels)] for k, (_, labels) in batch.views.items()}
         factor = lr_factor(step, self.total_steps, self.warmup_steps)
         self.loss_fn.transfer_on = step >= self.transfer_from_step
-        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs):
+        for group, base_lr in zip(self.optimizer.param_groups, self.base_lrs, strict=True):
             group["lr"] = base_lr * factor
         kinds = list(batch.views)
         if kinds:
@@ -271,7 +281,9 @@ class Trainer:
             images = torch.zeros(1, 3, self.config.model.img_size, self.config.model.img_size, device=self.device)
         with autocast(self.device, self.config.train.precision):
             embeddings = self.train_model(images)
-        chunks = dict(zip(kinds, embeddings.split([len(batch.views[k][1]) for k in kinds]))) if kinds else {}
+        chunks = (
+            dict(zip(kinds, embeddings.split([len(batch.views[k][1]) for k in kinds]), strict=True)) if kinds else {}
+        )
         empty_labels = torch.zeros(0, dtype=torch.long, device=self.device)
         views = {
             k: (chunks.get(k, embeddings[:0]), batch.views[k][1].to(self.device) if k in chunks else empty_labels)
@@ -284,7 +296,11 @@ class Trainer:
         self.scaler.scale(out.total).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return {"loss": out.total.item(), **{k: v.item() for k, v in out.parts.items()}, "lr": self.base_lrs[0] * factor}
+        return {
+            "loss": out.total.item(),
+            **{k: v.item() for k, v in out.parts.items()},
+            "lr": self.base_lrs[0] * factor,
+        }
 
     def _attach_proxy_source(self) -> torch.nn.Module | None:
         """The method's proxy generator (VPTSP-G), attached to the loss; None for every other method."""
@@ -448,7 +464,11 @@ def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Ru
     in_generator = {id(p) for p in generator}
     groups = [
         {"params": [p for p in model.parameters() if p.requires_grad] + generator, "lr": cfg.lr, "name": "model"},
-        {"params": [p for p in loss_fn.parameters() if id(p) not in in_generator], "lr": cfg.proxy_lr, "name": "proxies"},
+        {
+            "params": [p for p in loss_fn.parameters() if id(p) not in in_generator],
+            "lr": cfg.proxy_lr,
+            "name": "proxies",
+        },
     ]
     groups = [g for g in groups if g["params"]]
     if cfg.optimizer == "adam":

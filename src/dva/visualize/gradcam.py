@@ -76,9 +76,7 @@ class _UnnormalizedEmbedding(nn.Module):
         return self.model.head(self.model.backbone(images)).float()
 
 
-def embedding_cam(
-    model: RetrievalModel, images: torch.Tensor, references: torch.Tensor | None = None
-) -> np.ndarray:
+def embedding_cam(model: RetrievalModel, images: torch.Tensor, references: torch.Tensor | None = None) -> np.ndarray:
     """``(B, H, W)`` heat maps in [0, 1] of ``images`` (already transformed), at input resolution.
 
     ``references`` are ``(B, D)`` embeddings to explain the similarity to (default: each
@@ -97,7 +95,10 @@ def embedding_cam(
     # With every weight frozen nothing needs a gradient; asking for the input's makes the
     # activations carry one (GradCAM does not forward BaseCAM's compute_input_gradient).
     images = images.detach().clone().requires_grad_(True)
-    with torch.enable_grad(), GradCAM(model=wrapped, target_layers=[backbone.blocks[-1].norm1], reshape_transform=reshape) as cam:
+    with (
+        torch.enable_grad(),
+        GradCAM(model=wrapped, target_layers=[backbone.blocks[-1].norm1], reshape_transform=reshape) as cam,
+    ):
         return cam(input_tensor=images, targets=targets)
 
 
@@ -159,5 +160,8 @@ def _figure(columns: Sequence[str], rows: Sequence[Sequence[Image.Image]], cell:
         draw.text((gap + j * (cell + gap), 4), title, fill="black", font=font)
     for i, row in enumerate(rows):
         for j, image in enumerate(row):
-            canvas.paste(image.resize((cell, cell), Image.Resampling.BICUBIC), (gap + j * (cell + gap), header + i * (cell + gap)))
+            canvas.paste(
+                image.resize((cell, cell), Image.Resampling.BICUBIC),
+                (gap + j * (cell + gap), header + i * (cell + gap)),
+            )
     return canvas

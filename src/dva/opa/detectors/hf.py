@@ -116,9 +116,7 @@ class GroundingDINODetector(_ZeroShotDetector):
 class OWLv2Detector(_ZeroShotDetector):
     aliases = OWLV2_MODELS
 
-    def __init__(
-        self, *, model: str = OWLV2_MODELS["base"], box_threshold: float = 0.1, device: str = "auto"
-    ) -> None:
+    def __init__(self, *, model: str = OWLV2_MODELS["base"], box_threshold: float = 0.1, device: str = "auto") -> None:
         super().__init__(model, box_threshold, device)
 
     def format_prompt(self, prompt: str) -> list[list[str]]:
