@@ -1,9 +1,11 @@
 """Screenshot the search page (docs/img/serve.png) after a real search, in headless chromium.
 
-    python scripts/serve_screenshot.py --index INDEX_DIR --query QUERY.jpg --out docs/img/serve.png
+    python scripts/serve_screenshot.py --index INDEX_DIR --query QUERY.jpg --out docs/img/serve.png \
+        [--filter "label in A,B"]
 
-Starts the app on a free loopback port, drops QUERY into the page and saves what the
-browser shows once every thumbnail has loaded.
+Starts the app on a free loopback port, types the filter (if any) into the page, drops QUERY
+into it and saves what the browser shows once every thumbnail has loaded. A calibrated index
+(`dva calibrate`) shows each match's same-item flag.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ def main() -> None:
     parser.add_argument("--query", required=True, type=Path)
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("-k", type=int, default=10)
+    parser.add_argument("--filter", default="", help="typed into the page's filter box (';' between filters)")
     parser.add_argument("--chromium", default="/usr/bin/chromium")
     args = parser.parse_args()
 
@@ -46,6 +49,8 @@ def main() -> None:
             page = browser.new_page(viewport={"width": 1180, "height": 900})
             page.goto(f"http://127.0.0.1:{sock.getsockname()[1]}/")
             page.fill("#k", str(args.k))
+            if args.filter:
+                page.fill("#filter", args.filter)
             page.set_input_files("#file", str(args.query))
             expect(page.locator(".result")).to_have_count(args.k, timeout=60_000)
             page.wait_for_function(

@@ -14,8 +14,8 @@ from dva.errors import ConfigError
 from dva.evaluate.latency import compare_latency, measure_detector_latency
 from dva.models import create_model
 from dva.reproduce import (
-    DISCRIMINATIVE,
     TABLES,
+    TEST_DISCRIMINATIVE,
     Row,
     dva_row,
     method_row,
@@ -104,7 +104,7 @@ def test_run_rows_trains_shared_runs_once_and_resumes_without_training(base, tmp
     rows = [
         method_row("Base", "frozen", {"recall@1": 72.5}),
         method_row("ICA", "ica", {"recall@1": 83.6}),
-        dva_row("OPA at test", {"recall@1": 86.8}, lambda_dist=0.0, test_view=DISCRIMINATIVE),
+        dva_row("OPA at test", {"recall@1": 86.8}, lambda_dist=0.0, test_view=TEST_DISCRIMINATIVE),
         dva_row("lambda 0", {}, lambda_dist=0.0),  # the same run, evaluated on the original images
     ]
     out = tmp_path / "out"

@@ -39,7 +39,7 @@ import yaml
 
 from dva.errors import ConfigError
 
-#: Paper default backbone (METHOD.md section 1): ViT-B/16, ImageNet-21k, original Google weights.
+#: Paper default backbone (docs/method.md section 1): ViT-B/16, ImageNet-21k, original Google weights.
 DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
 #: The paper's method (ICA + OPA + DPT).
 DEFAULT_METHOD = "dva"
@@ -72,7 +72,7 @@ LEGACY_MODEL_FIELDS: dict[str, Any] = {"targets": ("q", "v"), "rank": 16, "scale
 
 @dataclass(slots=True)
 class ModelConfig:
-    """What to build: the frozen backbone and how it is adapted (METHOD.md sections 1-2).
+    """What to build: the frozen backbone and how it is adapted (docs/method.md sections 1-2).
 
     Config sections have ``__slots__``: setting a field they do not have (``model.rank = 8``,
     from before ICA's settings became options) is an error, not a silently ignored attribute.
@@ -129,7 +129,7 @@ class ModelConfig:
 
 @dataclass(slots=True)
 class DataConfig:
-    """Which images to train on and how they are read (METHOD.md sections 5-6)."""
+    """Which images to train on and how they are read (docs/method.md sections 5-6)."""
 
     dataset: str = setting("cub", help="Dataset format: cub, cub100, cars, dogs, nabirds, aircraft, inat, folder.")
     root: str = setting("", help="Where the dataset lives.", identity=False)
@@ -147,7 +147,7 @@ class DataConfig:
 
 @dataclass(slots=True)
 class OPAConfig:
-    """Object-Perceptual Adaptation (METHOD.md section 3): training-time object views."""
+    """Object-Perceptual Adaptation (docs/method.md section 3): training-time object views."""
 
     #: Required when the method uses OPA; with ``detector`` set, the cache that training fills first.
     boxes: str | None = setting(
@@ -171,7 +171,7 @@ class OPAConfig:
 
 @dataclass(slots=True)
 class TrainConfig:
-    """The paper's recipe (METHOD.md section 5) plus what the paper left open."""
+    """The paper's recipe (docs/method.md section 5) plus what the paper left open."""
 
     epochs: int = setting(10, help="Paper: 10.")
     batch_size: int = setting(32, help="Global batch size. Paper: 32.")
@@ -183,7 +183,7 @@ class TrainConfig:
     weight_decay: float = setting(1e-4, help="Paper: 1e-4.")
     optimizer: str = setting("adam", help="adam (paper), adamw or sgd.")
     warmup_epochs: float = setting(0.0, help="Linear warm-up (epochs) before the cosine schedule.")
-    #: Proxy-Anchor (Kim et al. 2020) and DPT (METHOD.md section 4).
+    #: Proxy-Anchor (Kim et al. 2020) and DPT (docs/method.md section 4).
     alpha: float = setting(32.0, help="Proxy-Anchor's alpha.")
     margin: float = setting(0.1, help="Proxy-Anchor's margin.")
     lambda_dist: float = setting(3.0, help="Weight of the DPT distillation loss. Paper: 3.")

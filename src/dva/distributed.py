@@ -8,7 +8,7 @@ those variables every helper here is a no-op, so single-process code runs unchan
 Why the loss needs :func:`all_gather_rows`: Proxy-Anchor normalises by the proxies that have
 positives *in the batch* and sums inside a log over the batch, so the loss of a global batch
 is not the mean of per-rank losses. Each rank therefore gathers every rank's embeddings, with
-their gradient, and computes the loss of the whole global batch (METHOD.md section 4).
+their gradient, and computes the loss of the whole global batch (docs/method.md section 4).
 """
 
 from __future__ import annotations

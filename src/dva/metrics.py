@@ -1,6 +1,6 @@
 """Retrieval metrics as pure functions (no model, no training imports).
 
-Protocol (METHOD.md section 6, the paper's Sec. 4.1.2): every embedding queries all *other*
+Protocol (docs/method.md section 6, the paper's Sec. 4.1.2): every embedding queries all *other*
 embeddings by cosine similarity. Recall@K is 1 for a query when any of its K nearest
 neighbours shares its label. MAP@R (Musgrave et al. 2020) averages, over queries, the
 precision at each relevant rank within the first R results, R being the number of other

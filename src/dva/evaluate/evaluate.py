@@ -1,4 +1,4 @@
-"""Evaluate a model on a split's test side with the paper's protocol (METHOD.md section 6)."""
+"""Evaluate a model on a split's test side with the paper's protocol (docs/method.md section 6)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Tables 2-4 report the in-distribution test split (open or closed protocol) of CUB-200-2011,
 Stanford Cars and Stanford Dogs; Tables 5-7 the whole of NABirds, FGVC-Aircraft and the
-first 100 iNat2021 categories, as out-of-distribution galleries (METHOD.md section 6). Each
+first 100 iNat2021 categories, as out-of-distribution galleries (docs/method.md section 6). Each
 dataset is looked for in a conventional sub-folder of the data root (:data:`PAPER_SUITE`,
 overridable per dataset); absent ones are skipped with a note, and every present one is read
 and checked *before* the first image is embedded, so a broken copy fails in seconds, not

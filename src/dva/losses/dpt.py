@@ -1,6 +1,6 @@
 """The DVA objective: Proxy-Anchor on object views plus Discriminative Perceptual Transfer.
 
-METHOD.md section 4 and the paper's Eq. (7)-(9)::
+docs/method.md section 4 and the paper's Eq. (7)-(9)::
 
     L = L_proxy(discriminative + background views, C) + lambda * L_transfer(original images, ...)
 
@@ -63,7 +63,7 @@ class DPTOptions:
 
     #: How the originals learn from the object views: one of :data:`TRANSFERS`.
     transfer: str = "proxy"
-    #: Train a background class on background views (METHOD.md 3). False drops both.
+    #: Train a background class on background views (docs/method.md section 3). False drops both.
     background: bool = True
     #: Two-stage schedule: this fraction of the training steps learns from the object views
     #: alone (lambda 0) before the transfer term is switched on; 0 trains both from the start.

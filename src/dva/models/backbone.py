@@ -1,4 +1,4 @@
-"""Frozen timm Vision Transformer backbones (METHOD.md section 1).
+"""Frozen timm Vision Transformer backbones (docs/method.md section 1).
 
 Any timm ViT whose blocks hold a fused ``attn.qkv`` projection can serve: the original
 Google ViT-B/16 (the paper's default), DINOv2, DeiT, CLIP image towers, ... The retrieval
@@ -125,7 +125,7 @@ def check_vit(model: nn.Module, name: str) -> None:
 
 
 def freeze(module: nn.Module) -> None:
-    """Freeze every parameter: pre-trained weights never change (METHOD.md section 1)."""
+    """Freeze every parameter: pre-trained weights never change (docs/method.md section 1)."""
     for p in module.parameters():
         p.requires_grad_(False)
 

@@ -1,4 +1,4 @@
-"""In-Context Adaptation (ICA), METHOD.md section 2 and the paper's Eq. (5)-(6).
+"""In-Context Adaptation (ICA), docs/method.md section 2 and the paper's Eq. (5)-(6).
 
 In every block, a bias-free bottleneck adapter runs in parallel with the frozen fused ``qkv``
 projection and adds to the slices it targets::

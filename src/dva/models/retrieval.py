@@ -11,7 +11,7 @@ from dva.models.ica import ica_layers, merge_ica, unmerge_ica
 
 
 class RetrievalModel(nn.Module):
-    """``images -> L2-normalised embedding`` (the CLS token after the final norm, METHOD.md 1).
+    """``images -> L2-normalised embedding`` (the CLS token after the final norm, docs/method.md section 1).
 
     ``head`` is an optional module on the embedding (CLIP-Adapter lives there); adapters
     inside the backbone (ICA, AdaptFormer) are injected by the training method.

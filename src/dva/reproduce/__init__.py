@@ -18,7 +18,7 @@ once, in ``OUT/runs/<run_key>``, whichever table asks for them.
 """
 
 from dva.reproduce.report import setting_line, summarize, to_markdown, write_table
-from dva.reproduce.rows import DISCRIMINATIVE, LATENCY, ORIGINAL, PARAMS, RECALL_COLUMNS, Row, Table
+from dva.reproduce.rows import LATENCY, PARAMS, RECALL_COLUMNS, TEST_DISCRIMINATIVE, TEST_ORIGINAL, Row, Table
 from dva.reproduce.run import (
     PlannedRow,
     RowResult,
@@ -33,12 +33,12 @@ from dva.reproduce.run import (
 from dva.reproduce.tables import DVA, FINE_TUNE_LR, FULL_FINE_TUNING, TABLES, dva_row, get_table, method_row
 
 __all__ = [
-    "DISCRIMINATIVE",
+    "TEST_DISCRIMINATIVE",
     "DVA",
     "FINE_TUNE_LR",
     "FULL_FINE_TUNING",
     "LATENCY",
-    "ORIGINAL",
+    "TEST_ORIGINAL",
     "PARAMS",
     "RECALL_COLUMNS",
     "TABLES",

@@ -13,11 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 #: Test images embedded as they are (every deployment, and every row unless it says otherwise).
-ORIGINAL = "original"
+TEST_ORIGINAL = "original"
 #: Test images replaced by their discriminative views: the detector runs at test time too
 #: (Table 8, "Base + ICA + OPA"); needs a box file holding the test images.
-DISCRIMINATIVE = "discriminative"
-TEST_VIEWS = (ORIGINAL, DISCRIMINATIVE)
+TEST_DISCRIMINATIVE = "discriminative"
+TEST_VIEWS = (TEST_ORIGINAL, TEST_DISCRIMINATIVE)
 
 #: Columns a table can show: metrics of ``evaluate_side`` plus the two costs.
 RECALL_COLUMNS = ("recall@1", "recall@2", "recall@4", "recall@8")
@@ -46,7 +46,7 @@ class Row:
 
     name: str
     overrides: Mapping[str, Mapping[str, Any]]
-    test_view: str = ORIGINAL
+    test_view: str = TEST_ORIGINAL
     paper: Mapping[str, float] = field(default_factory=dict)
     #: Why this row is configured as it is, where the paper leaves it open.
     note: str = ""

@@ -33,7 +33,7 @@ from dva.config import (
 from dva.data import SplitSide, load_catalog, make_split
 from dva.errors import ConfigError
 from dva.models import get_method
-from dva.reproduce.rows import DISCRIMINATIVE, Row
+from dva.reproduce.rows import TEST_DISCRIMINATIVE, Row
 from dva.runs import Run
 
 RUNS_DIR = "runs"
@@ -120,7 +120,7 @@ def check_rows(rows: Sequence[Row], base: RunConfig, *, test_boxes: str | Path |
         config = row_config(row, base, base.train.seed)
         if get_method(config.model.method).uses_opa and not (config.opa.boxes or config.opa.detector):
             raise ConfigError(f"row {row.name!r} trains on OPA's object views: give training boxes (--boxes FILE)")
-        if row.test_view == DISCRIMINATIVE and not test_boxes:
+        if row.test_view == TEST_DISCRIMINATIVE and not test_boxes:
             raise ConfigError(
                 f"row {row.name!r} is evaluated on discriminative views: give boxes of the test images "
                 "(--test-boxes FILE, from `dva detect --test-only`)"
@@ -253,13 +253,13 @@ def evaluate_run(
     from dva.evaluate import evaluate_side
 
     path = eval_path(run, view)
-    boxes = str(Path(test_boxes).resolve()) if view == DISCRIMINATIVE and test_boxes else None
+    boxes = str(Path(test_boxes).resolve()) if view == TEST_DISCRIMINATIVE and test_boxes else None
     if path.is_file():
         stored = json.loads(path.read_text(encoding="utf-8"))
         if stored.get("test_boxes") == boxes:
             return stored["metrics"], False
     image_view, counts = None, None
-    if view == DISCRIMINATIVE:
+    if view == TEST_DISCRIMINATIVE:
         from dva.opa.test_time import discriminative_views
 
         image_view, counts = discriminative_views(
@@ -297,7 +297,7 @@ def _add_latency(results: Sequence[RowResult], detector_ms: float | None, detect
         model = timed[result.run_dir.name]
         latency: dict[str, Any] = {"model_ms": model.median_ms, "device": model.device, "repeats": model.repeats}
         total = model.median_ms
-        if result.row.test_view == DISCRIMINATIVE:
+        if result.row.test_view == TEST_DISCRIMINATIVE:
             latency["detector_ms"] = detector_ms
             latency["detector"] = detector_note
             total += detector_ms or 0.0

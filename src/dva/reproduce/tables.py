@@ -25,9 +25,9 @@ from typing import Any
 
 from dva.errors import ConfigError
 from dva.models.methods import FINE_TUNE_LR
-from dva.reproduce.rows import DISCRIMINATIVE, LATENCY, ORIGINAL, PARAMS, RECALL_COLUMNS, Row, Table
+from dva.reproduce.rows import LATENCY, PARAMS, RECALL_COLUMNS, TEST_DISCRIMINATIVE, TEST_ORIGINAL, Row, Table
 
-#: DPT's lambda (METHOD.md 4), the value Fig. 3 settles on.
+#: DPT's lambda (docs/method.md section 4), the value Fig. 3 settles on.
 PAPER_LAMBDA = 3.0
 
 
@@ -56,7 +56,7 @@ def dva_row(
     *,
     targets: tuple[str, ...] = ("q", "v"),
     lambda_dist: float = PAPER_LAMBDA,
-    test_view: str = ORIGINAL,
+    test_view: str = TEST_ORIGINAL,
     options: dict[str, Any] | None = None,
     note: str = "",
 ) -> Row:
@@ -111,7 +111,7 @@ TABLE8 = Table(
             "Base + ICA + OPA",
             _paper(86.8, 92.0, 94.7, latency=3.65),
             lambda_dist=0.0,
-            test_view=DISCRIMINATIVE,
+            test_view=TEST_DISCRIMINATIVE,
             note="DVA trained with lambda 0; test images replaced by their discriminative views",
         ),
         dva_row("Base + ICA + OPA + DPT", _paper(84.9, 90.6, 94.5, latency=1.51)),

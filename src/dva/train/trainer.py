@@ -1,4 +1,4 @@
-"""The training loop shared by every method (METHOD.md section 5).
+"""The training loop shared by every method (docs/method.md section 5).
 
 One step: the batch's original images and object views go through the model in one forward
 pass, the DPT loss (or plain Proxy-Anchor without views) is computed, and only the trainable
