@@ -79,7 +79,7 @@ def test_calibrate_stores_the_rule_and_search_says_is_match(index_copy, tmp_path
     assert [r["is_match"] for r in json.loads(stdout)[0]["results"]] == [m.is_match for m in matches[:3]]
     code, stdout, _ = run_cli(capsys, "search", "--index", str(index), str(gallery.paths[5]), "-k", "2")
     header, _, *rows = stdout.strip().splitlines()[1:]
-    assert " match " in header and all(("| yes " in r) == m.is_match for r, m in zip(rows, matches, strict=True))
+    assert " match " in header and all(("| yes " in r) == m.is_match for r, m in zip(rows, matches[:2], strict=True))
 
     # the index's own checks and updates leave the calibration alone
     code, stdout, _ = run_cli(capsys, "index", "--check", str(index), "--json")
