@@ -1,6 +1,6 @@
 # Two commands do everything on a fresh machine:
 #   make demo   - create .venv, install, run the whole pipeline on ../shared/data/cub100
-#   make test   - create .venv, install, run the test suite
+#   make test   - create .venv, install, run the static checks (ruff, mypy) and the test suite
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -27,6 +27,9 @@ chromium:
 	test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
 test: $(STAMP) chromium
+	$(PY) -m ruff check src tests bench scripts
+	$(PY) -m ruff format --check src tests bench scripts
+	$(PY) -m mypy
 	$(PY) -m pytest
 
 demo: $(STAMP)

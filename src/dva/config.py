@@ -276,7 +276,7 @@ def default_of(cls: type, name: str) -> Any:
     raise ConfigError(f"{cls.__name__} has no field {name!r}")
 
 
-def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field]]:
+def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasses.Field[Any]]]:
     """Every leaf field of a config dataclass as ``("train.lr", Field)``, sections flattened."""
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -290,7 +290,10 @@ def field_help(name: str, cls: type | None = None) -> str:
     """The help of field ``name`` (``"train.lr"``) of ``cls`` (RunConfig), from its metadata."""
     for dotted, f in config_fields(cls or RunConfig):
         if dotted == name:
-            return f.metadata["help"]
+            text = f.metadata["help"]
+            if not isinstance(text, str):
+                raise TypeError(f"the help of config field {name} is a {type(text).__name__}, not a str")
+            return text
     raise KeyError(name)
 
 
@@ -375,7 +378,7 @@ def from_dict(cls: type[T], raw: Any, where: str = "config") -> T:
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    names = {f.name for f in _dataclass_fields(cls)}
     if cls is ModelConfig:
         raw = ModelConfig.upgrade(raw)
     unknown = sorted(set(raw) - names)
@@ -385,10 +388,16 @@ def from_dict(cls: type[T], raw: Any, where: str = "config") -> T:
     return cls(**kwargs)
 
 
+def _dataclass_fields(cls: type) -> tuple[dataclasses.Field[Any], ...]:
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"{cls.__name__} is not a dataclass")
+    return dataclasses.fields(cls)
+
+
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:

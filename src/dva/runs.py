@@ -128,7 +128,10 @@ def _model_identity(config: RunConfig) -> dict[str, Any]:
     """``config.model``'s identity fields by name, method options written out in full, as JSON data."""
     identity = identity_fields(config.model)
     identity["method_options"] = get_method(config.model.method).resolve_options(config.model.method_options)
-    return json.loads(json.dumps(identity))
+    plain = json.loads(json.dumps(identity))
+    if not isinstance(plain, dict):
+        raise TypeError(f"model identity is not a mapping: {plain!r}")
+    return plain
 
 
 def _upgrade_metadata(metadata: dict[str, Any]) -> dict[str, Any]:

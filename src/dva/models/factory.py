@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +14,7 @@ from dva.models.methods import apply_method
 from dva.models.retrieval import RetrievalModel
 
 
-def create_model(config: ModelConfig | None = None, **overrides) -> RetrievalModel:
+def create_model(config: ModelConfig | None = None, **overrides: Any) -> RetrievalModel:
     """Build the frozen backbone and apply the training method (adapters, unfreezing).
 
     ``create_model(backbone="vit_small_patch16_224", pretrained=False, rank=8)`` works too:
@@ -30,7 +31,7 @@ def create_model(config: ModelConfig | None = None, **overrides) -> RetrievalMod
     return model
 
 
-def _with_overrides(config: ModelConfig | None, overrides: dict) -> ModelConfig:
+def _with_overrides(config: ModelConfig | None, overrides: dict[str, Any]) -> ModelConfig:
     raw = {**({f.name: getattr(config, f.name) for f in fields(config)} if config else {}), **overrides}
     legacy = {k: raw.pop(k) for k in LEGACY_MODEL_FIELDS if k in raw}
     if legacy:  # keywords of the old layout: options of the methods that take them, else ignored
@@ -61,7 +62,7 @@ def count_parameters(model: nn.Module) -> ParameterReport:
     )
 
 
-def parameter_report(config: ModelConfig | None = None, **overrides) -> ParameterReport:
+def parameter_report(config: ModelConfig | None = None, **overrides: Any) -> ParameterReport:
     """The counts of the model :func:`create_model` builds, without building its weights.
 
     The model is made on PyTorch's meta device (shapes only: no memory, no download, about

@@ -75,18 +75,25 @@ class ICALinear(nn.Module):
     def reset_adapters(self) -> None:
         """LoRA's initialisation: random ``down``, zero ``up``, so the delta starts at exactly 0."""
         for t in self.config.targets:
-            nn.init.kaiming_uniform_(self.down[t].weight, a=math.sqrt(5))
-            nn.init.zeros_(self.up[t].weight)
+            nn.init.kaiming_uniform_(self._adapter(self.down, t).weight, a=math.sqrt(5))
+            nn.init.zeros_(self._adapter(self.up, t).weight)
+
+    @staticmethod
+    def _adapter(layers: nn.ModuleDict, target: str) -> nn.Linear:
+        layer = layers[target]
+        if not isinstance(layer, nn.Linear):
+            raise TypeError(f"ICA adapter {target} is a {type(layer).__name__}, not an nn.Linear")
+        return layer
 
     def _slice(self, target: str) -> slice:
         i = QKV_SLICES.index(target)
         return slice(i * self.slice_dim, (i + 1) * self.slice_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.base_layer(x)
+        out: torch.Tensor = self.base_layer(x)
         if self.merged:
             return out
-        parts = list(out.split(self.slice_dim, dim=-1))
+        parts = list(torch.split(out, self.slice_dim, dim=-1))
         for t in self.config.targets:
             i = QKV_SLICES.index(t)
             parts[i] = parts[i] + self.config.scale * self.up[t](self.down[t](x))
@@ -94,7 +101,7 @@ class ICALinear(nn.Module):
 
     def get_delta_weight(self, target: str) -> torch.Tensor:
         """``s * W_up @ W_down``: what the adapter adds to the ``target`` rows of ``qkv``."""
-        up, down = self.up[target].weight, self.down[target].weight
+        up, down = self._adapter(self.up, target).weight, self._adapter(self.down, target).weight
         return self.config.scale * (up.float() @ down.float())
 
     @torch.no_grad()

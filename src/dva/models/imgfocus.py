@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING
 import timm
 import torch
 from safetensors.torch import save_file
-from timm.layers import resample_abs_pos_embed
+from timm.layers.pos_embed import resample_abs_pos_embed
 
 from dva._io import atomic_write
 from dva.errors import CheckpointError, MissingDependency

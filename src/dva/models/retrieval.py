@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dva.models.backbone import backbone_normalization
+from dva.models.backbone import backbone_normalization, int_attribute
 from dva.models.ica import ica_layers, merge_ica, unmerge_ica
 
 
@@ -24,7 +24,7 @@ class RetrievalModel(nn.Module):
 
     @property
     def embed_dim(self) -> int:
-        return int(self.backbone.num_features)
+        return int_attribute(self.backbone, "num_features")
 
     @property
     def normalization(self) -> tuple[tuple[float, ...], tuple[float, ...]]:

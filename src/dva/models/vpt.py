@@ -37,11 +37,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from dva.errors import ConfigError
+from dva.models.backbone import int_attribute, vit_patch_size
 
 
 @dataclass(frozen=True)
@@ -76,14 +78,15 @@ class PromptedBlock(nn.Module):
     def reset_prompts(self) -> None:
         nn.init.uniform_(self.prompts, -self.init_bound, self.init_bound)
 
-    def forward(self, x: torch.Tensor, prompts: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, prompts: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         """``prompts`` (``(B or 1, P, d)``) replaces the block's own, e.g. VPTSP-G's class prompts."""
         prompts = self.prompts if prompts is None else prompts
         n, p = self.num_prefix_tokens, prompts.shape[1]
         if p == 0:
-            return self.block(x, **kwargs)
+            same: torch.Tensor = self.block(x, **kwargs)
+            return same
         prompts = prompts.to(x.dtype).expand(x.shape[0], -1, -1)
-        out = self.block(torch.cat([x[:, :n], prompts, x[:, n:]], dim=1), **kwargs)
+        out: torch.Tensor = self.block(torch.cat([x[:, :n], prompts, x[:, n:]], dim=1), **kwargs)
         return torch.cat([out[:, :n], out[:, n + p :]], dim=1)
 
     def extra_repr(self) -> str:
@@ -92,9 +95,8 @@ class PromptedBlock(nn.Module):
 
 def prompt_init_bound(model: nn.Module) -> float:
     """VPT's ``sqrt(6 / (3 * patch_h * patch_w + d))``."""
-    patch = model.patch_embed.patch_size
-    patch = (patch, patch) if isinstance(patch, int) else patch
-    return math.sqrt(6.0 / float(3 * patch[0] * patch[1] + model.embed_dim))
+    patch = vit_patch_size(model)
+    return math.sqrt(6.0 / float(3 * patch[0] * patch[1] + int_attribute(model, "embed_dim")))
 
 
 def inject_vpt(model: nn.Module, config: VPTConfig) -> list[PromptedBlock]:
@@ -103,13 +105,17 @@ def inject_vpt(model: nn.Module, config: VPTConfig) -> list[PromptedBlock]:
     if not isinstance(blocks, nn.Sequential) or not hasattr(model, "patch_embed"):
         raise ConfigError("VPT needs a timm ViT (`blocks`, `patch_embed`)")
     bound = prompt_init_bound(model)
+    dim = int_attribute(model, "embed_dim")
     prefix = int(getattr(model, "num_prefix_tokens", 1))
+    wrappers: list[PromptedBlock] = []
     for i, block in enumerate(blocks):
         if not isinstance(block, PromptedBlock):
-            blocks[i] = PromptedBlock(block, config.num_prompts, model.embed_dim, prefix, bound)
+            block = PromptedBlock(block, config.num_prompts, dim, prefix, bound)
+            blocks[i] = block
+        wrappers.append(block)
     if config.bitfit:
         apply_bitfit(model)
-    return list(blocks)
+    return wrappers
 
 
 def apply_bitfit(model: nn.Module) -> None:

@@ -61,6 +61,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from timm.models import VisionTransformer
 from torch import nn
 
 from dva.errors import ConfigError
@@ -109,6 +110,8 @@ class ReluGRUCell(nn.Module):
 class SemanticProxies(nn.Module):
     """Generates Proxy-Anchor's proxies from class prompts run through the model (see module doc)."""
 
+    container: torch.Tensor  # a buffer, registered in __init__
+
     def __init__(self, model: RetrievalModel, proxy_anchor: ProxyAnchorLoss, config: VPTSPConfig) -> None:
         super().__init__()
         blocks = prompted_blocks(model.backbone)
@@ -132,6 +135,8 @@ class SemanticProxies(nn.Module):
     def semantic_embeddings(self, model: RetrievalModel, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Step 1: each image with its class's prompts (and no shared ones), L2-normalised CLS."""
         vit = model.backbone
+        if not isinstance(vit, VisionTransformer):
+            raise ConfigError(f"vptsp-g needs a timm VisionTransformer backbone, not {type(vit).__name__}")
         empty = self.class_prompts.new_zeros(1, 0, self.class_prompts.shape[-1])
         x = vit.norm_pre(vit.patch_drop(vit._pos_embed(vit.patch_embed(images))))
         for i, block in enumerate(vit.blocks):
@@ -149,7 +154,7 @@ class SemanticProxies(nn.Module):
 
     def _mix(self, s: torch.Tensor, labels: torch.Tensor, learnable: torch.Tensor) -> torch.Tensor:
         """Steps 2 and 3 on the semantic embeddings ``s``."""
-        classes, inverse = labels.unique(return_inverse=True)
+        classes, inverse = labels.unique(return_inverse=True)  # type: ignore[no-untyped-call]  # torch: unannotated
         # Step 2: fold each class's images into its container row, in batch order.
         counts = torch.bincount(inverse, minlength=len(classes))
         order = torch.argsort(inverse, stable=True)

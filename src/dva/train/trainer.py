@@ -18,6 +18,7 @@ import json
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from dva.distributed import (
 )
 from dva.errors import ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
-from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions
+from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions, ViewEmbeddings
 from dva.losses.dpt import ORIGINAL, LossOutput
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
 from dva.models.methods import dpt_options
@@ -117,12 +118,23 @@ class Trainer:
                 f"{self.run.path} already holds a run; pass --resume to continue it, or choose another --out"
             )
 
+    def _data(self) -> DataSplit:
+        """The split being trained on: given to the constructor, or read by :meth:`fit`."""
+        if self.split is None:
+            raise RuntimeError("Trainer has no data split yet: fit() reads it from config.data")
+        return self.split
+
+    def _classes(self) -> TrainingRecord:
+        """What :meth:`fit` recorded about the split's classes."""
+        if self.record is None:
+            raise RuntimeError("Trainer has no training record yet: fit() records the classes first")
+        return self.record
+
     def _record_classes(self) -> None:
-        train = self.split.train
+        split = self._data()
+        train = split.train
         if train.num_classes < 2:
-            raise DataError(
-                f"training needs at least two classes, the {self.split.protocol} split has {train.num_classes}"
-            )
+            raise DataError(f"training needs at least two classes, the {split.protocol} split has {train.num_classes}")
         self.record = TrainingRecord(list(train.class_names), train.num_classes, __version__)
 
     def _check_resume_config(self) -> None:
@@ -150,7 +162,8 @@ class Trainer:
         self.loss_fn = build_loss(cfg, num_classes, self.model.embed_dim).to(self.device)
         # What the step calls: the modules themselves, or their DDP wrappers (which keep the
         # ranks' adapters and proxies identical), compiled on request.
-        self.train_model, self.train_loss = self.model, self.loss_fn
+        self.train_model: Callable[..., torch.Tensor] = self.model
+        self.train_loss: Callable[[ViewEmbeddings], LossOutput] = self.loss_fn
         self.proxy_source = self._attach_proxy_source()
         if self.dist.enabled:
             self.train_model, self.train_loss = wrap_ddp(self.model, self.device), wrap_ddp(self.loss_fn, self.device)
@@ -173,12 +186,12 @@ class Trainer:
 
     def _build(self) -> None:
         cfg = self.config
-        self.prepare(self.record.num_classes)
+        self.prepare(self._classes().num_classes)
         mean, std = self.model.normalization
         transform = train_transform(cfg.model.img_size, mean, std, cfg.data.resize_size)
         with main_first():  # rank 0 detects (and caches) boxes first, the others read its cache
             views = self.views or self._default_views()
-        self.dataset = TrainDataset(self.split.train.records, transform, views, self.loss_fn.background_label)
+        self.dataset = TrainDataset(self._data().train.records, transform, views, self.loss_fn.background_label)
         try:
             self.sampler = TrainBatchSampler(
                 len(self.dataset),
@@ -205,7 +218,7 @@ class Trainer:
             return original_only
         from dva.opa.training import object_view_maker  # OPA is only imported when used
 
-        return object_view_maker(self.config, self.split.train, progress=self.progress)
+        return object_view_maker(self.config, self._data().train, progress=self.progress)
 
     # ------------------------------------------------------------------ loop
     def _train(self, position: Position) -> dict[str, Any]:
@@ -282,7 +295,9 @@ class Trainer:
         with autocast(self.device, self.config.train.precision):
             embeddings = self.train_model(images)
         chunks = (
-            dict(zip(kinds, embeddings.split([len(batch.views[k][1]) for k in kinds]), strict=True)) if kinds else {}
+            dict(zip(kinds, torch.split(embeddings, [len(batch.views[k][1]) for k in kinds]), strict=True))
+            if kinds
+            else {}
         )
         empty_labels = torch.zeros(0, dtype=torch.long, device=self.device)
         views = {
@@ -291,9 +306,10 @@ class Trainer:
         }
         if self.dist.enabled:  # the loss of the global batch, not the mean of per-rank losses
             views = {k: (all_gather_rows(e, sizes[k]), all_gather_rows(y, sizes[k])) for k, (e, y) in views.items()}
-        out = self.train_loss(views) if self.proxy_source is None else self._semantic_proxy_loss(batch, views)
+        source = self.proxy_source
+        out = self.train_loss(views) if source is None else self._semantic_proxy_loss(batch, views, source)
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(out.total).backward()
+        self.scaler.scale(out.total).backward()  # type: ignore[no-untyped-call]  # torch: Tensor.backward unannotated
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return {
@@ -313,12 +329,14 @@ class Trainer:
         self.loss_fn.proxy_source.to(self.device)
         return self.loss_fn.proxy_source
 
-    def _semantic_proxy_loss(self, batch: TrainBatch, views: dict) -> LossOutput:
+    def _semantic_proxy_loss(
+        self, batch: TrainBatch, views: ViewEmbeddings, proxy_source: torch.nn.Module
+    ) -> LossOutput:
         """Proxy-Anchor on the original images against the proxies the method generates this step."""
         images, labels = batch.views[ORIGINAL]
         images, labels = images.to(self.device, non_blocking=True), labels.to(self.device)
         with autocast(self.device, self.config.train.precision):
-            proxies = self.proxy_source(self.model, images, labels, self.loss_fn.proxy_anchor.proxies)
+            proxies = proxy_source(self.model, images, labels, self.loss_fn.proxy_anchor.proxies)
         loss = self.loss_fn.proxy_anchor(*views[ORIGINAL], proxies=proxies)
         return LossOutput(loss, {"proxy": loss.detach()})
 
@@ -327,7 +345,7 @@ class Trainer:
         local = (batch.failures, dict(batch.events), {k: len(y) for k, (_, y) in batch.views.items()})
         ranks = all_gather_objects(local)
         failures = [message for rank_failures, _, _ in ranks for message in rank_failures]
-        events = Counter()
+        events: Counter[str] = Counter()
         for _, rank_events, _ in ranks:
             events.update(rank_events)
         kinds = [k for k in VIEW_KINDS if any(k in rank_sizes for _, _, rank_sizes in ranks)]
@@ -392,10 +410,11 @@ class Trainer:
             "decode_failures": position.decode_failures,
             **({"events": dict(position.events)} if position.events else {}),
         }
-        if self.split.val is not None:
+        val_side = self._data().val
+        if val_side is not None:
             val = evaluate_side(
                 self.model,
-                self.split.val,
+                val_side,
                 img_size=self.config.model.img_size,
                 resize_size=self.config.data.resize_size,
                 device=self.device,
