@@ -89,7 +89,7 @@ def _run(
 ) -> None:
     from dva.data import load_catalog, make_split
     from dva.reproduce import (
-        DISCRIMINATIVE,
+        TEST_DISCRIMINATIVE,
         check_rows,
         run_rows,
         setting_line,
@@ -101,7 +101,7 @@ def _run(
 
     check_rows(table.rows, base, test_boxes=test_boxes)
     detector_ms, detector_note = None, ""
-    if table.needs_latency and test_boxes and any(r.test_view == DISCRIMINATIVE for r in table.rows):
+    if table.needs_latency and test_boxes and any(r.test_view == TEST_DISCRIMINATIVE for r in table.rows):
         side = make_split(load_catalog(base.data.dataset, base.data.root), base.data.split).test
         detector_ms, detector_note = time_detector(test_boxes, side)
     results = run_rows(
