@@ -278,6 +278,15 @@ def test_page_asks_for_the_key_then_shows_results(server, tmp_path):
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)"
             )
+            # re-ranking from the select: the server's re-ranked order (scores stay the plain cosines)
+            reranked = searcher.search(gallery.paths[13], k=6, rerank="dba")
+            shown = [f"{m.score:.3f}" for m in reranked]
+            assert shown != [f"{m.score:.3f}" for m in expected]  # else the select could be ignored unseen
+            page.select_option("#rerank", "dba")
+            expect(cards.locator(".score")).to_have_text(shown)
+            assert [cards.nth(i).get_attribute("data-label") for i in range(6)] == [m.label for m in reranked]
+            page.select_option("#rerank", "")
+            expect(cards.locator(".score")).to_have_text([f"{m.score:.3f}" for m in expected])
             # a non-image upload shows the server's refusal
             bad = tmp_path / "notes.png"
             bad.write_bytes(b"not a png")
