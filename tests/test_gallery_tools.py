@@ -289,3 +289,87 @@ def test_eval_rerank_is_leave_one_out_on_the_test_side(cub_root, capsys):
     assert metrics["rerank"] == {"method": "dba", "n": 2, "alpha": 3.0}
     code, _, stderr = run_cli(capsys, *common, "--rerank", "dba", "--alpha", "-1")
     assert code == 2 and "alpha" in stderr
+
+
+# --- duplicates at index time ----------------------------------------------------------------
+
+
+def test_new_duplicates_chain_only_through_kept_images():
+    from dva.index.build import find_new_duplicates
+
+    # b is a near-copy of a; c is close to b but not to a; d is far from all
+    a = np.array([1.0, 0.0, 0.0])
+    b = np.array([np.cos(0.25), np.sin(0.25), 0.0])
+    c = np.array([np.cos(0.5), np.sin(0.5), 0.0])
+    d = np.array([0.0, 0.0, 1.0])
+    vectors = np.stack([b, c, d]).astype(np.float32) * 3  # not normalised: the check normalises
+    threshold = float(np.cos(0.3))  # b~a and c~b (0.25 apart); c~a is 0.5 apart
+    reference = a[None].astype(np.float32)
+    assert find_new_duplicates(vectors, reference, threshold, skip=True) == {0: ("index", 0)}  # b skipped: c stays
+    assert find_new_duplicates(vectors, reference, threshold, skip=False) == {0: ("index", 0), 1: ("new", 0)}
+    # in blocks of one row, through the pool of earlier kept rows: the same answer
+    assert find_new_duplicates(vectors, reference, threshold, skip=False, block=1) == {0: ("index", 0), 1: ("new", 0)}
+    assert find_new_duplicates(vectors, reference[:0], threshold, skip=True) == {1: ("new", 0)}
+
+
+def test_index_skips_or_tags_duplicates_of_the_index_and_of_the_same_update(tmp_path, capsys):
+    gallery = write_gallery(tmp_path / "photos", num_classes=3, per_class=3, size=48)
+    base = tmp_path / "base"
+    make_index(gallery.root, base)
+    # the update: a re-encoded copy of an indexed image, a new image, and a resized copy of that new one
+    copy_old = gallery.root / "class_2" / "copy_q70.jpg"
+    Image.open(gallery.paths[7]).save(copy_old, quality=70)
+    fresh = gallery.root / "class_1" / "new_a.jpg"
+    class_image(1, 50, 48).save(fresh, quality=95)
+    copy_new = gallery.root / "class_1" / "new_a_copy.png"
+    Image.open(fresh).resize((44, 44), Image.BICUBIC).save(copy_new)
+    searcher = Searcher(base)
+    vectors = searcher.embed([*gallery.paths, copy_old, fresh, copy_new])
+    sims = vectors @ vectors.T
+    copy_scores = [sims[7, 9], sims[10, 11]]
+    pairs = sims[np.triu(np.ones_like(sims, bool), 1)]
+    others = np.sort(pairs)[: -len(copy_scores)]
+    assert min(copy_scores) > others.max(), "the tiny model must tell copies from other images for this test"
+    threshold = float((min(copy_scores) + others.max()) / 2)
+
+    # skip, from the command line: the two copies are left out and listed with their originals
+    skip = tmp_path / "skip"
+    shutil.copytree(base, skip)
+    args = ["index", "--images", str(gallery.root), "--out", str(skip), *QUIET, "--duplicates", "skip"]
+    code, stdout, stderr = run_cli(capsys, *args, "--duplicate-threshold", str(threshold), "--json")
+    assert code == 0, stderr
+    report = json.loads(stdout)
+    assert report["added"] == 1 and report["skipped_duplicates"] == 2 and report["count"] == 10
+    assert sorted(report["duplicates"]) == [[str(copy_new), str(fresh)], [str(copy_old), str(gallery.paths[7])]]
+    paths = {row["path"] for row in GalleryIndex.load(skip).rows}
+    assert str(fresh) in paths and str(copy_old) not in paths and str(copy_new) not in paths
+    code, _, stderr = run_cli(capsys, *args, "--duplicate-threshold", str(threshold))  # the table names them
+    assert code == 0 and f"skipped {copy_new}: a duplicate of {fresh}" in stderr
+
+    # tag, from Python: all are added, each copy with the stable id of its original
+    tag = tmp_path / "tag"
+    shutil.copytree(base, tag)
+    model = IndexModel.frozen(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG)
+    options = dict(model=model, num_workers=0, progress=False, duplicates="tag", duplicate_threshold=threshold)
+    result = index_gallery(tag, read_gallery(gallery.root), **options)
+    assert result.added == 3 and result.skipped_duplicates == 0 and len(result.duplicates) == 2
+    index = GalleryIndex.load(tag)
+    by_path = {row["path"]: (int(index.ids[p]), row) for p, row in enumerate(index.rows)}
+    original_id = by_path[str(gallery.paths[7])][0]
+    fresh_id = by_path[str(fresh)][0]
+    assert by_path[str(copy_old)][1]["duplicate_of"] == original_id
+    assert by_path[str(copy_new)][1]["duplicate_of"] == fresh_id
+    assert "duplicate_of" not in by_path[str(fresh)][1]
+    tagged = Searcher(tag).search(copy_new, k=10, filter=f"duplicate_of={fresh_id}")
+    assert [m.path for m in tagged] == [str(copy_new)] and tagged[0].metadata["duplicate_of"] == fresh_id
+    # the next run changes nothing: the tag is the index's own, not a changed field of the gallery
+    again = index_gallery(tag, read_gallery(gallery.root), **options)
+    assert again.updated == 0 and again.added == 0 and again.version == result.version
+    assert GalleryIndex.load(tag).rows == index.rows
+
+    # a threshold outside [-1, 1] or an unknown mode: one line, exit 2, nothing written
+    before = (skip / "manifest.json").read_text()
+    for bad in (["--duplicates", "skip", "--duplicate-threshold", "1.5"], ["--duplicates", "drop"]):
+        code, _, stderr = run_cli(capsys, "index", "--images", str(gallery.root), "--out", str(skip), *QUIET, *bad)
+        assert code == 2 and "duplicate" in stderr and len(stderr.strip().splitlines()) == 1, stderr
+    assert (skip / "manifest.json").read_text() == before

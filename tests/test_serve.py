@@ -115,6 +115,48 @@ def test_search_by_embedding(server, client):
     assert client.post("/search/embedding", json={"vector": [1.0]}).status_code == 422
 
 
+def test_search_reranks_like_the_searcher_and_refuses_bad_options(server, client):
+    _, gallery, searcher = server
+    query = gallery.paths[5]
+    vector = searcher.embed([query])[0]
+    plain = [m.id for m in searcher.search(query, k=20)]
+    for method, n, alpha in [("aqe", 3, 3.0), ("dba", 2, 1.0)]:
+        expected = searcher.search(query, k=20, rerank=method, rerank_k=n, alpha=alpha)
+        assert [m.id for m in expected] != plain  # the options change the order: ignoring them would show
+        form = upload(client, query.read_bytes(), k="20", rerank=method, rerank_k=str(n), alpha=str(alpha))
+        assert form.status_code == 200
+        assert [r["id"] for r in form.json()["results"]] == [m.id for m in expected]
+        assert [r["score"] for r in form.json()["results"]] == pytest.approx([m.score for m in expected], abs=1e-4)
+        body = {"embedding": vector.tolist(), "k": 20, "rerank": method, "rerank_k": n, "alpha": alpha}
+        by_vector = client.post("/search/embedding", json=body)
+        assert by_vector.status_code == 200
+        assert [r["id"] for r in by_vector.json()["results"]] == [m.id for m in expected]
+    # an empty or "none" method is the plain order; re-ranking within a filter works too
+    assert [r["id"] for r in upload(client, query.read_bytes(), k="20", rerank="").json()["results"]] == plain
+    none = client.post("/search/embedding", json={"embedding": vector.tolist(), "k": 20, "rerank": "none"})
+    assert [r["id"] for r in none.json()["results"]] == plain
+    filtered = client.post(
+        "/search/embedding", json={"embedding": vector.tolist(), "k": 4, "rerank": "aqe", "filter": ["label=class_2"]}
+    )
+    expected = searcher.search(query, k=4, rerank="aqe", filter="label=class_2")
+    assert [r["id"] for r in filtered.json()["results"]] == [m.id for m in expected]
+    # bad values: 422 with one line naming the field, for both endpoints
+    for options, field in [
+        ({"rerank": "qe"}, "rerank:"),
+        ({"rerank": "aqe", "rerank_k": 0}, "rerank_k:"),
+        ({"rerank": "dba", "alpha": -1}, "alpha:"),
+    ]:
+        bad = client.post("/search/embedding", json={"embedding": vector.tolist(), **options})
+        assert bad.status_code == 422 and str(bad.json()["detail"]).startswith(field), bad.text
+        assert "\n" not in bad.json()["detail"]
+        form = {key: str(value) for key, value in options.items()}
+        bad = upload(client, query.read_bytes(), **form)
+        assert bad.status_code == 422 and str(bad.json()["detail"]).startswith(field), bad.text
+    nan = upload(client, query.read_bytes(), rerank="aqe", alpha="nan")
+    assert nan.status_code == 422 and nan.json()["detail"].startswith("alpha:")
+    assert upload(client, query.read_bytes(), rerank="aqe", rerank_k="two").status_code == 422
+
+
 def test_bad_uploads_are_refused_with_4xx(server, client):
     _, gallery, _ = server
     assert upload(client, b"%PDF-1.4 not an image", name="doc.pdf", kind="application/pdf").status_code == 415
@@ -236,6 +278,15 @@ def test_page_asks_for_the_key_then_shows_results(server, tmp_path):
             page.wait_for_function(
                 "() => [...document.querySelectorAll('.result img')].every(i => i.complete && i.naturalWidth > 0)"
             )
+            # re-ranking from the select: the server's re-ranked order (scores stay the plain cosines)
+            reranked = searcher.search(gallery.paths[13], k=6, rerank="dba")
+            shown = [f"{m.score:.3f}" for m in reranked]
+            assert shown != [f"{m.score:.3f}" for m in expected]  # else the select could be ignored unseen
+            page.select_option("#rerank", "dba")
+            expect(cards.locator(".score")).to_have_text(shown)
+            assert [cards.nth(i).get_attribute("data-label") for i in range(6)] == [m.label for m in reranked]
+            page.select_option("#rerank", "")
+            expect(cards.locator(".score")).to_have_text([f"{m.score:.3f}" for m in expected])
             # a non-image upload shows the server's refusal
             bad = tmp_path / "notes.png"
             bad.write_bytes(b"not a png")

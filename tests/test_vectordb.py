@@ -124,6 +124,13 @@ def test_serve_on_qdrant_searches_and_forgets_removed_images(pushed):
         body = client.post("/search/embedding", json={"embedding": query.tolist(), "k": 3}).json()
         assert body["results"][0]["id"] == 7 and body["results"][0]["name"] == gallery.paths[7].name
         assert client.get("/images/7").content == gallery.paths[7].read_bytes()
+        # re-ranking needs the index's own embeddings: refused, on both endpoints, with 422
+        refused = client.post("/search/embedding", json={"embedding": query.tolist(), "k": 3, "rerank": "aqe"})
+        assert refused.status_code == 422 and refused.json()["detail"].startswith("rerank:")
+        files = {"file": ("q.jpg", gallery.paths[7].read_bytes(), "image/jpeg")}
+        refused = client.post("/search", files=files, data={"k": "3", "rerank": "dba"})
+        assert refused.status_code == 422 and "vector database" in refused.json()["detail"]
+        assert client.post("/search", files=files, data={"k": "3", "rerank": ""}).status_code == 200
         vectors.remove([7])
         body = client.post("/search/embedding", json={"embedding": query.tolist(), "k": 3}).json()
         assert 7 not in [r["id"] for r in body["results"]] and body["gallery_size"] == len(gallery.paths) - 1

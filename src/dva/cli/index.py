@@ -56,6 +56,15 @@ def index(
     remove_missing: bool = typer.Option(
         False, "--remove-missing", help="Delete from OUT every image whose file is gone."
     ),
+    duplicates: str | None = typer.Option(
+        None,
+        "--duplicates",
+        help="skip: leave out a new image as similar as --duplicate-threshold to an indexed or earlier new one; "
+        "tag: add it with the field duplicate_of (the id it duplicates). Default: no check.",
+    ),
+    duplicate_threshold: float = typer.Option(
+        0.95, "--duplicate-threshold", help="With --duplicates: cosine from which two images are duplicates."
+    ),
     batch_size: int = typer.Option(64, "--batch-size"),
     workers: int = WorkersOpt,
     device: str = DeviceOpt,
@@ -78,6 +87,7 @@ def index(
     then --merge-shards.
     """
     from dva.index import IndexModel, check_index, index_gallery, read_gallery
+    from dva.index.build import check_duplicate_options
     from dva.index.shards import embed_shard, parse_shard
     from dva.index.shards import merge_shards as merge
 
@@ -110,6 +120,9 @@ def index(
         raise ConfigError("--remove/--remove-missing run on their own or with --images, not with sharded embedding")
     if frozen and run is not None:
         raise ConfigError("pass either --run RUN_DIR or --frozen --backbone NAME, not both")
+    check_duplicate_options(duplicates, duplicate_threshold)  # before anything is read or embedded
+    if duplicates is not None and (shard is not None or merge_shards or launched_by_torchrun()):
+        raise ConfigError("--duplicates runs with a plain `dva index`, not with sharded embedding")
     model = None
     if frozen:
         if not backbone:
@@ -138,12 +151,26 @@ def index(
         report = merge(out, items, **build)
     else:
         report = index_gallery(
-            out, items, device=device, remove=remove, remove_missing=remove_missing, **build, **embed
+            out,
+            items,
+            device=device,
+            remove=remove,
+            remove_missing=remove_missing,
+            duplicates=duplicates,
+            duplicate_threshold=duplicate_threshold,
+            **build,
+            **embed,
         )
     pushed = _push(out, report, backend, qdrant_url, collection) if backend != "faiss" or qdrant_url else None
     if json_out:
         print_json({**report.to_dict(), **({} if pushed is None else {"vectordb": pushed})})
         return
+    verb = "skipped" if report.skipped_duplicates else "tagged"
+    for path, original in report.duplicates[:SHOWN_FAILURES]:
+        print(f"warning: {verb} {path}: a duplicate of {original}", file=sys.stderr)
+    if len(report.duplicates) > SHOWN_FAILURES:
+        more = len(report.duplicates) - SHOWN_FAILURES
+        print(f"warning: ... and {more} more duplicates (--json lists all)", file=sys.stderr)
     for _, reason in report.unreadable[:SHOWN_FAILURES]:
         print(f"warning: skipped {reason}", file=sys.stderr)
     if len(report.unreadable) > SHOWN_FAILURES:
@@ -159,6 +186,7 @@ def index(
                 "updated": report.updated,
                 "removed": report.removed,
                 "unreadable": len(report.unreadable),
+                **({"duplicates": len(report.duplicates)} if duplicates is not None else {}),
                 "type": report.index["factory"],
                 "recall@10": report.index["recall@10"],
                 "img/s": report.added / report.embed_seconds if report.embed_seconds else 0.0,

@@ -8,6 +8,10 @@ metadata (same id). ``remove`` and ``remove_missing`` delete images. Only what c
 written (:mod:`dva.index.store`). Unreadable images are skipped and reported, never fatal,
 unless nothing at all could be read. The embedding step can also be split over processes
 (:mod:`dva.index.shards`). An index of format 1 is converted by the first update.
+
+``duplicates="skip"`` or ``"tag"`` checks each new image against the index and the earlier
+new images of the same run (exact cosine on the normalised embeddings): a near-duplicate is
+left out and reported, or added with the field ``duplicate_of`` (the id it duplicates).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import faiss
 import numpy as np
 
 from dva import __version__
@@ -28,6 +33,7 @@ from dva.data.loaders import ImageDataset
 from dva.distributed import shard_bounds
 from dva.errors import ConfigError, DataError
 from dva.evaluate.embed import Embeddings, embed_dataset, embedding_transform
+from dva.index.calibrate import check_threshold
 from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, IndexSpec, build_index, plan_index, recall_vs_exact
 from dva.index.gallery import GalleryItem, split_storable
 from dva.index.legacy import read_legacy
@@ -50,6 +56,12 @@ from dva.index.store import (
 #: Recall of approximate indexes is measured at build time for the manifest, like ``--check``.
 RECALL_K = 10
 
+#: What ``duplicates=`` may ask for: leave near-duplicates out, or add them tagged.
+DUPLICATE_MODES = ("skip", "tag")
+#: The metadata field a tagged duplicate gets: the id of the image it duplicates.
+DUPLICATE_FIELD = "duplicate_of"
+DEFAULT_DUPLICATE_THRESHOLD = 0.95
+
 #: The embedding step: ``(model, images to add) -> (embeddings, seconds)``.
 Embedder = Callable[[IndexModel, Sequence[GalleryItem]], tuple[Embeddings, float]]
 
@@ -68,6 +80,11 @@ class IndexReport:
     removed: int = 0
     #: ``(path, reason)`` of every image that could not be read; they are not in the index.
     unreadable: list[tuple[str, str]] = field(default_factory=list)
+    #: ``(path, path of the image it duplicates)`` of every new near-duplicate found
+    #: (``duplicates="skip"``: not added; ``"tag"``: added with ``duplicate_of``).
+    duplicates: list[tuple[str, str]] = field(default_factory=list)
+    #: Near-duplicates left out (``duplicates="skip"``).
+    skipped_duplicates: int = 0
     index: dict[str, Any] = field(default_factory=dict)
     embed_seconds: float = 0.0
     total_seconds: float = 0.0
@@ -90,11 +107,17 @@ def index_gallery(
     progress: bool = True,
     remove: Sequence[str | os.PathLike[str]] = (),
     remove_missing: bool = False,
+    duplicates: str | None = None,
+    duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
 ) -> IndexReport:
     """Create the index ``out`` from ``items``, or update the index already there with them.
 
     ``remove`` deletes these paths from the index (each must be in it, else nothing changes);
     ``remove_missing`` deletes every indexed image whose file is gone.
+
+    ``duplicates="skip"`` leaves out a new image whose cosine with an image of the index, or
+    with an earlier new image, is at least ``duplicate_threshold`` (listed in the report's
+    ``duplicates``); ``"tag"`` adds it with the field ``duplicate_of`` = that image's id.
 
     ``model`` is required for a new index; for an existing one the index's own model is used,
     and a different ``model`` is refused (its embeddings would not be comparable).
@@ -111,7 +134,16 @@ def index_gallery(
         embedder=lambda own, todo: embed_items(own, todo, **embed),
         remove=remove,
         remove_missing=remove_missing,
+        duplicates=duplicates,
+        duplicate_threshold=duplicate_threshold,
     )
+
+
+def check_duplicate_options(mode: str | None, threshold: float) -> float:
+    """The threshold, checked, or a one-line error naming the option."""
+    if mode is not None and mode not in DUPLICATE_MODES:
+        raise ConfigError(f"duplicates: choose from {', '.join(DUPLICATE_MODES)} (or none), got {mode!r}")
+    return check_threshold(threshold, "duplicate threshold")
 
 
 def build_index_dir(
@@ -124,19 +156,31 @@ def build_index_dir(
     embedder: Embedder,
     remove: Sequence[str | os.PathLike[str]] = (),
     remove_missing: bool = False,
+    duplicates: str | None = None,
+    duplicate_threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
 ) -> IndexReport:
     """:func:`index_gallery` with the embedding step given (the merge of sharded embeddings gives its own)."""
     out = Path(out)
+    dedup = None
+    if duplicates is not None:
+        dedup = (duplicates, check_duplicate_options(duplicates, duplicate_threshold))
     items, skipped = split_storable(items)
     if is_index_dir(out):
         with update_lock(out):
-            report = _update(out, items, model, index_type, approx_threshold, embedder, remove, remove_missing)
+            report = _update(out, items, model, index_type, approx_threshold, embedder, remove, remove_missing, dedup)
     else:
         if remove or remove_missing:
             raise ConfigError(f"{out}: not an index (no manifest.json); there is nothing to remove")
         _check_new_index(out, model)
         report = _create(
-            out, items, model, index_type or "auto", approx_threshold or DEFAULT_APPROX_THRESHOLD, embedder, skipped
+            out,
+            items,
+            model,
+            index_type or "auto",
+            approx_threshold or DEFAULT_APPROX_THRESHOLD,
+            embedder,
+            skipped,
+            dedup,
         )
     report.unreadable = skipped + report.unreadable
     return report
@@ -191,7 +235,7 @@ def plan_update(items: Sequence[GalleryItem], live: dict[str, StoredImage], skip
             if digest is not None and digest != old.sha256:
                 plan.changed.append((item, old))
                 continue
-        if item.label != old.label or item.metadata != old.fields:
+        if item.label != old.label or item.metadata != _untagged(old.fields):
             plan.relabelled.append((item, old))
         else:
             plan.unchanged += 1
@@ -272,6 +316,7 @@ def _create(
     threshold: int,
     embedder: Embedder,
     skipped: Sequence[tuple[str, str]] = (),
+    dedup: tuple[str, float] | None = None,
 ) -> IndexReport:
     start = time.perf_counter()
     plan_index(0, index_type=index_type, approx_threshold=threshold)  # validate options before embedding
@@ -284,7 +329,11 @@ def _create(
             failures = [reason for _, reason in skipped] + [reason for _, reason in embeddings.failures]
             first = failures[0] if failures else "the gallery is empty"
             raise DataError(f"no image of the gallery could be read (first: {first})")
-        rows = [_new_row(items[i], j, 1, j) for j, i in enumerate(embeddings.indices.tolist())]
+        found: list[tuple[str, str]] = []
+        tags: dict[int, int] = {}
+        if dedup is not None:
+            embeddings, found, tags = _apply_duplicates(embeddings, items, len(items), [], [], None, 0, dedup)
+        rows = [_tagged(_new_row(items[i], j, 1, j), tags.get(j)) for j, i in enumerate(embeddings.indices.tolist())]
         manifest = {
             "version": 1,
             "dva_version": __version__,
@@ -314,6 +363,8 @@ def _create(
         len(rows),
         0,
         unreadable=_unreadable(items, embeddings),
+        duplicates=found,
+        skipped_duplicates=len(found) if dedup is not None and dedup[0] == "skip" else 0,
         index=manifest["index"],
         embed_seconds=seconds,
         total_seconds=time.perf_counter() - start,
@@ -329,6 +380,7 @@ def _update(
     embedder: Embedder,
     remove: Sequence[str | os.PathLike[str]],
     remove_missing: bool,
+    dedup: tuple[str, float] | None = None,
 ) -> IndexReport:
     start = time.perf_counter()
     manifest = read_manifest(out)
@@ -355,9 +407,26 @@ def _update(
         todo = plan.todo
         embeddings, seconds = embedder(own, todo)
         next_id = int(manifest["next_id"])
+        found: list[tuple[str, str]] = []
+        tags: dict[int, int] = {}
+        if dedup is not None:
+            leaving = {live[path].id for path in removals} | {
+                plan.changed[i - len(plan.new)][1].id for i in embeddings.indices.tolist() if i >= len(plan.new)
+            }
+            kept = [r for r in db.visible_rows(version) if r[1] not in leaving]
+            embeddings, found, tags = _apply_duplicates(
+                embeddings,
+                todo,
+                len(plan.new),
+                [r[1] for r in kept],
+                [r[2] for r in kept],
+                (out, manifest, kept),
+                next_id,
+                dedup,
+            )
         rows, retired, dropped = [], [], set()
         for j, i in enumerate(embeddings.indices.tolist()):
-            rows.append(_new_row(todo[i], next_id, version + 1, j))
+            rows.append(_tagged(_new_row(todo[i], next_id, version + 1, j), tags.get(j)))
             next_id += 1
             if i >= len(plan.new):  # a changed file: its old id leaves
                 old = plan.changed[i - len(plan.new)][1]
@@ -369,7 +438,7 @@ def _update(
                     old.id,
                     old.path,
                     item.label,
-                    dict(item.metadata),
+                    {**item.metadata, **{k: v for k, v in old.fields.items() if k == DUPLICATE_FIELD}},
                     old.sha256,
                     old.size,
                     old.mtime_ns,
@@ -389,6 +458,8 @@ def _update(
                 0,
                 plan.unchanged,
                 unreadable=_unreadable(todo, embeddings),
+                duplicates=found,
+                skipped_duplicates=len(found) if dedup is not None and dedup[0] == "skip" else 0,
                 index=manifest["index"],
                 embed_seconds=seconds,
                 total_seconds=time.perf_counter() - start,
@@ -413,6 +484,8 @@ def _update(
         updated=len(embeddings.indices) - added + len(plan.relabelled),
         removed=len(removals),
         unreadable=_unreadable(todo, embeddings),
+        duplicates=found,
+        skipped_duplicates=len(found) if dedup is not None and dedup[0] == "skip" else 0,
         index=new_manifest["index"],
         embed_seconds=seconds,
         total_seconds=time.perf_counter() - start,
@@ -578,3 +651,123 @@ def embed_items(
 
 def _unreadable(items: Sequence[GalleryItem], embeddings: Embeddings) -> list[tuple[str, str]]:
     return [(str(items[i].path), message) for i, message in embeddings.failures]
+
+
+def _untagged(fields: dict[str, Any]) -> dict[str, Any]:
+    """The fields a gallery list gave (the ``duplicate_of`` tag is the index's own)."""
+    return {k: v for k, v in fields.items() if k != DUPLICATE_FIELD}
+
+
+def _tagged(row: NewRow, duplicate_of: int | None) -> NewRow:
+    if duplicate_of is not None:
+        row.fields = {**row.fields, DUPLICATE_FIELD: duplicate_of}
+    return row
+
+
+def _apply_duplicates(
+    embeddings: Embeddings,
+    todo: Sequence[GalleryItem],
+    n_new: int,
+    old_ids: list[int],
+    old_paths: list[str],
+    old_source: tuple[Path, dict[str, Any], list[tuple]] | None,
+    next_id: int,
+    dedup: tuple[str, float],
+) -> tuple[Embeddings, list[tuple[str, str]], dict[int, int]]:
+    """Find the near-duplicates among the new images (``todo[:n_new]``) of ``embeddings``:
+    ``(embeddings without the skipped ones, (path, its original's path) pairs, {row of the
+    returned embeddings: id it duplicates})``. The reference is the index's kept images, the
+    re-embedded changed files (they stay) and, in order, the earlier new images kept."""
+    mode, threshold = dedup
+    positions = embeddings.indices.tolist()
+    new_rows = [j for j, i in enumerate(positions) if i < n_new]
+    changed_rows = [j for j, i in enumerate(positions) if i >= n_new]
+    if not new_rows:  # nothing new (perhaps nothing embedded at all): nothing to check
+        return embeddings, [], {}
+    if old_source is not None and old_ids:
+        out, manifest, kept = old_source
+        shards = np.array([r[8] for r in kept], np.int64)
+        rows = np.array([r[9] for r in kept], np.int64)
+        old_vectors = gather_vectors(out, manifest, shards, rows)
+    else:
+        old_vectors = np.empty((0, embeddings.vectors.shape[1]), np.float32)
+    vectors = np.asarray(embeddings.vectors, np.float32)
+    reference = np.concatenate([old_vectors, vectors[changed_rows]])
+    targets = find_new_duplicates(vectors[new_rows], reference, threshold, skip=mode == "skip")
+
+    def target_id_path(target: tuple[str, int]) -> tuple[int, str]:
+        kind, at = target
+        if kind == "new":
+            j = new_rows[at]
+        elif at < len(old_ids):
+            return old_ids[at], old_paths[at]
+        else:
+            j = changed_rows[at - len(old_ids)]
+        return next_id + j, str(todo[positions[j]].path)  # ids follow the rows (tag keeps every row)
+
+    found, tags = [], {}
+    for q, target in sorted(targets.items()):
+        image_id, path = target_id_path(target)
+        j = new_rows[q]
+        found.append((str(todo[positions[j]].path), path))
+        tags[j] = image_id
+    if mode == "tag":
+        return embeddings, found, tags
+    keep = np.array([j not in tags for j in range(len(positions))], bool)
+    kept_embeddings = Embeddings(
+        embeddings.vectors[keep], embeddings.labels[keep], embeddings.indices[keep], list(embeddings.failures)
+    )
+    return kept_embeddings, found, {}
+
+
+def find_new_duplicates(
+    vectors: np.ndarray, reference: np.ndarray, threshold: float, *, skip: bool, block: int = 1024
+) -> dict[int, tuple[str, int]]:
+    """Exact near-duplicate check of ``vectors`` (in order) against ``reference`` and their
+    own earlier rows: ``{row: ("index", row of reference) or ("new", earlier row)}`` for every
+    row with a cosine ``>= threshold`` to one of them (the most similar; the reference on a
+    tie). With ``skip``, a duplicate is not a reference for later rows (it is left out)."""
+    vectors = _unit(vectors)
+    found: dict[int, tuple[str, int]] = {}
+    if not len(vectors):
+        return found
+    dim = vectors.shape[1]
+    ref_sims = np.full(len(vectors), -np.inf, np.float32)
+    ref_rows = np.full(len(vectors), -1, np.int64)
+    if len(reference):
+        ref = faiss.IndexFlatIP(dim)
+        ref.add(_unit(reference))
+        sims, rows = ref.search(vectors, 1)
+        ref_sims, ref_rows = sims[:, 0], rows[:, 0]
+    pool = faiss.IndexFlatIP(dim)
+    pool_rows: list[int] = []
+    for start in range(0, len(vectors), block):
+        chunk = vectors[start : start + block]
+        pool_sims, pool_at = pool.search(chunk, 1) if pool.ntotal else (None, None)
+        inner = chunk @ chunk.T
+        kept: list[int] = []
+        for a in range(len(chunk)):
+            j = start + a
+            best, target = float(ref_sims[j]), ("index", int(ref_rows[j]))
+            if pool_sims is not None and pool_sims[a, 0] > best:
+                best, target = float(pool_sims[a, 0]), ("new", pool_rows[int(pool_at[a, 0])])
+            if kept:
+                sims_in = inner[a, kept]
+                b = int(np.argmax(sims_in))
+                if sims_in[b] > best:
+                    best, target = float(sims_in[b]), ("new", start + kept[b])
+            if best >= threshold:
+                found[j] = target
+                if skip:
+                    continue
+            kept.append(a)
+        if kept:
+            pool.add(np.ascontiguousarray(chunk[kept]))
+            pool_rows += [start + a for a in kept]
+    return found
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.where(norms > 0, norms, 1.0)

@@ -2,9 +2,10 @@
 
 Endpoints (OpenAPI docs at ``/docs``, served offline):
 
-- ``POST /search``            multipart image upload ``file``, form fields ``k`` and ``filter``
-                              (repeatable, ANDed: ``label=Cardinal``, ``year>=2000``, ...)
-- ``POST /search/embedding``  JSON ``{"embedding": [...], "k": 10, "filter": ["label in A,B"]}``
+- ``POST /search``            multipart image upload ``file``, form fields ``k``, ``filter``
+                              (repeatable, ANDed: ``label=Cardinal``, ``year>=2000``, ...) and
+                              re-ranking ``rerank`` (``aqe`` or ``dba``), ``rerank_k``, ``alpha``
+- ``POST /search/embedding``  JSON ``{"embedding": [...], "k": 10, "filter": ["label in A,B"], "rerank": "aqe"}``
 - ``GET  /images/{id}``       a gallery image, by the id the index gave it (never by path)
 - ``GET  /healthz``           what the index holds
 - ``GET  /``                  the search page (static HTML/JS/CSS shipped in ``static/``)
@@ -46,6 +47,7 @@ from dva import __version__
 from dva.data.images import ImageDecodeError, ImageTooLargeError, load_image, release_memory
 from dva.errors import ConfigError, DataError
 from dva.index.filters import Filter, parse_filters
+from dva.index.rerank import DEFAULT_ALPHA, DEFAULT_RERANK_K, RERANK_METHODS, check_rerank
 from dva.index.searcher import Match, Searcher
 from dva.index.vectordb import DatabaseUnavailable
 from dva.serve.limits import BodySizeLimit, timed_h11
@@ -106,11 +108,21 @@ FILTER_HELP = (
     "10<=year<=20 (fields: label, path, or a field of the gallery list)."
 )
 
+RERANK_HELP = (
+    f"Re-rank the matches ({' or '.join(RERANK_METHODS)}: query expansion or database-side augmentation); "
+    "empty or absent: plain cosine order. Not with a vector database backend."
+)
+RERANK_K_HELP = "With rerank: neighbours per expansion."
+ALPHA_HELP = "With rerank: weight exponent, weights = similarity^alpha."
+
 
 class EmbeddingQuery(BaseModel):
     embedding: list[float] = Field(min_length=1, description="A query embedding (normalised by the server).")
     k: int = Field(10, ge=1, strict=True)  # strict: JSON true is not 1
     filter: list[str] = Field(default_factory=list, max_length=MAX_FILTERS, description=FILTER_HELP)
+    rerank: str | None = Field(None, description=RERANK_HELP)
+    rerank_k: int = Field(DEFAULT_RERANK_K, strict=True, description=RERANK_K_HELP)
+    alpha: float = Field(DEFAULT_ALPHA, description=ALPHA_HELP)
 
 
 class Health(BaseModel):
@@ -162,9 +174,13 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         file: UploadFile = File(..., description="The query image (JPEG, PNG, WebP, ...)."),
         k: int = Form(settings.default_k, ge=1, description=f"Number of matches (at most {settings.max_k})."),
         filter: list[str] = Form([], description=FILTER_HELP),  # noqa: A002 - the API's word for it
+        rerank: str | None = Form(None, description=RERANK_HELP),
+        rerank_k: int = Form(DEFAULT_RERANK_K, description=RERANK_K_HELP),
+        alpha: float = Form(DEFAULT_ALPHA, description=ALPHA_HELP),
     ) -> SearchResponse:
         _check_k(k, settings)
         filters = _parse_filters(filter, searcher)  # before the upload is decoded: a typo costs nothing
+        method = _check_rerank(rerank, rerank_k, alpha, searcher)
         data = file.file.read(settings.max_upload_bytes + 1)
         if len(data) > settings.max_upload_bytes:
             raise HTTPException(413, f"upload larger than {settings.max_upload_bytes:,} bytes")
@@ -180,15 +196,19 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                 del data
                 release_memory()  # the full-size decode is gone: give its pages back
         start = time.perf_counter()
-        matches = searcher.search(image, k, filter=filters)
+        matches = searcher.search(image, k, filter=filters, rerank=method, rerank_k=rerank_k, alpha=alpha)
         return _response(matches, k, len(searcher), start)
 
     @api.post("/search/embedding", response_model=SearchResponse, summary="Search with an embedding")
     def search_embedding(query: EmbeddingQuery) -> SearchResponse:
         _check_k(query.k, settings)
+        filters = _parse_filters(query.filter, searcher)
+        method = _check_rerank(query.rerank, query.rerank_k, query.alpha, searcher)
         start = time.perf_counter()
         try:
-            matches = searcher.search_embedding(query.embedding, query.k, filter=_parse_filters(query.filter, searcher))
+            matches = searcher.search_embedding(
+                query.embedding, query.k, filter=filters, rerank=method, rerank_k=query.rerank_k, alpha=query.alpha
+            )
         except DatabaseUnavailable:
             raise  # answered 503 below: not the query's fault
         except DataError as e:
@@ -301,6 +321,19 @@ def _parse_filters(texts: list[str], searcher: Searcher) -> list[Filter]:
     except DataError as e:
         raise HTTPException(422, str(e)) from None
     return filters
+
+
+def _check_rerank(method: str | None, n: int, alpha: float, searcher: Searcher) -> str | None:
+    """The re-ranking method (None for an empty or ``none`` one), or 422 naming the bad field."""
+    if method is not None and method.strip().lower() in ("", "none"):
+        method = None
+    try:
+        check_rerank(method, n, alpha)
+    except ConfigError as e:
+        raise HTTPException(422, str(e)) from None
+    if method is not None and searcher.backend is not None:
+        raise HTTPException(422, "rerank: re-ranking needs the index's own embeddings, not a vector database backend")
+    return method
 
 
 def _check_k(k: int, settings: ServeSettings) -> None:

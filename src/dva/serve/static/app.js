@@ -107,6 +107,7 @@ async function search() {
   for (const filter of $("filter").value.split(";").map((f) => f.trim()).filter(Boolean)) {
     form.append("filter", filter);
   }
+  if ($("rerank").value) form.append("rerank", $("rerank").value);
   $("results").classList.add("busy");
   try {
     const body = await (await api("/search", { method: "POST", body: form })).json();
@@ -143,6 +144,7 @@ function init() {
   drop.addEventListener("drop", (e) => setQuery(e.dataTransfer.files[0]));
   $("k").addEventListener("change", search);
   $("filter").addEventListener("change", search);
+  $("rerank").addEventListener("change", search);
   $("key-form").addEventListener("submit", async (e) => {
     e.preventDefault();
     sessionStorage.setItem(KEY_STORAGE, $("api-key").value);
