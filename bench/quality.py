@@ -159,6 +159,12 @@ def main() -> None:
         help="table the runs already trained (evaluating them if needed); train nothing",
     )
     parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
+    parser.add_argument(
+        "--boxes",
+        default=None,
+        help="a box file holding the train and test images (e.g. bench/zoom_out.py's exact boxes) instead of "
+        "detecting saliency boxes",
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -169,15 +175,19 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown row(s) {unknown}; rows: {[row.name for row in QUALITY.rows]}")
     rows = [row for row in QUALITY.rows if not wanted or row.name in wanted]
-    train_boxes = detect_once(args.data, "train", boxes / "cub100_saliency_train.jsonl")
-    # Test images' boxes only for the row that runs the detector at test time.
-    test_box_file = boxes / "cub100_saliency_test.jsonl"
     needs_test_boxes = any(row.test_view != "original" for row in rows)
-    if args.finished_only:  # detect nothing either: use the test boxes only if they are there
-        test_boxes = test_box_file if needs_test_boxes and test_box_file.is_file() else None
-        rows = [row for row in rows if row.test_view == "original" or test_boxes is not None]
+    test_box_file = boxes / "cub100_saliency_test.jsonl"
+    if args.boxes is not None:  # given boxes (train and test images): nothing to detect
+        train_boxes = Path(args.boxes)
+        test_boxes: Path | None = train_boxes
     else:
-        test_boxes = detect_once(args.data, "test", test_box_file) if needs_test_boxes else None
+        train_boxes = detect_once(args.data, "train", boxes / "cub100_saliency_train.jsonl")
+        if args.finished_only:  # detect nothing either: use the test boxes only if they are there
+            test_boxes = test_box_file if needs_test_boxes and test_box_file.is_file() else None
+        else:  # test images' boxes only for the row that runs the detector at test time
+            test_boxes = detect_once(args.data, "test", test_box_file) if needs_test_boxes else None
+    if args.finished_only:
+        rows = [row for row in rows if row.test_view == "original" or test_boxes is not None]
 
     base = RunConfig(
         model=ModelConfig(backbone=args.backbone, img_size=args.img_size),

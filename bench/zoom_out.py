@@ -12,6 +12,11 @@ while the global view sees it at ``scale`` of the input size.
     python bench/lr_sweep.py --data bench/results/zoom/cub100-zoom --method dva \\
         --boxes bench/results/zoom/cub100-zoom/boxes.jsonl --epochs 3 --out bench/results/zoom/val
 
+Test classes, every row with the same exact boxes (seeds 0, 1, 2)::
+
+    python bench/quality.py --data bench/results/zoom/cub100-zoom --boxes bench/results/zoom/cub100-zoom/boxes.jsonl \
+        --out bench/results/zoom/quality --rows "Base + ICA,DVA (Ours),Base + ICA + OPA"
+
 The copy keeps the CUB layout (``images.txt``, labels, split, classes), so every reader and
 split of the project works on it unchanged. Placement and background are seeded per image.
 """
