@@ -56,17 +56,11 @@ SECTIONS = ("train", "infer", "e2e", "recall", "search")
 # --------------------------------------------------------------------------- measuring
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def timed(fn: Callable[[], Any], device: torch.device) -> float:
-    sync(device)
-    start = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - start
+    """Seconds of one call: the project's one timing primitive (:func:`dva.evaluate.latency.time_call`)."""
+    from dva.evaluate.latency import time_call
+
+    return time_call(fn, device)
 
 
 def _status(field: str) -> int:

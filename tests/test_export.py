@@ -62,7 +62,7 @@ def test_full_fine_tuning_exports_its_weights(tmp_path):
     config.model.method = "full"
     config.model.method_options = {}  # the tiny ICA rank is an option of ica, not of "full"
     Trainer(config, tmp_path / "run", progress=False).fit()
-    from dva.models.export import export_run
+    from dva.export import export_run
 
     out = export_run(tmp_path / "run", tmp_path / "export")
     model = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
@@ -73,7 +73,7 @@ def test_full_fine_tuning_exports_its_weights(tmp_path):
 
 
 def test_unmergeable_methods_and_occupied_folders_are_refused(trained_run, tmp_path, monkeypatch):
-    from dva.models.export import export_run
+    from dva.export import export_run
 
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "notes.txt").write_text("mine")

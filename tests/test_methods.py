@@ -167,7 +167,7 @@ def test_a_trained_run_rebuilds_to_the_trained_model(method, tmp_path):
         assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
 
     if method == "vpt-deep":  # prompts are tokens, not weights: no plain timm form to export
-        from dva.models.export import export_run
+        from dva.export import export_run
 
         with pytest.raises(ConfigError, match="'vpt-deep' adds modules that cannot be merged"):
             export_run(tmp_path / "run", tmp_path / "exported")

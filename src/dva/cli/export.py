@@ -22,7 +22,7 @@ def export(
     run's embeddings at the frozen model's cost. config.json holds the preprocessing.
     Methods whose adapters cannot be merged are refused.
     """
-    from dva.models.export import CONFIG, ONNX, WEIGHTS, export_run
+    from dva.export import CONFIG, ONNX, WEIGHTS, export_run
 
     path = export_run(run, out, weights=weights, onnx=onnx)
     files = [str(path / name) for name in (WEIGHTS, CONFIG, ONNX) if (path / name).is_file()]

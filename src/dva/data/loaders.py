@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from dva.data.images import ImageDecodeError, load_image
 from dva.data.records import ImageRecord
 from dva.data.transforms import Transform
-from dva.losses.dpt import BACKGROUND, ORIGINAL
+from dva.view_kinds import BACKGROUND, ORIGINAL
 
 
 @dataclass

@@ -41,6 +41,24 @@ class Latency:
         return asdict(self)
 
 
+def time_call(fn: Callable[[], Any], device: torch.device | None = None) -> float:
+    """Seconds one call of ``fn`` takes, CUDA synchronised on both sides when ``device`` is CUDA.
+
+    The one timing primitive of the project: latency here and every timed row of bench/speed.py
+    go through it. How repetitions are summarised is the caller's choice, by purpose: a latency
+    is reported as the median (what a query costs), a throughput benchmark on a shared machine as
+    the fastest repetition (other processes only add time); docs/speed.md says which is which.
+    """
+    cuda = device is not None and device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def _summarise(seconds: Sequence[float], device: str) -> Latency:
     ms = sorted(1000.0 * s for s in seconds)
     decile = statistics.quantiles(ms, n=10) if len(ms) > 1 else [ms[0]] * 9
@@ -83,7 +101,6 @@ def compare_latency(
     """
     device = resolve_device(device) if isinstance(device, str) else device
     image = torch.randn(1, 3, img_size, img_size, device=device)
-    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     prepared = {}
     for name, model in models.items():
         if merge:
@@ -94,13 +111,10 @@ def compare_latency(
     with cpu_threads(threads if device.type == "cpu" else None):
         for round_ in range(warmup + repeats):
             for name, model in prepared.items():
-                sync()
-                start = time.perf_counter()
                 with autocast(device, precision):
-                    model(image)
-                sync()
+                    took = time_call(lambda model=model: model(image), device)
                 if round_ >= warmup:
-                    times[name].append(time.perf_counter() - start)
+                    times[name].append(took)
     where = f"cpu, {threads} thread(s)" if device.type == "cpu" and threads else str(device)
     return {name: _summarise(t, where) for name, t in times.items()}
 
@@ -125,7 +139,5 @@ def measure_detector_latency(
         find(inputs[0])
     times = []
     for item in inputs:
-        start = time.perf_counter()
-        find(item)
-        times.append(time.perf_counter() - start)
+        times.append(time_call(lambda item=item: find(item)))
     return _summarise(times, device)

@@ -41,11 +41,7 @@ from torch import nn
 
 from dva.errors import ConfigError
 from dva.losses.proxy_anchor import ProxyAnchorLoss
-
-ORIGINAL = "original"
-DISCRIMINATIVE = "discriminative"
-BACKGROUND = "background"
-VIEW_KINDS = (ORIGINAL, DISCRIMINATIVE, BACKGROUND)
+from dva.view_kinds import BACKGROUND, DISCRIMINATIVE, ORIGINAL
 
 #: ``{view kind: (embeddings, labels)}`` for one batch.
 ViewEmbeddings = Mapping[str, tuple[torch.Tensor, torch.Tensor]]

@@ -29,10 +29,10 @@ from PIL import Image
 
 from dva.config import OPAConfig, default_of
 from dva.geometry import Size, area_fraction
-from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE, ORIGINAL
 from dva.opa.box_files import path_key
 from dva.opa.detectors.base import Detection
 from dva.opa.views import background_view, discriminative_view
+from dva.view_kinds import BACKGROUND, DISCRIMINATIVE, ORIGINAL
 
 
 class _NotListed(enum.Enum):

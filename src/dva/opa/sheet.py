@@ -17,9 +17,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from dva.data.images import ImageDecodeError, load_image
 from dva.geometry import area_fraction, read_image_header
-from dva.losses.dpt import BACKGROUND, DISCRIMINATIVE
 from dva.opa.box_files import BoxEntry, BoxFile
 from dva.opa.policy import ALL_VIEWS, LARGE_BOX, LOW_SCORE, NO_DETECTION, ViewPolicy
+from dva.view_kinds import BACKGROUND, DISCRIMINATIVE
 
 COLUMNS = ("original + box", "discriminative view", "background view")
 TRUSTED, UNTRUSTED = (40, 200, 60), (255, 150, 0)

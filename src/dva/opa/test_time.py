@@ -15,10 +15,10 @@ from PIL import Image
 
 from dva.config import RunConfig
 from dva.data.records import SplitSide
-from dva.losses.dpt import DISCRIMINATIVE
 from dva.opa.box_files import load_boxes
 from dva.opa.detectors import Detection
 from dva.opa.policy import ViewPolicy
+from dva.view_kinds import DISCRIMINATIVE
 
 
 @dataclass(frozen=True)

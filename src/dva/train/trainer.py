@@ -44,8 +44,8 @@ from dva.distributed import (
 )
 from dva.errors import ConfigError, DataError, DvaError, WriteError
 from dva.evaluate.evaluate import evaluate_side
-from dva.losses import VIEW_KINDS, DPTLoss, DPTOptions, ViewEmbeddings
-from dva.losses.dpt import ORIGINAL, LossOutput
+from dva.losses import DPTLoss, DPTOptions, ViewEmbeddings
+from dva.losses.dpt import LossOutput
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
 from dva.models.methods import dpt_options
 from dva.runs import MODEL_PREFIX, Run, check_fits, check_weights_metadata, weights_metadata
@@ -53,6 +53,7 @@ from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everythin
 from dva.train.interrupt import GracefulInterrupt
 from dva.train.schedule import lr_factor
 from dva.train.state import Position, load_training_state, save_training_state
+from dva.view_kinds import ORIGINAL, VIEW_KINDS
 
 LOSS_PREFIX = "loss."
 LOG_EVERY = 10
