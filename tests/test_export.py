@@ -83,7 +83,7 @@ def test_unmergeable_methods_and_occupied_folders_are_refused(trained_run, tmp_p
 
     run = tmp_path / "run"
     shutil.copytree(trained_run, run)
-    monkeypatch.setitem(methods._METHODS, "ica", Method("ica", methods._ica, "ICA", mergeable=False))
+    monkeypatch.setitem(methods._METHODS._entries, "ica", Method("ica", methods._ica, "ICA", mergeable=False))
     with pytest.raises(ConfigError, match="cannot be merged into the backbone"):
         export_run(run, tmp_path / "export")
     assert not (tmp_path / "export").exists() and not list(tmp_path.glob(".export.partial-*"))

