@@ -9,9 +9,8 @@ import typer
 
 from dva.cli._common import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt, print_json, print_table
 from dva.cli._vectordb import BackendOpt, CollectionOpt, QdrantUrlOpt, check_backend_options, open_backend
-from dva.distributed import barrier, init_distributed, launched_by_torchrun
+from dva.distributed import launched_by_torchrun
 from dva.errors import ConfigError
-from dva.runtime import resolve_device
 
 #: Unreadable images listed in the human-readable report (``--json`` lists them all).
 SHOWN_FAILURES = 10
@@ -88,7 +87,7 @@ def index(
     """
     from dva.index import IndexModel, check_index, index_gallery, read_gallery
     from dva.index.build import check_duplicate_options
-    from dva.index.shards import embed_shard, parse_shard
+    from dva.index.shards import embed_shard, index_gallery_distributed, parse_shard
     from dva.index.shards import merge_shards as merge
 
     if check is not None:
@@ -143,12 +142,10 @@ def index(
     if merge_shards:
         report = merge(out, items, **build)
     elif launched_by_torchrun():
-        info, rank_device = init_distributed(resolve_device(device))
-        embed_shard(out, items, shard=(info.rank, info.world_size), model=model, device=rank_device, **embed)
-        barrier()  # every shard is written
-        if not info.is_main:
+        distributed = index_gallery_distributed(out, items, device=device, **build, **embed)
+        if distributed is None:  # not rank 0: its shard is written, rank 0 builds the index
             return
-        report = merge(out, items, **build)
+        report = distributed
     else:
         report = index_gallery(
             out,

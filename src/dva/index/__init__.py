@@ -7,6 +7,7 @@ from dva.index.filters import Filter, parse_filters
 from dva.index.gallery import GalleryItem, read_gallery
 from dva.index.model import IndexModel
 from dva.index.searcher import Match, Searcher
+from dva.index.shards import index_gallery_distributed
 from dva.index.store import GalleryIndex
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Searcher",
     "check_index",
     "index_gallery",
+    "index_gallery_distributed",
     "parse_filters",
     "plan_index",
     "read_gallery",

@@ -100,6 +100,33 @@ def merge_shards(
     return report
 
 
+def index_gallery_distributed(
+    out: str | Path,
+    items: Sequence[GalleryItem],
+    *,
+    model: IndexModel | None = None,
+    device: str = "auto",
+    index_type: str | None = None,
+    approx_threshold: int | None = None,
+    **embed: Any,
+) -> IndexReport | None:
+    """:func:`dva.index.index_gallery` for a process of a ``torchrun`` launch.
+
+    Every rank embeds its shard of the images index ``out`` lacks (one GPU each); after a
+    barrier, rank 0 merges the shards into the index one process would have built and returns
+    its report; the other ranks return None. Outside torchrun it runs as a world of one.
+    """
+    from dva.distributed import barrier, init_distributed
+    from dva.runtime import resolve_device
+
+    info, rank_device = init_distributed(resolve_device(device))
+    embed_shard(out, items, shard=(info.rank, info.world_size), model=model, device=rank_device, **embed)
+    barrier()  # every shard is written
+    if not info.is_main:
+        return None
+    return merge_shards(out, items, model=model, index_type=index_type, approx_threshold=approx_threshold)
+
+
 def read_shards(directory: Path, model: IndexModel, todo: Sequence[GalleryItem]) -> tuple[Embeddings, float]:
     """The embeddings of ``todo`` joined from ``directory``'s shards, and the slowest shard's seconds."""
     files = sorted(p for p in directory.glob("shard-*-of-*.safetensors") if _SHARD_FILE.fullmatch(p.name))
