@@ -15,6 +15,7 @@ from dva.config import (
     from_dict,
     identity_dict,
     identity_fields,
+    parse_assignments,
     resumable_fields,
     weights_fields,
 )
@@ -188,3 +189,21 @@ def test_weights_metadata_of_the_older_layout_is_checked_as_options(tmp_path):
     lora = RunConfig(model=ModelConfig(method="lora", method_options={"rank": 4}))
     old_lora = {**old, "method": "lora", "rank": 16, "method_options": {"rank": 4, "alpha": 8.0}}
     check_weights_metadata(old_lora, lora, tmp_path / "w.safetensors")  # the top-level rank was ICA's, not lora's
+
+
+def test_every_field_is_settable_from_the_command_line_with_set(tmp_path, capsys):
+    from dva.cli.train import build_config
+
+    assert parse_assignments(["train.alpha=16", "opa.aspect=[2, 3]", "data.resize_size=128"]) == {
+        "train": {"alpha": 16},
+        "opa": {"aspect": [2, 3]},
+        "data": {"resize_size": 128},
+    }
+    config = build_config(tmp_path / "r", parse_assignments(["train.alpha=16", "opa.aspect=[2, 3]"]), None, False)
+    assert config.train.alpha == 16.0 and tuple(config.opa.aspect) == (2, 3)
+    with pytest.raises(ConfigError, match=r"--set train\.alpah: no such config field"):
+        parse_assignments(["train.alpah=16"])
+    with pytest.raises(ConfigError, match="SECTION.FIELD=VALUE"):
+        parse_assignments(["train.alpha"])
+    code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "x"), "--set", "train.nope=1")
+    assert code == 2 and "train.nope: no such config field" in err and not (tmp_path / "x").exists()

@@ -30,7 +30,7 @@ import dataclasses
 import json
 import types
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -284,6 +284,27 @@ def config_fields(cls: type, prefix: str = "") -> Iterator[tuple[str, dataclasse
             yield from config_fields(hints[f.name], f"{prefix}{f.name}.")
         else:
             yield f"{prefix}{f.name}", f
+
+
+def parse_assignments(assignments: Iterable[str], cls: type | None = None) -> dict[str, dict[str, Any]]:
+    """``["train.lr=1e-4", "opa.aspect=[3, 4]"]`` as config sections, the values read as YAML.
+
+    Every field of ``cls`` (RunConfig) is reachable this way (``dva train --set``), including
+    those without an option of their own. An unknown field or a missing ``=`` is an error naming
+    it; types are checked when the config is built (:func:`from_dict`).
+    """
+    known = {name for name, _ in config_fields(cls or RunConfig)}
+    sections: dict[str, dict[str, Any]] = {}
+    for text in assignments:
+        name, sep, raw = text.partition("=")
+        name = name.strip()
+        if not sep:
+            raise ConfigError(f"--set {text!r}: write SECTION.FIELD=VALUE, e.g. train.warmup_epochs=1")
+        if name not in known:
+            raise ConfigError(f"--set {name}: no such config field; fields: {', '.join(sorted(known))}")
+        section, leaf = name.split(".", 1)
+        sections.setdefault(section, {})[leaf] = yaml.safe_load(raw) if raw.strip() else None
+    return sections
 
 
 def field_help(name: str, cls: type | None = None) -> str:

@@ -25,7 +25,16 @@ from dva.cli.opa import (
     TextThresholdOpt,
     cli_detector_options,
 )
-from dva.config import LEGACY_MODEL_FIELDS, ModelConfig, RunConfig, config_fields, field_help, from_dict, load_overrides
+from dva.config import (
+    LEGACY_MODEL_FIELDS,
+    ModelConfig,
+    RunConfig,
+    config_fields,
+    field_help,
+    from_dict,
+    load_overrides,
+    parse_assignments,
+)
 from dva.distributed import current
 from dva.errors import ConfigError
 
@@ -95,6 +104,12 @@ def train(
         False, "--resume", help="Continue the interrupted run in --out exactly where it stopped."
     ),
     compile_model: bool | None = _field("train.compile", "--compile/--no-compile"),
+    assignments: list[str] | None = typer.Option(
+        None,
+        "--set",
+        help="Any config field, SECTION.FIELD=VALUE (YAML value), repeatable; over every other option: "
+        "--set train.alpha=16 --set opa.aspect='[3, 4]'.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bars."),
     json_out: bool = JsonOpt,
 ) -> None:
@@ -124,6 +139,8 @@ def train(
         )
         or None,
     )
+    for section, values in parse_assignments(assignments or []).items():
+        overrides[section].update(values)
     config = build_config(out, overrides, config_file, resume)
     _check_opa(config, out)
     summary = Trainer(config, out, progress=not quiet).fit(resume=resume)
