@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -24,6 +25,11 @@ from dva.config import DataConfig, ModelConfig, RunConfig, TrainConfig
 
 TINY_BACKBONE = "test_vit"
 TINY_IMG = 32
+#: `dva train` options of the tiny model, and of one quick epoch on the fake datasets.
+TINY_MODEL = ("--backbone", TINY_BACKBONE, "--no-pretrained", "--img-size", str(TINY_IMG))
+QUICK_EPOCH = ("--epochs", "1", "--batch-size", "8", "--workers", "0")
+#: `dva index/eval/search` options of the same model, frozen.
+TINY_FROZEN = ("--frozen", *TINY_MODEL)
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CUB100 = SHARED / "data" / "cub100"
 
@@ -178,3 +184,17 @@ def serve_in_thread(app, config: uvicorn.Config | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(timeout=10)
         sock.close()
+
+
+def launch_chromium(playwright: Any) -> Any:
+    """Debian's chromium, headless, as every browser test drives it (Playwright's own is not used)."""
+    return playwright.chromium.launch(
+        executable_path="/usr/bin/chromium",
+        args=[
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-dev-shm-usage",
+        ],
+    )

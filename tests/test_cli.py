@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TINY_BACKBONE
+from conftest import QUICK_EPOCH, TINY_BACKBONE
 
 
 def dva(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -46,12 +46,7 @@ def test_train_then_eval_json(cub_root, tmp_path):
             "q,v",
             "--rank",
             "4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--workers",
-            "0",
+            *QUICK_EPOCH,
             "--out",
             str(run),
             "--quiet",

@@ -6,7 +6,7 @@ import dataclasses
 import json
 
 import pytest
-from conftest import TINY_BACKBONE, TINY_IMG, run_cli
+from conftest import QUICK_EPOCH, TINY_BACKBONE, TINY_IMG, TINY_MODEL, run_cli
 
 from dva.config import (
     ModelConfig,
@@ -100,17 +100,8 @@ def _train_tiny(capsys, cub_root, out, *extra):
         "cub",
         "--data",
         str(cub_root.root),
-        "--backbone",
-        TINY_BACKBONE,
-        "--no-pretrained",
-        "--img-size",
-        str(TINY_IMG),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
+        *TINY_MODEL,
+        *QUICK_EPOCH,
         "--device",
         "cpu",
         "--out",

@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
+from conftest import TINY_BACKBONE, TINY_FROZEN, TINY_IMG, class_image, run_cli, write_gallery
 from PIL import Image
 
 from dva.index import IndexModel, Searcher, index_gallery, read_gallery
@@ -263,12 +263,7 @@ def test_eval_rerank_is_leave_one_out_on_the_test_side(cub_root, capsys):
 
     common = [
         "eval",
-        "--frozen",
-        "--backbone",
-        TINY_BACKBONE,
-        "--no-pretrained",
-        "--img-size",
-        str(TINY_IMG),
+        *TINY_FROZEN,
         "--dataset",
         "cub",
         "--data",

@@ -11,7 +11,7 @@ import sqlite3
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
+from conftest import TINY_BACKBONE, TINY_FROZEN, TINY_IMG, class_image, run_cli, write_gallery
 
 import dva
 import dva.index.build as build_module
@@ -280,12 +280,7 @@ def test_index_search_and_check_commands(tmp_path, capsys):
     (gallery.root / "class_1" / "broken.jpg").write_bytes(b"junk")
     out = tmp_path / "index"
     common = [
-        "--frozen",
-        "--backbone",
-        TINY_BACKBONE,
-        "--no-pretrained",
-        "--img-size",
-        str(TINY_IMG),
+        *TINY_FROZEN,
         "--workers",
         "0",
         "--quiet",

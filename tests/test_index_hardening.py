@@ -10,7 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, write_gallery
+from conftest import TINY_BACKBONE, TINY_FROZEN, TINY_IMG, class_image, run_cli, write_gallery
 from legacy_index import downgrade_to_format_1
 
 import dva
@@ -49,12 +49,7 @@ def test_line_separators_in_paths_labels_and_metadata_keep_the_index_readable(tm
         str(photos),
         "--out",
         str(tmp_path / "index"),
-        "--frozen",
-        "--backbone",
-        TINY_BACKBONE,
-        "--no-pretrained",
-        "--img-size",
-        str(TINY_IMG),
+        *TINY_FROZEN,
         "--workers",
         "0",
         "--quiet",
@@ -110,12 +105,7 @@ def test_file_names_that_are_not_utf8_are_skipped_before_embedding(tmp_path, cap
         str(gallery.root),
         "--out",
         str(tmp_path / "index"),
-        "--frozen",
-        "--backbone",
-        TINY_BACKBONE,
-        "--no-pretrained",
-        "--img-size",
-        str(TINY_IMG),
+        *TINY_FROZEN,
         "--workers",
         "0",
         "--quiet",

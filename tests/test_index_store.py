@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, serve_in_thread, write_gallery
+from conftest import TINY_BACKBONE, TINY_IMG, class_image, launch_chromium, run_cli, serve_in_thread, write_gallery
 from legacy_index import downgrade_to_format_1
 
 import dva.index.build as build_module
@@ -439,16 +439,7 @@ def test_the_page_filter_input_restricts_the_results(gallery_index):
     searcher = Searcher(index)
     expected = searcher.search(gallery.paths[0], k=4, filter=["label in class_1,class_2", "label=class_2"])
     with serve_in_thread(create_app(searcher)) as url, sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path="/usr/bin/chromium",
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-dev-shm-usage",
-            ],
-        )
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             page.goto(url + "/")

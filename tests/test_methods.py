@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE, TINY_IMG, tiny_run_config, write_cub
+from conftest import QUICK_EPOCH, TINY_BACKBONE, TINY_IMG, TINY_MODEL, tiny_run_config, write_cub
 
 from dva.config import ModelConfig
 from dva.errors import CheckpointError, ConfigError
@@ -206,23 +206,14 @@ def test_train_cli_passes_method_options_into_the_run(cub_root, tmp_path, capsys
                 "cub",
                 "--data",
                 str(cub_root.root),
-                "--backbone",
-                TINY_BACKBONE,
-                "--no-pretrained",
-                "--img-size",
-                str(TINY_IMG),
+                *TINY_MODEL,
                 "--method",
                 "clip-adapter",
                 "--method-option",
                 "ratio=0.5",
                 "--method-option",
                 "reduction=8",
-                "--epochs",
-                "1",
-                "--batch-size",
-                "8",
-                "--workers",
-                "0",
+                *QUICK_EPOCH,
                 "--out",
                 str(tmp_path / "run"),
                 "--quiet",

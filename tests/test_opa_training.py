@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY_IMG, tiny_run_config
+from conftest import QUICK_EPOCH, TINY_IMG, tiny_run_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -220,12 +220,7 @@ def test_cli_detect_views_train_and_eval_with_opa(cub_root, tmp_path):
             "32",
             "--rank",
             "4",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "8",
-            "--workers",
-            "0",
+            *QUICK_EPOCH,
             "--out",
             str(run),
             "--quiet",

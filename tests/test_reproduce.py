@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_BACKBONE, TINY_IMG, run_cli, tiny_run_config
+from conftest import QUICK_EPOCH, TINY_BACKBONE, TINY_IMG, run_cli, tiny_run_config
 from test_cli import dva
 
 from dva.errors import ConfigError
@@ -168,12 +168,7 @@ def test_cli_table8_end_to_end_then_nothing_is_trained_again(cub_root, tmp_path,
         "--no-pretrained",
         "--image-size",
         str(TINY_IMG),
-        "--epochs",
-        "1",
-        "--batch-size",
-        "8",
-        "--workers",
-        "0",
+        *QUICK_EPOCH,
         "--boxes",
         str(boxes),
         "--test-boxes",

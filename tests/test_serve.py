@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import class_image, serve_in_thread
+from conftest import class_image, launch_chromium, serve_in_thread
 from PIL import Image
 
 from dva.index import Searcher
@@ -249,16 +249,7 @@ def test_page_asks_for_the_key_then_shows_results(server, tmp_path):
     url, gallery, searcher = server
     expected = searcher.search(gallery.paths[13], k=6)
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=[
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-dev-shm-usage",
-            ],
-        )
+        browser = launch_chromium(p)
         try:
             page = browser.new_page()
             page.goto(url + "/")

@@ -10,7 +10,7 @@ import sys
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_BACKBONE, TINY_IMG, class_image, run_cli, serve_in_thread
+from conftest import TINY_BACKBONE, TINY_FROZEN, class_image, run_cli, serve_in_thread
 
 pytest.importorskip("qdrant_client", reason="qdrant-client is not installed (pip install 'dva[qdrant]')")
 
@@ -145,12 +145,7 @@ def test_cli_index_fills_the_embedded_database_and_search_uses_it(capsys, tmp_pa
     out = tmp_path / "index"
     build = [
         "index",
-        "--frozen",
-        "--backbone",
-        TINY_BACKBONE,
-        "--no-pretrained",
-        "--img-size",
-        str(TINY_IMG),
+        *TINY_FROZEN,
         "--images",
         str(photos.root),
         "--out",

@@ -363,12 +363,16 @@ def _create(
         len(rows),
         0,
         unreadable=_unreadable(items, embeddings),
-        duplicates=found,
-        skipped_duplicates=len(found) if dedup is not None and dedup[0] == "skip" else 0,
+        **_duplicate_counts(found, dedup),
         index=manifest["index"],
         embed_seconds=seconds,
         total_seconds=time.perf_counter() - start,
     )
+
+
+def _duplicate_counts(found: list[tuple[str, str]], dedup: tuple[str, float] | None) -> dict[str, Any]:
+    """The report's duplicate fields: the pairs found, and how many were left out (``skip``)."""
+    return {"duplicates": found, "skipped_duplicates": len(found) if dedup is not None and dedup[0] == "skip" else 0}
 
 
 def _update(
@@ -484,8 +488,7 @@ def _update(
         updated=len(embeddings.indices) - added + len(plan.relabelled),
         removed=len(removals),
         unreadable=_unreadable(todo, embeddings),
-        duplicates=found,
-        skipped_duplicates=len(found) if dedup is not None and dedup[0] == "skip" else 0,
+        **_duplicate_counts(found, dedup),
         index=new_manifest["index"],
         embed_seconds=seconds,
         total_seconds=time.perf_counter() - start,
