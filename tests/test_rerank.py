@@ -85,3 +85,11 @@ def test_bad_rerank_options_name_the_option(kwargs, field):
     options = {"method": "aqe", "n": 3, "alpha": 3.0, **kwargs}
     with pytest.raises(ConfigError, match=f"^{field}"):
         rerank_metrics(x, labels, options.pop("method"), **options)
+
+
+def test_the_cli_rerank_defaults_are_the_libraries():
+    # The CLI writes them out so that it starts without faiss; they must stay the same values.
+    from dva.cli._common import RerankAlphaOpt, RerankKOpt
+    from dva.index.rerank import DEFAULT_ALPHA, DEFAULT_RERANK_K
+
+    assert (RerankKOpt.default, RerankAlphaOpt.default) == (DEFAULT_RERANK_K, DEFAULT_ALPHA)

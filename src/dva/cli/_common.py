@@ -15,6 +15,10 @@ DeviceOpt = typer.Option("auto", "--device", help="auto (CUDA when present), cpu
 PrecisionOpt = typer.Option("auto", "--precision", help="auto (bf16 on CUDA, fp32 on CPU), bf16, fp16, fp32.")
 WorkersOpt = typer.Option(2, "--workers", help="DataLoader worker processes.")
 JsonOpt = typer.Option(False, "--json", help="Print the result as JSON.")
+# Re-ranking's knobs, shared by `dva search` and `dva eval`; the values are
+# dva.index.rerank.DEFAULT_RERANK_K and DEFAULT_ALPHA, written out so the CLI starts without faiss.
+RerankKOpt = typer.Option(5, "--rerank-k", help="With --rerank: neighbours per expansion (n).")
+RerankAlphaOpt = typer.Option(3.0, "--alpha", help="With --rerank: weight exponent, weights = similarity^alpha.")
 MethodOptionOpt = typer.Option(
     None,
     "--method-option",

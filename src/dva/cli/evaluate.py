@@ -16,6 +16,8 @@ from dva.cli._common import (
     DeviceOpt,
     JsonOpt,
     PrecisionOpt,
+    RerankAlphaOpt,
+    RerankKOpt,
     SplitOpt,
     WorkersOpt,
     print_json,
@@ -72,8 +74,8 @@ def evaluate(
         help="Re-rank each query's ranking: aqe (alpha query expansion) or dba (database-side "
         "augmentation); the query stays out of every expansion.",
     ),
-    rerank_k: int = typer.Option(5, "--rerank-k", help="With --rerank: neighbours per expansion (n)."),
-    alpha: float = typer.Option(3.0, "--alpha", help="With --rerank: weight exponent, weights = similarity^alpha."),
+    rerank_k: int = RerankKOpt,
+    alpha: float = RerankAlphaOpt,
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = JsonOpt,
 ) -> None:

@@ -7,7 +7,16 @@ from pathlib import Path
 
 import typer
 
-from dva.cli._common import DeviceOpt, JsonOpt, PrecisionOpt, WorkersOpt, print_json, print_table
+from dva.cli._common import (
+    DeviceOpt,
+    JsonOpt,
+    PrecisionOpt,
+    RerankAlphaOpt,
+    RerankKOpt,
+    WorkersOpt,
+    print_json,
+    print_table,
+)
 from dva.cli._vectordb import BackendOpt, CollectionOpt, QdrantUrlOpt, check_backend_options, open_backend
 from dva.distributed import launched_by_torchrun
 from dva.errors import ConfigError
@@ -218,8 +227,8 @@ def search(
         help="Re-rank by neighbourhood: aqe (alpha query expansion) or dba (database-side "
         "augmentation); the order changes, the score stays the plain cosine.",
     ),
-    rerank_k: int = typer.Option(5, "--rerank-k", help="With --rerank: neighbours per expansion (n)."),
-    alpha: float = typer.Option(3.0, "--alpha", help="With --rerank: weight exponent, weights = similarity^alpha."),
+    rerank_k: int = RerankKOpt,
+    alpha: float = RerankAlphaOpt,
     threshold: float | None = typer.Option(
         None, "--threshold", help="A match when score >= this (overrides the index's `dva calibrate` threshold)."
     ),
