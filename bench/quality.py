@@ -160,6 +160,12 @@ def main() -> None:
     )
     parser.add_argument("--rows", default="", help="comma-separated row names to run (default: all)")
     parser.add_argument(
+        "--row",
+        action="append",
+        default=[],
+        help="one row name to run, repeatable; for names holding a comma, e.g. 'LoRA (q, v; r 16, alpha 8)'",
+    )
+    parser.add_argument(
         "--boxes",
         default=None,
         help="a box file holding the train and test images (e.g. bench/zoom_out.py's exact boxes) instead of "
@@ -170,7 +176,7 @@ def main() -> None:
     out = Path(args.out)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     boxes = out / "boxes"
-    wanted = [name.strip() for name in args.rows.split(",") if name.strip()]
+    wanted = [name.strip() for name in args.rows.split(",") if name.strip()] + [name.strip() for name in args.row]
     unknown = sorted(set(wanted) - {row.name for row in QUALITY.rows})
     if unknown:
         parser.error(f"unknown row(s) {unknown}; rows: {[row.name for row in QUALITY.rows]}")

@@ -13,49 +13,33 @@ limits").
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import socket
-import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
+from dva.serve.worst_uploads import encoded, handmade_png
+
 MB = 1024 * 1024
-
-
-def png(width: int, height: int, color_type: int, bit_depth: int, row: bytes) -> bytes:
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    raw = (b"\x00" + row) * height
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b"")
-
-
-def encoded(image: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format=fmt, **options)
-    return buffer.getvalue()
 
 
 def payloads() -> dict[str, bytes]:
     side = 6324  # 39.99 MP
     return {
-        "1 x 39,999,999 PNG (refused)": png(1, 39_999_999, 0, 8, b"\x00"),
-        "6324 x 6324 RGBA PNG": png(side, side, 6, 8, b"\x0a\xc8\x1e\x80" * side),
-        "6324 x 6324 16-bit gray PNG": png(side, side, 0, 16, b"\x03\xe8" * side),
+        "1 x 39,999,999 PNG (refused)": handmade_png(1, 39_999_999, 0, 8, b"\x00", level=9),
+        "6324 x 6324 RGBA PNG": handmade_png(side, side, 6, 8, b"\x0a\xc8\x1e\x80" * side),
+        "6324 x 6324 16-bit gray PNG": handmade_png(side, side, 0, 16, b"\x03\xe8" * side),
         "6324 x 6324 palette PNG, transparency": encoded(Image.new("P", (side, side), 3), "PNG", transparency=3),
-        "20000 x 2000 RGB PNG": png(20_000, 2_000, 2, 8, b"\x01\x02\x03" * 20_000),
+        "20000 x 2000 RGB PNG": handmade_png(20_000, 2_000, 2, 8, b"\x01\x02\x03" * 20_000),
         "6000 x 6000 JPEG": encoded(Image.new("RGB", (6000, 6000), (1, 2, 3)), "JPEG", quality=50),
         "6324 x 6324 GIF": encoded(Image.new("P", (side, side), 1), "GIF"),
         "6324 x 6324 WebP (lossless, refused)": encoded(

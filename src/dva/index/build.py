@@ -251,7 +251,6 @@ def live_images(out: Path, manifest: dict[str, Any], paths: Sequence[str] | None
         return {
             row["path"]: StoredImage(
                 i,
-                i,
                 row["path"],
                 row.get("label"),
                 _fields(row),
@@ -259,6 +258,7 @@ def live_images(out: Path, manifest: dict[str, Any], paths: Sequence[str] | None
                 *(_stat(Path(row["path"])) or (None, None)),
                 0,
                 i,
+                key=i,
             )
             for i, row in enumerate(rows)
         }

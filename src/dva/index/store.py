@@ -122,22 +122,6 @@ def is_index_dir(path: str | Path) -> bool:
 
 
 @dataclass
-class StoredImage:
-    """One image's row, as the writer sees it (:meth:`IndexDB.live`)."""
-
-    key: int
-    id: int
-    path: str
-    label: str | None
-    fields: dict[str, Any]
-    sha256: str | None
-    size: int | None
-    mtime_ns: int | None
-    shard: int
-    row: int
-
-
-@dataclass
 class NewRow:
     """A row an update inserts: a new image, a changed one (new id), or new fields (same id)."""
 
@@ -150,6 +134,13 @@ class NewRow:
     mtime_ns: int | None
     shard: int
     row: int
+
+
+@dataclass
+class StoredImage(NewRow):
+    """One image's row, as the writer sees it (:meth:`IndexDB.live`): a row plus its database key."""
+
+    key: int
 
 
 class IndexDB:
@@ -304,7 +295,7 @@ class IndexDB:
 
 def _stored(row: tuple) -> StoredImage:
     key, id_, path, label, fields, sha, size, mtime, shard, r = row
-    return StoredImage(key, id_, path, label, json.loads(fields), sha, size, mtime, shard, r)
+    return StoredImage(id_, path, label, json.loads(fields), sha, size, mtime, shard, r, key=key)
 
 
 @dataclass
