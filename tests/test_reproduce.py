@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -257,6 +258,21 @@ def test_peers_table_shares_ica_and_dva_runs_and_trains_each_peer_as_documented(
     assert configs["LoRA (q, v; r 16, alpha 8)"].train.lr == configs["ICA"].train.lr
     vptsp = configs["VPTSP-G"].train
     assert (vptsp.optimizer, vptsp.lr, vptsp.proxy_lr, vptsp.weight_decay) == ("sgd", 1e-3, 1e-2, 1e-6)
+
+
+def test_a_finished_run_is_reused_for_the_same_images_moved_but_not_for_other_images(base, cub_root, tmp_path):
+    rows = [method_row("ICA", "ica", {})]
+    out = tmp_path / "out"
+    quiet = {"progress": False, "log": lambda _: None}
+    assert run_rows(rows, base, out, **quiet)[0].trained_now
+    moved = tmp_path / "moved"
+    shutil.copytree(cub_root.root, moved)
+    base.data.root = str(moved)
+    assert not run_rows(rows, base, out, **quiet)[0].trained_now  # same run name, same images
+    image = moved / cub_root.paths[-1].relative_to(cub_root.root)
+    image.write_bytes(image.read_bytes() + b"\0")  # now another collection under the same names
+    with pytest.raises(ConfigError, match="trained on other images"):
+        run_rows(rows, base, out, **quiet)
 
 
 def test_finished_runs_keep_their_names():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 
 import pytest
@@ -113,6 +114,23 @@ def test_resume_with_other_settings_is_refused(cub_root, tmp_path, monkeypatch):
     other.model.method_options["rank"] = 8
     with pytest.raises(ConfigError, match="model.method_options.rank: run has 4, asked 8"):
         Trainer(other, tmp_path / "run", progress=False).fit(resume=True)
+
+
+def test_resume_on_other_images_is_refused_and_on_the_same_images_moved_is_allowed(cub_root, tmp_path, monkeypatch):
+    with monkeypatch.context() as m:
+        _interrupt_after(m, 2)
+        with pytest.raises(TrainingInterrupted):
+            Trainer(tiny_run_config(cub_root.root, epochs=1), tmp_path / "run", progress=False).fit()
+    moved = tmp_path / "moved"
+    shutil.copytree(cub_root.root, moved)  # the same images elsewhere: the run continues there
+    changed = tmp_path / "changed"
+    shutil.copytree(cub_root.root, changed)
+    first = changed / cub_root.paths[0].relative_to(cub_root.root)
+    first.write_bytes(first.read_bytes() + b"\0")  # one image re-encoded: another collection
+    with pytest.raises(ConfigError, match="cannot resume on other images"):
+        Trainer(tiny_run_config(changed, epochs=1), tmp_path / "run", progress=False).fit(resume=True)
+    Trainer(tiny_run_config(moved, epochs=1), tmp_path / "run", progress=False).fit(resume=True)
+    assert (tmp_path / "run" / "summary.json").is_file()
 
 
 def test_weights_from_another_backbone_or_rank_are_refused(cub_root, tmp_path):

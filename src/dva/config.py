@@ -204,7 +204,7 @@ class TrainConfig:
 
 
 #: Keys of ``config.json`` that hold the :class:`TrainingRecord`, not configuration.
-RECORD_KEYS = ("class_names", "num_classes", "dva_version")
+RECORD_KEYS = ("class_names", "num_classes", "dva_version", "data_fingerprint")
 
 
 @dataclass(slots=True)
@@ -237,6 +237,9 @@ class TrainingRecord:
     class_names: list[str] = field(default_factory=list)
     num_classes: int = 0
     dva_version: str = ""
+    #: :func:`dva.data.data_fingerprint` of the images trained and tested on ("" in runs made
+    #: before it was recorded: those are reused unchecked).
+    data_fingerprint: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -1,7 +1,7 @@
 """Datasets: publishers' layouts, evaluation protocols, robust decoding, loaders."""
 
 from dva.data.images import ImageDecodeError, load_image
-from dva.data.records import Box, Catalog, DataSplit, ImageRecord, SplitSide
+from dva.data.records import Box, Catalog, DataSplit, ImageRecord, SplitSide, data_fingerprint
 from dva.data.registry import DatasetInfo, get_dataset, list_datasets, load_catalog, read_catalog, register_dataset
 from dva.data.splits import PROTOCOLS, carve_validation, make_split
 
@@ -14,6 +14,7 @@ __all__ = [
     "ImageDecodeError",
     "ImageRecord",
     "SplitSide",
+    "data_fingerprint",
     "carve_validation",
     "get_dataset",
     "list_datasets",

@@ -7,12 +7,23 @@ turns the catalog into the train and test sides of an evaluation protocol.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from dva.geometry import Box, Size, fit_box
 
-__all__ = ["Box", "Catalog", "DataSplit", "ImageRecord", "SplitSide", "duplicate_ids", "empty_classes"]
+__all__ = [
+    "Box",
+    "Catalog",
+    "DataSplit",
+    "ImageRecord",
+    "SplitSide",
+    "data_fingerprint",
+    "duplicate_ids",
+    "empty_classes",
+]
 
 
 @dataclass(frozen=True)
@@ -107,3 +118,26 @@ def empty_classes(catalog: Catalog) -> list[str]:
         for i, name in enumerate(catalog.class_names)
         if i not in used
     ]
+
+
+def data_fingerprint(split: DataSplit) -> str:
+    """A short hash of the images a split holds: each side's image ids, class names and file sizes.
+
+    Runs are named by their settings, not by where the data lives (a moved dataset keeps its
+    runs), so two different collections under one dataset format (a re-encoded copy, a
+    zoomed-out one, new photos under old names) would share run names. Training records this
+    hash and reuse compares it (``Trainer.fit(resume=True)``, ``dva.reproduce.run_rows``): the
+    same images elsewhere match, other images refuse to reuse the run. File sizes are read
+    from the file system (a stat per image, no decoding), so the check costs little even on
+    NABirds' 48,562 images; a missing file counts as size -1.
+    """
+    digest = hashlib.sha256()
+    sides = [("train", split.train), ("test", split.test)] + ([("val", split.val)] if split.val is not None else [])
+    for name, side in sides:
+        for record in sorted(side.records, key=lambda r: r.image_id):
+            try:
+                size = os.stat(record.path).st_size
+            except OSError:
+                size = -1
+            digest.update(f"{name}\t{record.image_id}\t{side.class_names[record.label]}\t{size}\n".encode())
+    return digest.hexdigest()[:16]

@@ -30,7 +30,7 @@ from dva.config import (
     hoist_legacy_fields,
     identity_dict,
 )
-from dva.data import SplitSide, load_catalog, make_split
+from dva.data import SplitSide, data_fingerprint, load_catalog, make_split
 from dva.errors import ConfigError
 from dva.models import get_method
 from dva.reproduce.rows import TEST_DISCRIMINATIVE, Row
@@ -156,11 +156,14 @@ def run_rows(
     out_dir = Path(out_dir)
     jobs = [(row, seed, row_config(row, base_config, seed)) for row in rows for seed in seeds]
     test_side = _test_side(base_config)
+    fingerprints: dict[tuple[str, str, str, int], str] = {}
     results: list[RowResult] = []
     for i, (row, seed, config) in enumerate(jobs, 1):
         run = Run(out_dir / RUNS_DIR / run_key(config))
         where = f"[{i}/{len(jobs)}] {row.name} (seed {seed}): {run.path.name}"
         trained_now = not run.finished
+        if not trained_now:
+            _check_same_images(run, config, fingerprints)
         if trained_now:
             log(f"{where}: training")
             _train(config, run.path, progress)
@@ -224,6 +227,28 @@ def _train(config: RunConfig, run_dir: Path, progress: bool) -> None:
 
     resume = (run_dir / "config.json").is_file()
     Trainer(config, run_dir, progress=progress).fit(resume=resume)
+
+
+def _check_same_images(run: Run, config: RunConfig, cache: dict[tuple[str, str, str, int], str]) -> None:
+    """Refuse to reuse a finished run that was trained on other images than ``config`` names.
+
+    Run names leave out where the data lives (a moved dataset keeps its runs), so another
+    collection in the same format (bench/zoom_out.py's copy of cub100, a re-encoded one) under
+    the same output folder would otherwise be answered with this run's numbers.
+    """
+    trained_on = run.record.data_fingerprint
+    if not trained_on:  # runs made before the fingerprint was recorded cannot be checked
+        return
+    d = config.data
+    key = (d.dataset, d.root, d.split, d.val_classes)
+    if key not in cache:
+        split = make_split(load_catalog(d.dataset, d.root), d.split, val_classes=d.val_classes)
+        cache[key] = data_fingerprint(split)
+    if cache[key] != trained_on:
+        raise ConfigError(
+            f"{run.path}: this finished run was trained on other images than those under {d.root!r} (other ids, "
+            "classes or file sizes; dva.data.data_fingerprint). Use another output folder for another collection."
+        )
 
 
 def _test_side(config: RunConfig) -> SplitSide:

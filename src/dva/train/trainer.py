@@ -30,7 +30,7 @@ from dva._io import append_jsonl, atomic_write_json
 from dva._version import __version__
 from dva.checkpoint import save_tensors
 from dva.config import RunConfig, TrainingRecord, resumable_fields
-from dva.data import DataSplit, load_catalog, make_split
+from dva.data import DataSplit, data_fingerprint, load_catalog, make_split
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
 from dva.distributed import (
@@ -136,7 +136,7 @@ class Trainer:
         train = split.train
         if train.num_classes < 2:
             raise DataError(f"training needs at least two classes, the {split.protocol} split has {train.num_classes}")
-        self.record = TrainingRecord(list(train.class_names), train.num_classes, __version__)
+        self.record = TrainingRecord(list(train.class_names), train.num_classes, __version__, data_fingerprint(split))
 
     def _check_resume_config(self) -> None:
         """Refuse to resume with other settings than the run's, except those marked ``resumable``."""
@@ -147,6 +147,13 @@ class Trainer:
         if changed:
             details = "; ".join(f"{k}: run has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{self.run.config_path}: cannot resume with different settings ({details})")
+        trained_on = TrainingRecord.load(self.run.config_path).data_fingerprint
+        if trained_on and trained_on != self._classes().data_fingerprint:
+            raise ConfigError(
+                f"{self.run.config_path}: cannot resume on other images: the images under "
+                f"{self.config.data.root!r} are not the ones this run started on (other ids, classes or file sizes; "
+                "dva.data.data_fingerprint). Train into a new run directory."
+            )
 
     def prepare(self, num_classes: int, batches_per_epoch: int | None = None) -> None:
         """Build everything a training step needs but the data: model, loss, optimizer, schedule.
