@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,12 @@ def serve(
     max_pixels: int = typer.Option(40_000_000, "--max-pixels", help="Largest accepted image (width x height)."),
     max_k: int = typer.Option(100, "--max-k", help="Most matches one request may ask for."),
     device: str = typer.Option("cpu", "--device", help="cpu, cuda, auto, ..."),
+    reload_seconds: float = typer.Option(
+        2.0,
+        "--reload-seconds",
+        min=0.0,
+        help="Look for a new version of the index (written by `dva index`) this often and serve it; 0: never.",
+    ),
     backend: str = BackendOpt,
     qdrant_url: str | None = QdrantUrlOpt,
     collection: str = CollectionOpt,
@@ -47,8 +54,23 @@ def serve(
             file=sys.stderr,
         )
     settings = ServeSettings(
-        max_upload_bytes=int(max_upload_mb * 1024 * 1024), max_image_pixels=max_pixels, max_k=max_k, api_key=api_key
+        max_upload_bytes=int(max_upload_mb * 1024 * 1024),
+        max_image_pixels=max_pixels,
+        max_k=max_k,
+        api_key=api_key,
+        reload_seconds=reload_seconds,
     )
+    _log_reloads()
     vectors = open_backend(index_dir, backend, qdrant_url, collection)  # before the model: fail fast
     app = create_app(Searcher(index_dir, device=device, backend=vectors), settings)
     uvicorn.Server(server_config(app, settings, host=host, port=port, log_level="info")).run()
+
+
+def _log_reloads() -> None:
+    """Show the reloader's messages (a swap, a failed reload) in the server's log, as uvicorn's are."""
+    log = logging.getLogger("dva.serve")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s:     %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

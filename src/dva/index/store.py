@@ -395,6 +395,11 @@ class GalleryIndex:
     def ids_by_path(self) -> dict[str, int]:
         return {row["path"]: int(i) for i, row in zip(self.ids, self.rows, strict=True)}
 
+    @cached_property
+    def folders(self) -> frozenset[str]:
+        """The folders this version's images are in: ``GET /images`` serves files from these only."""
+        return frozenset(str(Path(row["path"]).parent) for row in self.rows)
+
     def position(self, image_id: int) -> int:
         """The position of image ``image_id``; ``KeyError`` when no such image is in the index."""
         if not self._position_of:

@@ -7,7 +7,7 @@ Endpoints (OpenAPI docs at ``/docs``, served offline):
                               re-ranking ``rerank`` (``aqe`` or ``dba``), ``rerank_k``, ``alpha``
 - ``POST /search/embedding``  JSON ``{"embedding": [...], "k": 10, "filter": ["label in A,B"], "rerank": "aqe"}``
 - ``GET  /images/{id}``       a gallery image, by the id the index gave it (never by path)
-- ``GET  /healthz``           what the index holds
+- ``GET  /healthz``           what the index holds, and its version
 - ``GET  /``                  the search page (static HTML/JS/CSS shipped in ``static/``)
 
 Untrusted input is bounded before it costs anything: request bodies above
@@ -16,18 +16,24 @@ Untrusted input is bounded before it costs anything: request bodies above
 that does not decode as an image with 415. With an API key set, every API endpoint wants
 the ``X-API-Key`` header; the page, its static files and the OpenAPI docs stay open (they
 hold no data), and the page sends the key the user types into it with each API call.
+
+``dva index`` may update the index directory while it is served: an :class:`IndexReloader`
+thread polls its ``manifest.json`` every ``reload_seconds`` and swaps a newly committed
+version in (:meth:`dva.Searcher.refresh`); ``/healthz`` reports the version served.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import secrets
 import stat
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -54,6 +60,8 @@ from dva.serve.limits import BodySizeLimit, timed_h11
 
 STATIC_DIR = Path(str(files("dva.serve") / "static"))
 API_KEY_HEADER = "X-API-Key"
+#: Where the reloader says what it did; ``dva serve`` prints it beside uvicorn's log.
+log = logging.getLogger("dva.serve")
 #: Room for the multipart envelope (boundaries, part headers, the ``k`` field) around the file.
 MULTIPART_OVERHEAD = 64 * 1024
 
@@ -78,6 +86,9 @@ class ServeSettings:
     header_timeout: float = 10.0
     body_timeout: float = 30.0
     max_connections: int = 100
+    #: Seconds between two looks at the index's ``manifest.json`` for a version ``dva index``
+    #: committed since (:class:`IndexReloader`); 0: serve the version loaded at start forever.
+    reload_seconds: float = 2.0
 
 
 class MatchOut(BaseModel):
@@ -136,17 +147,85 @@ class Health(BaseModel):
     version: int
 
 
+class IndexReloader:
+    """A background thread that keeps a served :class:`Searcher` on the index's latest version.
+
+    Polling, rather than a check inside requests: loading a version (its shards, its FAISS
+    index) takes from milliseconds to seconds with the gallery's size, and here no request
+    waits for it; a request never touches the file system for it; and an idle server is
+    current too, so ``/healthz`` shows the swap without a search first. A poll costs one read
+    of ``manifest.json`` (a few KB). A failed reload (a manifest edited by hand, a file an
+    update removed mid-load) is logged once per distinct error and the version in use goes on
+    serving; the next poll tries again.
+    """
+
+    def __init__(self, searcher: Searcher, seconds: float) -> None:
+        self.searcher = searcher
+        self.seconds = seconds
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._last_error: str | None = None
+
+    def check(self) -> bool:
+        """One poll: True when a new version was swapped in; never raises."""
+        before = self.searcher.index.version
+        try:
+            swapped = self.searcher.refresh()
+        except Exception as e:  # noqa: BLE001 - whatever failed, the server keeps serving
+            message = f"{type(e).__name__}: {e}" if not isinstance(e, DataError) else str(e)
+            if message != self._last_error:
+                log.warning("index reload failed, still serving version %d: %s", before, message)
+            self._last_error = message
+            return False
+        self._last_error = None
+        if swapped:
+            log.info("index version %d -> %d (%d images)", before, self.searcher.index.version, len(self.searcher))
+        return swapped
+
+    def start(self) -> None:
+        if self.seconds <= 0 or self._thread is not None:
+            return
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="dva-index-reloader", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+            self._thread = None
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.seconds):
+            self.check()
+
+
 def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> FastAPI:
     """The app serving ``searcher``; ``uvicorn.run(create_app(...))`` or ``dva serve`` runs it
-    (with :func:`server_config`, which adds the connection limits)."""
+    (with :func:`server_config`, which adds the connection limits). While it runs, an
+    :class:`IndexReloader` (``app.state.reloader``) follows updates of the index."""
     settings = settings or ServeSettings()
     if settings.api_key == "":
         raise ConfigError("the API key is empty, which would turn authentication off: set a key or none")
+    if not settings.reload_seconds >= 0:  # also NaN
+        raise ConfigError(f"reload_seconds must be 0 (off) or more, got {settings.reload_seconds}")
+    reloader = IndexReloader(searcher, settings.reload_seconds)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        reloader.start()  # with the server, not the app object: a test's app without a server polls nothing
+        try:
+            yield
+        finally:
+            reloader.stop()
+
     app = FastAPIOffline(
         title="dva gallery search",
         version=__version__,
         description="Find the gallery images most similar to a photo (fine-grained retrieval with dva).",
+        lifespan=lifespan,
     )
+    app.state.reloader = reloader
     app.state.searcher = searcher
     app.state.settings = settings
     app.add_middleware(
@@ -215,13 +294,13 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
             raise HTTPException(422, str(e)) from None
         return _response(matches, query.k, len(searcher), start)
 
-    gallery_dirs = frozenset(str(Path(row["path"]).parent) for row in searcher.index.rows)
-
     @api.get("/images/{image_id}", summary="A gallery image, by id", response_class=StreamingResponse)
     def gallery_image(image_id: int = PathParam(..., ge=0)) -> StreamingResponse:
-        if not searcher.has_image(image_id):  # not `id < len(searcher)`: ids have gaps after removals
-            raise HTTPException(404, f"no image {image_id} in the index")
-        opened = open_gallery_file(Path(searcher.match(image_id).path), gallery_dirs)
+        try:  # one look-up: the index may be swapped for a newer version between two
+            match = searcher.match(image_id)  # not `id < len(searcher)`: ids have gaps after removals
+        except KeyError:
+            raise HTTPException(404, f"no image {image_id} in the index") from None
+        opened = open_gallery_file(Path(match.path), searcher.index.folders)
         if opened is None:
             raise HTTPException(
                 404, f"image {image_id} is indexed but its file is gone or is no longer a gallery image"
