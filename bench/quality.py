@@ -86,6 +86,16 @@ QUALITY = Table(
 )
 
 
+def base_config(data: str, backbone: str, img_size: int, epochs: int, workers: int, boxes: str | Path) -> RunConfig:
+    """The settings every row shares (each row overrides its method and learning rates)."""
+    return RunConfig(
+        model=ModelConfig(backbone=backbone, img_size=img_size),
+        data=DataConfig(dataset="cub100", root=data, split="open", num_workers=workers),
+        train=TrainConfig(epochs=epochs),
+        opa=OPAConfig(boxes=str(boxes)),
+    )
+
+
 def detect_once(data: str, side: str, out: Path) -> Path:
     """Saliency boxes of cub100's ``side`` images ("train" or "test" of the open split), cached in ``out``:
     ``detect_boxes`` skips the images the cache holds, so a second call detects nothing."""
@@ -195,12 +205,7 @@ def main() -> None:
     if args.finished_only:
         rows = [row for row in rows if row.test_view == "original" or test_boxes is not None]
 
-    base = RunConfig(
-        model=ModelConfig(backbone=args.backbone, img_size=args.img_size),
-        data=DataConfig(dataset="cub100", root=args.data, split="open", num_workers=args.workers),
-        train=TrainConfig(epochs=args.epochs),
-        opa=OPAConfig(boxes=str(train_boxes)),
-    )
+    base = base_config(args.data, args.backbone, args.img_size, args.epochs, args.workers, train_boxes)
     start = time.perf_counter()
     results: list[RowResult] = []
     missing: list[str] = []
