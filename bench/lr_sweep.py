@@ -9,6 +9,10 @@ every epoch. Runs are kept under ``--out`` and reused, so an interrupted sweep c
     python bench/lr_sweep.py --method dva --boxes boxes/cub100_train.jsonl --lambdas 0,1,3 --lrs 1e-3
     python bench/lr_sweep.py --method dva --boxes boxes/cub100_train.jsonl --epochs 3 \\
         --variants "transfer=proxy;transfer=teacher;transfer=embedding;transfer=relation"
+
+``--set SECTION.FIELD=VALUE`` (repeatable, as ``dva train --set``) changes any other setting of
+every run; ``--also-val ROOT`` also measures each finished run on the validation classes of
+another copy of the collection (bench/zoom_out.py's zoomed-out one), without training on it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,10 @@ from pathlib import Path
 
 import yaml
 
-from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig
+from dva._io import atomic_write_json
+from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig, from_dict, parse_assignments
+from dva.data import data_fingerprint, load_catalog, make_split
+from dva.runs import Run
 from dva.train import Trainer
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
@@ -44,6 +51,39 @@ def variant_name(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "default"
 
 
+def with_assignments(config: RunConfig, assignments: list[str]) -> RunConfig:
+    """``config`` with ``--set SECTION.FIELD=VALUE`` applied (checked as ``dva train --set`` checks them)."""
+    if not assignments:
+        return config
+    raw = config.to_dict()
+    for section, values in parse_assignments(assignments).items():
+        raw[section].update(values)
+    return from_dict(RunConfig, raw, where="--set")
+
+
+def other_val_metrics(run_dir: Path, root: str, workers: int) -> dict[str, float]:
+    """The finished run's metrics on the validation classes of the collection at ``root`` (cached)."""
+    from dva.evaluate import evaluate_side
+
+    split = make_split(load_catalog("cub100", root), "open", val_classes=10)
+    assert split.val is not None
+    cache = run_dir / "eval" / f"val-{data_fingerprint(split)}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    run = Run(run_dir)
+    config = run.config
+    metrics = evaluate_side(
+        run.load_model(),
+        split.val,
+        img_size=config.model.img_size,
+        resize_size=config.data.resize_size,
+        num_workers=workers,
+        progress=sys.stderr.isatty(),
+    )
+    atomic_write_json(cache, metrics)
+    return metrics
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(SHARED / "data" / "cub100"))
@@ -61,6 +101,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="bench/results/val", help="runs and sweep.json go here")
+    parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    parser.add_argument("--also-val", default=None, help="also measure on this copy's validation classes")
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -89,10 +131,11 @@ def main() -> None:
             ),
             opa=OPAConfig(boxes=args.boxes),
         )
+        config = with_assignments(config, args.assignments)
         name = (
             f"{args.method}-{variant_name(options).replace('=', '-').replace(',', '_')}-lam{lambda_dist:g}"
             f"-{args.optimizer}-lr{lr:g}-plr{proxy_lr:g}-e{args.epochs}-img{args.img_size}-s{seed}"
-        )
+        ) + "".join(f"-{a.replace('=', '-')}" for a in args.assignments)
         run_dir = out / "runs" / name
         start = time.perf_counter()
         summary = Trainer(config, run_dir, progress=sys.stderr.isatty()).fit(resume=run_dir.exists())
@@ -114,19 +157,26 @@ def main() -> None:
                 "minutes": (time.perf_counter() - start) / 60,
             }
         )
+        if args.also_val:
+            other = other_val_metrics(run_dir, args.also_val, args.workers)
+            rows[-1]["also_val_recall@1"], rows[-1]["also_val_map@r"] = other["recall@1"], other["map@r"]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    also = " | also-val R@1 | also-val MAP@R" if args.also_val else ""
     print(
-        f"| method | variant | lambda | lr | proxy lr | seed | val R@1 per epoch | val R@1 | val MAP@R |  "
-        f"(cub100 classes 40-49, {args.epochs} epoch(s), {args.img_size} px)"
+        f"| method | variant | lambda | lr | proxy lr | seed | val R@1 per epoch | val R@1 | val MAP@R{also} |  "
+        f"(cub100 classes 40-49, {args.epochs} epoch(s), {args.img_size} px; also-val: {args.also_val})"
     )
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.also_val else ""))
     for r in rows:
         curve = " / ".join(f"{100 * v:.1f}" for v in r["val_recall@1_per_epoch"])
+        extra = ""
+        if "also_val_recall@1" in r:
+            extra = f" {100 * r['also_val_recall@1']:.1f} | {100 * r['also_val_map@r']:.1f} |"
         print(
             f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | "
-            f"{curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |"
+            f"{curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |{extra}"
         )
 
 
