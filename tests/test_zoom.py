@@ -181,6 +181,10 @@ def test_zoom_is_set_from_the_command_line_and_is_identity_only_when_set(tmp_pat
     assert config.train.zoom_out == 0.5 and config.train.zoom_scale == (0.4, 0.6)
     assert zoom_augment(config.train) == ZoomOutAugment(0.5, (0.4, 0.6))
     assert zoom_augment(TrainConfig()) is None  # off: the paper's recipe, nothing changes
+    changed = TrainConfig()
+    changed.zoom_out = 2.0  # set after the config was built
+    with pytest.raises(ConfigError, match=r"train\.zoom_out"):
+        zoom_augment(changed)
     assert config_overrides({"zoom_out": 0.25})["train"] == {"zoom_out": 0.25}  # dva train --zoom-out
     # left out of the identity at their defaults (finished runs keep their names), in it when set
     assert "zoom_out" not in identity_dict(RunConfig())["train"]
