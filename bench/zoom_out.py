@@ -29,8 +29,10 @@ import random
 import shutil
 from pathlib import Path
 
-from PIL import Image, ImageFilter
+from PIL import Image
 from tqdm import tqdm
+
+from dva.data.zoom import blurred_canvas, paste, shrink
 
 LAYOUT_FILES = ("images.txt", "image_class_labels.txt", "train_test_split.txt", "classes.txt")
 
@@ -48,15 +50,16 @@ def zoom_out(
     photo: Image.Image, background: Image.Image, scale: float, rng: random.Random, blur: float
 ) -> tuple[Image.Image, list[float]]:
     """Paste ``photo`` shrunk to ``scale`` of its side onto a blurred ``background`` of the
-    photo's size; return the composite and the pasted box (x0, y0, x1, y1) in its pixels."""
-    width, height = photo.size
-    canvas = background.convert("RGB").resize((width, height), Image.Resampling.BICUBIC)
-    canvas = canvas.filter(ImageFilter.GaussianBlur(blur))
-    small_w, small_h = max(1, round(width * scale)), max(1, round(height * scale))
-    small = photo.convert("RGB").resize((small_w, small_h), Image.Resampling.LANCZOS)
-    x0, y0 = rng.randint(0, width - small_w), rng.randint(0, height - small_h)
-    canvas.paste(small, (x0, y0))
-    return canvas, [float(x0), float(y0), float(x0 + small_w), float(y0 + small_h)]
+    photo's size; return the composite and the pasted box (x0, y0, x1, y1) in its pixels.
+
+    The test construction: *another* photo's blurred copy as the canvas (``blur`` in pixels),
+    unlike training's zoom-out (:func:`dva.data.zoom.zoom_out`, the photo's own blurred colours),
+    so a gain on this test set is not learned from its generator. Resize and paste are shared.
+    """
+    canvas = blurred_canvas(background, photo.size, blur)
+    small = shrink(photo, scale)
+    corner = rng.randint(0, photo.width - small.width), rng.randint(0, photo.height - small.height)
+    return canvas, list(paste(canvas, small, corner))
 
 
 def main() -> None:

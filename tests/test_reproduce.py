@@ -293,3 +293,17 @@ def test_finished_runs_keep_their_names():
     assert run_key(row_config(ica_opa, base, 0)) == "dva-qv-lam0-e3-img112-s0-a4e0f2d4"
     assert run_key(row_config(FULL_FINE_TUNING, base, 0)) == "full-e3-img112-s0-6f56957e"
     assert run_key(row_config(TABLES["table9"].rows[0], base, 0)) == "dva-q-lam3-e3-img112-s0-d3c36952"
+
+
+def test_a_zoomed_out_run_gets_its_own_name(base):
+    # zoom-out is identity only when set (dva.config.WHEN_SET): off, the names above stay
+    from dva.reproduce import DVA as row
+
+    plain = run_key(row_config(row, base, 0))
+    base.train.zoom_out = 0.5
+    zoomed = run_key(row_config(row, base, 0))
+    assert zoomed.startswith("dva-qv-lam3-zoom0.5-e1-img32-s0-") and zoomed[-8:] != plain[-8:]
+    base.train.zoom_scale = (0.5, 0.75)
+    assert run_key(row_config(row, base, 0)) not in {plain, zoomed}
+    base.train.zoom_out, base.train.zoom_scale = 0.0, (0.35, 0.75)
+    assert run_key(row_config(row, base, 0)) == plain

@@ -75,15 +75,19 @@ def _interrupt_after(monkeypatch, steps: int) -> None:
     monkeypatch.setattr(TrainerClass, "train_step", step)
 
 
-def test_resume_after_interrupt_mid_epoch_equals_uninterrupted_run(cub_root, tmp_path, monkeypatch):
-    config = tiny_run_config(cub_root.root, epochs=2, batch_size=4)  # 6 steps per epoch
+@pytest.mark.parametrize("zoom_out", [0.0, 0.5])  # zoom-out draws from the per-sample seed too
+def test_resume_after_interrupt_mid_epoch_equals_uninterrupted_run(cub_root, tmp_path, monkeypatch, zoom_out):
+    config = tiny_run_config(cub_root.root, epochs=2, batch_size=4, zoom_out=zoom_out)  # 6 steps per epoch
     config.data.num_workers = 2  # per-sample seeds make the result independent of workers
-    Trainer(config, tmp_path / "straight", progress=False).fit()
+    straight_trainer = Trainer(config, tmp_path / "straight", progress=False)
+    straight_trainer.fit()
+    assert (straight_trainer.dataset.zoom is not None) == (zoom_out > 0)
 
     with monkeypatch.context() as m:
         _interrupt_after(m, 8)  # in the middle of epoch 2
         with pytest.raises(TrainingInterrupted, match="--resume"):
-            Trainer(tiny_run_config(cub_root.root, epochs=2, batch_size=4), tmp_path / "resumed", progress=False).fit()
+            interrupted = tiny_run_config(cub_root.root, epochs=2, batch_size=4, zoom_out=zoom_out)
+            Trainer(interrupted, tmp_path / "resumed", progress=False).fit()
     assert (tmp_path / "resumed" / "checkpoints" / "resume.safetensors").is_file()
     assert not (tmp_path / "resumed" / "summary.json").exists()
     resumed_config = RunConfig.load(tmp_path / "resumed" / "config.json")

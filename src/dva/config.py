@@ -11,7 +11,9 @@ metadata is the one answer to "what makes two runs the same" (docs/config.md):
 
 - ``identity``: the field changes what a run computes. Run names (``dva reproduce``), the
   weights-file metadata checked on load and the index fingerprint are all derived from the
-  identity fields (:func:`identity_fields`, :func:`identity_dict`).
+  identity fields (:func:`identity_fields`, :func:`identity_dict`). ``identity=WHEN_SET``
+  (fields added after runs were named): identity, but left out of :func:`identity_dict`
+  while at its default, so runs made before the field existed keep their names.
 - ``resumable``: the field may differ when an interrupted run is resumed
   (:func:`resumable_fields`); by default exactly the fields that are not identity.
 - ``weights`` (model fields): trained weights are only valid for the same value, so a weights
@@ -45,21 +47,32 @@ DEFAULT_BACKBONE = "vit_base_patch16_224.orig_in21k"
 DEFAULT_METHOD = "dva"
 
 
+#: ``setting(..., identity=WHEN_SET)``: the field is identity, but :func:`identity_dict` leaves it
+#: out while it holds its default. A field added later must not rename the finished runs (and
+#: change the index fingerprints) that were made before it existed, when it did not change them.
+WHEN_SET: typing.Final = "when-set"
+
+
 def setting(
     default: Any = dataclasses.MISSING,
     *,
     help: str,
-    identity: bool = True,
+    identity: bool | typing.Literal["when-set"] = True,
     resumable: bool | None = None,
     weights: bool | None = None,
     default_factory: Any = dataclasses.MISSING,
 ) -> Any:
-    """A config field with its metadata; ``resumable`` defaults to ``not identity``, ``weights`` to ``identity``."""
+    """A config field with its metadata; ``resumable`` defaults to ``not identity``, ``weights`` to ``identity``.
+
+    ``identity=WHEN_SET``: identity, named in run keys and hashes only when not at its default.
+    """
+    is_identity = identity is True or identity == WHEN_SET
     metadata = {
         "help": help,
-        "identity": identity,
-        "resumable": (not identity) if resumable is None else resumable,
-        "weights": identity if weights is None else weights,
+        "identity": is_identity,
+        "identity_when_set": identity == WHEN_SET,
+        "resumable": (not is_identity) if resumable is None else resumable,
+        "weights": is_identity if weights is None else weights,
     }
     return field(default=default, default_factory=default_factory, metadata=metadata)
 
@@ -201,6 +214,32 @@ class TrainConfig:
     compile: bool = setting(
         False, help="torch.compile the training forward (costs start-up time; docs/speed.md).", identity=False
     )
+    #: Identity only when set: runs made before zoom-out existed keep their names (WHEN_SET).
+    #: Not ``weights``: the weights do not depend on how they were trained to be loaded.
+    zoom_out: float = setting(
+        0.0,
+        help="Probability that a training image's original view is zoomed out (shrunk onto its own blurred "
+        "copy), for tightly cropped data (docs/opa.md). 0 = off, the paper's recipe.",
+        identity=WHEN_SET,
+        weights=False,
+    )
+    zoom_scale: tuple[float, float] = setting(
+        (0.35, 0.75),
+        help="Range of the zoomed-out photo's side, as a fraction of the image side, drawn uniformly.",
+        identity=WHEN_SET,
+        weights=False,
+    )
+
+    def __post_init__(self) -> None:
+        check_zoom(self.zoom_out, self.zoom_scale)
+
+
+def check_zoom(probability: float, scale: tuple[float, float]) -> None:
+    """Refuse zoom-out settings that cannot be drawn, naming the field."""
+    if not 0 <= probability <= 1:
+        raise ConfigError(f"train.zoom_out: a probability in [0, 1], got {probability!r}")
+    if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
+        raise ConfigError(f"train.zoom_scale: [min, max] with 0 < min <= max <= 1, got {list(scale)!r}")
 
 
 #: Keys of ``config.json`` that hold the :class:`TrainingRecord`, not configuration.
@@ -341,12 +380,16 @@ def identity_dict(config: Any) -> dict[str, Any]:
     """The identity fields as nested JSON data, in the stable layout that names runs and indexes.
 
     Run directories (``dva reproduce``, bench/quality.py) and index fingerprints are hashes of
-    this dict, so its layout must not move with the code: ICA's settings are written at the top
+    this dict, so its layout must not move with the code: ``WHEN_SET`` fields at their default
+    are left out (runs made before those fields existed keep their names), ICA's settings are written at the top
     of ``model`` as they were before they became method options (for every method: the values
     of ``ica`` and ``dva``, the old defaults for the others), so finished runs keep their names.
     """
     nested: dict[str, Any] = {}
+    omitted = _at_default_when_set(config)
     for name, value in identity_fields(config).items():
+        if name in omitted:
+            continue
         parent = nested
         *sections, leaf = name.split(".")
         for section in sections:
@@ -358,6 +401,18 @@ def identity_dict(config: Any) -> dict[str, Any]:
     if model is not None:
         _stable_model_layout(model)
     return nested
+
+
+def _at_default_when_set(config: Any) -> set[str]:
+    """Dotted names of ``config``'s ``WHEN_SET`` fields that hold their default (left out of the identity)."""
+    values = _flat_values(config)
+    omitted = set()
+    for name, f in config_fields(type(config)):
+        if f.metadata.get("identity_when_set", False):
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            if json.dumps(values[name], default=list) == json.dumps(default, default=list):
+                omitted.add(name)
+    return omitted
 
 
 def _stable_model_layout(model: dict[str, Any]) -> None:

@@ -81,6 +81,7 @@ def train(
     optimizer: str | None = _field("train.optimizer"),
     lambda_dist: float | None = _field("train.lambda_dist", "--lambda"),
     warmup_epochs: float | None = _field("train.warmup_epochs"),
+    zoom_out: float | None = _field("train.zoom_out"),
     precision: str | None = _field("train.precision"),
     device: str | None = _field("train.device"),
     seed: int | None = _field("train.seed"),

@@ -23,6 +23,7 @@ from torch.utils.data import Dataset
 from dva.data.images import ImageDecodeError, load_image
 from dva.data.records import ImageRecord
 from dva.data.transforms import Transform
+from dva.data.zoom import ZoomOutAugment
 from dva.view_kinds import BACKGROUND, ORIGINAL
 
 
@@ -66,11 +67,15 @@ class TrainDataset(Dataset):
         transform: Transform,
         views: ViewMaker = original_only,
         background_label: int | None = None,
+        zoom: ZoomOutAugment | None = None,
     ) -> None:
         self.records = list(records)
         self.transform = transform
         self.views = views
         self.background_label = background_label
+        #: Zooms out the original view only (docs/opa.md): the object views stay cut from the
+        #: un-zoomed photo, at full resolution, so DPT has detail to transfer to the small object.
+        self.zoom = zoom
 
     def __len__(self) -> int:
         return len(self.records)
@@ -83,6 +88,8 @@ class TrainDataset(Dataset):
         except ImageDecodeError as e:
             return TrainSample(failure=str(e))
         views = self.views(image, record)
+        if self.zoom is not None and ORIGINAL in views.images:
+            views = Views({**views.images, ORIGINAL: self.zoom(views.images[ORIGINAL], seed)}, views.events)
         if BACKGROUND in views.images and self.background_label is None:
             raise ValueError("background views need a background label (the loss has no background proxy)")
         with torch.random.fork_rng(devices=[]):

@@ -92,7 +92,8 @@ def run_key(config: RunConfig) -> str:
 
     The hash is over :func:`dva.config.identity_dict`, whose layout is kept stable so that
     finished runs keep their names; the readable part names ICA's targets, DPT's lambda and
-    the method options that differ from their defaults (ICA's own, named by the targets, aside).
+    the method options that differ from their defaults (ICA's own, named by the targets, aside)
+    and the zoom-out probability when set (``...-zoom0.5-e3-...``).
     """
     identity = identity_dict(config)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:8]
@@ -106,6 +107,8 @@ def run_key(config: RunConfig) -> str:
     defaults = method.default_options()
     options = identity["model"]["method_options"]  # ICA's settings are outside, as they were
     parts += [f"{k}-{v}" for k, v in sorted(options.items()) if _plain(defaults.get(k)) != v]
+    if t.zoom_out:  # off (0) in every run made before zoom-out existed
+        parts.append(f"zoom{t.zoom_out:g}")
     parts += [f"e{t.epochs}", f"img{m.img_size}", f"s{t.seed}", digest]
     return "-".join(parts)
 

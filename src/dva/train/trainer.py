@@ -29,10 +29,11 @@ from tqdm.auto import tqdm
 from dva._io import append_jsonl, atomic_write_json
 from dva._version import __version__
 from dva.checkpoint import save_tensors
-from dva.config import RunConfig, TrainingRecord, resumable_fields
+from dva.config import RunConfig, TrainConfig, TrainingRecord, check_zoom, resumable_fields
 from dva.data import DataSplit, data_fingerprint, load_catalog, make_split
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
+from dva.data.zoom import ZoomOutAugment
 from dva.distributed import (
     all_gather_objects,
     all_gather_rows,
@@ -199,7 +200,9 @@ class Trainer:
         transform = train_transform(cfg.model.img_size, mean, std, cfg.data.resize_size)
         with main_first():  # rank 0 detects (and caches) boxes first, the others read its cache
             views = self.views or self._default_views()
-        self.dataset = TrainDataset(self._data().train.records, transform, views, self.loss_fn.background_label)
+        self.dataset = TrainDataset(
+            self._data().train.records, transform, views, self.loss_fn.background_label, zoom=zoom_augment(cfg.train)
+        )
         try:
             self.sampler = TrainBatchSampler(
                 len(self.dataset),
@@ -505,6 +508,14 @@ def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Ru
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, momentum=0.9, weight_decay=cfg.weight_decay)
     raise ConfigError(f"train.optimizer: choose from adam, adamw, sgd, got {cfg.optimizer!r}")
+
+
+def zoom_augment(cfg: TrainConfig) -> ZoomOutAugment | None:
+    """The zoom-out augmentation of ``cfg`` (docs/opa.md), None when off (the paper's recipe)."""
+    check_zoom(cfg.zoom_out, cfg.zoom_scale)  # a config changed after it was built is checked too
+    if cfg.zoom_out == 0:
+        return None
+    return ZoomOutAugment(cfg.zoom_out, cfg.zoom_scale)
 
 
 def _comparable(config: RunConfig) -> dict[str, Any]:
