@@ -28,7 +28,7 @@ from typing import Any
 from quality import FULL_FINE_TUNING, ICA, SHARED, base_config
 
 from dva._io import atomic_write_json, atomic_write_text
-from dva.data import data_fingerprint, load_catalog, make_split
+from dva.data import SplitSide, data_fingerprint, load_catalog, make_split
 from dva.evaluate import evaluate_side
 from dva.reproduce import DVA, TEST_ORIGINAL, row_config, run_key
 from dva.reproduce.run import eval_path
@@ -38,16 +38,14 @@ ROWS = (ICA, DVA, FULL_FINE_TUNING)
 METRICS = ("recall@1", "recall@2", "map@r")
 
 
-def zoomed_metrics(run: Run, zoom_root: str, out: Path, workers: int) -> dict[str, float]:
-    """The run's metrics on the zoomed-out test classes, cached under ``out`` by run and data."""
-    split = make_split(load_catalog("cub100", zoom_root), "open")
-    cache = out / f"{run.path.name}-{data_fingerprint(split)}.json"
+def metrics_on(run: Run, side: SplitSide, cache: Path, workers: int) -> dict[str, float]:
+    """The finished run's metrics on ``side`` (another copy of its collection), cached in ``cache``."""
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     config = run.config
     metrics = evaluate_side(
         run.load_model(),
-        split.test,
+        side,
         img_size=config.model.img_size,
         resize_size=config.data.resize_size,
         num_workers=workers,
@@ -55,6 +53,12 @@ def zoomed_metrics(run: Run, zoom_root: str, out: Path, workers: int) -> dict[st
     )
     atomic_write_json(cache, metrics)
     return metrics
+
+
+def zoomed_metrics(run: Run, zoom_root: str, out: Path, workers: int) -> dict[str, float]:
+    """The run's metrics on the zoomed-out test classes, cached under ``out`` by run and data."""
+    split = make_split(load_catalog("cub100", zoom_root), "open")
+    return metrics_on(run, split.test, out / f"{run.path.name}-{data_fingerprint(split)}.json", workers)
 
 
 def mean_sd(values: list[float]) -> str:

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import yaml
 
-from dva._io import atomic_write_json
 from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig, from_dict, parse_assignments
 from dva.data import data_fingerprint, load_catalog, make_split
 from dva.runs import Run
@@ -63,25 +62,11 @@ def with_assignments(config: RunConfig, assignments: list[str]) -> RunConfig:
 
 def other_val_metrics(run_dir: Path, root: str, workers: int) -> dict[str, float]:
     """The finished run's metrics on the validation classes of the collection at ``root`` (cached)."""
-    from dva.evaluate import evaluate_side
+    from framing_shift import metrics_on
 
     split = make_split(load_catalog("cub100", root), "open", val_classes=10)
     assert split.val is not None
-    cache = run_dir / "eval" / f"val-{data_fingerprint(split)}.json"
-    if cache.is_file():
-        return json.loads(cache.read_text(encoding="utf-8"))
-    run = Run(run_dir)
-    config = run.config
-    metrics = evaluate_side(
-        run.load_model(),
-        split.val,
-        img_size=config.model.img_size,
-        resize_size=config.data.resize_size,
-        num_workers=workers,
-        progress=sys.stderr.isatty(),
-    )
-    atomic_write_json(cache, metrics)
-    return metrics
+    return metrics_on(Run(run_dir), split.val, run_dir / "eval" / f"val-{data_fingerprint(split)}.json", workers)
 
 
 def main() -> None:
