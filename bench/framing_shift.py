@@ -11,6 +11,8 @@ small, which is what DPT is meant to teach from the object views.
     python bench/quality.py                      # the runs (or --finished-only to table what exists)
     python bench/zoom_out.py --data ../shared/data/cub100 --out bench/results/zoom/cub100-zoom
     python bench/framing_shift.py                # about 2 minutes per run on one CPU core
+    # runs trained with zoom-out views (quality.py --set train.zoom_out=0.5 --out OTHER --boxes B):
+    python bench/framing_shift.py --runs OTHER --boxes B --set train.zoom_out=0.5 --out OTHER/framing
 
 Results are cached per run in ``--out`` (delete a file to evaluate again); the table is printed
 and written to ``OUT/framing_shift.md``.
@@ -28,7 +30,9 @@ from typing import Any
 from quality import FULL_FINE_TUNING, ICA, SHARED, base_config
 
 from dva._io import atomic_write_json, atomic_write_text
+from dva.config import with_assignments
 from dva.data import SplitSide, data_fingerprint, load_catalog, make_split
+from dva.errors import ConfigError
 from dva.evaluate import evaluate_side
 from dva.reproduce import DVA, TEST_ORIGINAL, row_config, run_key
 from dva.reproduce.run import eval_path
@@ -77,12 +81,26 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--boxes", default=None, help="the training box file the runs were given (quality.py --boxes)")
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="the --set the runs were trained with (quality.py --set), e.g. train.zoom_out=0.5",
+    )
     args = parser.parse_args()
     if not (Path(args.zoom) / "images.txt").is_file():
         parser.error(f"{args.zoom}: no zoomed-out copy there; make it with bench/zoom_out.py (see --help)")
 
-    boxes = Path(args.runs) / "boxes" / "cub100_saliency_train.jsonl"
-    base = base_config(args.data, args.backbone, args.img_size, args.epochs, args.workers, boxes)
+    boxes = args.boxes or Path(args.runs) / "boxes" / "cub100_saliency_train.jsonl"
+    try:
+        base = with_assignments(
+            base_config(args.data, args.backbone, args.img_size, args.epochs, args.workers, boxes), args.assignments
+        )
+    except ConfigError as error:
+        parser.error(str(error))
     out = Path(args.out)
     table: list[dict[str, Any]] = []
     for row in ROWS:

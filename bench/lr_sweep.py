@@ -26,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig, from_dict, parse_assignments
+from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig, with_assignments
 from dva.data import data_fingerprint, load_catalog, make_split
 from dva.runs import Run
 from dva.train import Trainer
@@ -48,16 +48,6 @@ def parse_variants(text: str) -> list[dict]:
 
 def variant_name(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "default"
-
-
-def with_assignments(config: RunConfig, assignments: list[str]) -> RunConfig:
-    """``config`` with ``--set SECTION.FIELD=VALUE`` applied (checked as ``dva train --set`` checks them)."""
-    if not assignments:
-        return config
-    raw = config.to_dict()
-    for section, values in parse_assignments(assignments).items():
-        raw[section].update(values)
-    return from_dict(RunConfig, raw, where="--set")
 
 
 def other_val_metrics(run_dir: Path, root: str, workers: int) -> dict[str, float]:

@@ -18,6 +18,9 @@ Learning rates are the defaults chosen on a validation split of the training cla
 
     python bench/quality.py                      # about 75 minutes on 2 CPU cores (+10 for boxes)
     python bench/quality.py --epochs 1 --seeds 0 # a quicker look
+    # every row with a changed setting (its runs get other names; keep them apart with --out):
+    python bench/quality.py --set train.zoom_out=0.5 --out bench/results/zoomtrain/quality \
+        --boxes bench/results/quality/boxes/cub100_saliency_train.jsonl
 """
 
 from __future__ import annotations
@@ -32,8 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from dva._io import atomic_write_json, atomic_write_text
-from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig
+from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig, with_assignments
 from dva.data import load_catalog, make_split
+from dva.errors import ConfigError
 from dva.losses import TRANSFERS, DPTOptions
 from dva.reproduce import (
     DVA,
@@ -181,6 +185,14 @@ def main() -> None:
         help="a box file holding the train and test images (e.g. bench/zoom_out.py's exact boxes) instead of "
         "detecting saliency boxes",
     )
+    parser.add_argument(
+        "--set",
+        dest="assignments",
+        action="append",
+        default=[],
+        metavar="SECTION.FIELD=VALUE",
+        help="change a setting of every row, as dva train --set (e.g. train.zoom_out=0.5); use another --out",
+    )
     args = parser.parse_args()
 
     out = Path(args.out)
@@ -206,6 +218,10 @@ def main() -> None:
         rows = [row for row in rows if row.test_view == "original" or test_boxes is not None]
 
     base = base_config(args.data, args.backbone, args.img_size, args.epochs, args.workers, train_boxes)
+    try:
+        base = with_assignments(base, args.assignments)
+    except ConfigError as error:
+        parser.error(str(error))
     start = time.perf_counter()
     results: list[RowResult] = []
     missing: list[str] = []

@@ -18,6 +18,7 @@ from dva.config import (
     parse_assignments,
     resumable_fields,
     weights_fields,
+    with_assignments,
 )
 from dva.errors import ConfigError
 from dva.index.model import IndexModel
@@ -198,3 +199,15 @@ def test_every_field_is_settable_from_the_command_line_with_set(tmp_path, capsys
         parse_assignments(["train.alpha"])
     code, _, err = run_cli(capsys, "train", "--out", str(tmp_path / "x"), "--set", "train.nope=1")
     assert code == 2 and "train.nope: no such config field" in err and not (tmp_path / "x").exists()
+
+
+def test_with_assignments_changes_only_the_named_fields_and_checks_their_types():
+    base = RunConfig(model=ModelConfig(method="ica", img_size=112))
+    changed = with_assignments(base, ["train.zoom_out=0.5", "train.epochs=3"])
+    assert changed.train.zoom_out == 0.5 and changed.train.epochs == 3
+    assert changed.model == base.model and changed.opa == base.opa and base.train.zoom_out == 0.0
+    assert with_assignments(base, []) is base
+    with pytest.raises(ConfigError, match="train.epochs"):
+        with_assignments(base, ["train.epochs=many"])
+    with pytest.raises(ConfigError, match=r"train\.zoomout: no such config field"):
+        with_assignments(base, ["train.zoomout=0.5"])

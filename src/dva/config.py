@@ -349,6 +349,19 @@ def parse_assignments(assignments: Iterable[str], cls: type | None = None) -> di
     return sections
 
 
+def with_assignments(config: RunConfig, assignments: Iterable[str]) -> RunConfig:
+    """``config`` with ``--set SECTION.FIELD=VALUE`` assignments applied, checked as ``dva train --set``
+    checks them (unknown fields and wrong types are errors naming the field). For scripts and the
+    benchmarks, which build a config in code and let the user change any field of it."""
+    assignments = list(assignments)
+    if not assignments:
+        return config
+    raw = config.to_dict()
+    for section, values in parse_assignments(assignments).items():
+        raw[section].update(values)
+    return from_dict(RunConfig, raw, where="--set")
+
+
 def field_help(name: str, cls: type | None = None) -> str:
     """The help of field ``name`` (``"train.lr"``) of ``cls`` (RunConfig), from its metadata."""
     for dotted, f in config_fields(cls or RunConfig):
