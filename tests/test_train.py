@@ -17,7 +17,7 @@ from dva.data import load_catalog, make_split
 from dva.errors import CheckpointError, ConfigError, DataError
 from dva.evaluate import embed_records
 from dva.models import create_model
-from dva.runs import Run
+from dva.runs import Run, check_same_images
 from dva.train import Trainer, TrainingInterrupted
 from dva.train.trainer import Trainer as TrainerClass
 
@@ -135,6 +135,17 @@ def test_resume_on_other_images_is_refused_and_on_the_same_images_moved_is_allow
         Trainer(tiny_run_config(changed, epochs=1), tmp_path / "run", progress=False).fit(resume=True)
     Trainer(tiny_run_config(moved, epochs=1), tmp_path / "run", progress=False).fit(resume=True)
     assert (tmp_path / "run" / "summary.json").is_file()
+
+
+def test_one_check_refuses_runs_trained_on_other_images_for_resume_and_reuse():
+    # resuming (Trainer) and reusing a finished run (dva.reproduce.run_rows) both call this one check
+    def never() -> str:
+        raise AssertionError("an old run without a fingerprint has nothing to compare: no image is read")
+
+    check_same_images("", never, path="run", refusal="r", advice="a")
+    check_same_images("abc", lambda: "abc", path="run", refusal="r", advice="a")
+    with pytest.raises(ConfigError, match=r"^run/config.json: refused here \(other ids.*\)\. Do this\.$"):
+        check_same_images("abc", lambda: "def", path="run/config.json", refusal="refused here", advice="Do this.")
 
 
 def test_weights_from_another_backbone_or_rank_are_refused(cub_root, tmp_path):

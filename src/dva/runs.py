@@ -18,6 +18,7 @@ Only what training changed is stored: the frozen backbone is rebuilt from its na
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,7 @@ import torch
 from dva._version import __version__
 from dva.checkpoint import load_tensors
 from dva.config import LEGACY_MODEL_FIELDS, RunConfig, TrainingRecord, identity_fields, weights_fields
-from dva.errors import CheckpointError
+from dva.errors import CheckpointError, ConfigError
 from dva.models import RetrievalModel, create_model, get_method
 
 MODEL_PREFIX = "model."
@@ -145,6 +146,24 @@ def _upgrade_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
     options.update({k: v for k, v in legacy.items() if k in taken and k not in options})
     upgraded["method_options"] = options
     return upgraded
+
+
+def check_same_images(
+    trained_on: str, current: Callable[[], str], *, path: str | Path, refusal: str, advice: str
+) -> None:
+    """Refuse to reuse a run trained on other images than those a config names now.
+
+    The one home of the check for both ways of reusing a run: resuming it (``dva train
+    --resume``) and answering a table row with its numbers (:func:`dva.reproduce.run_rows`).
+    Run names leave out where the data lives, so only the recorded
+    :attr:`TrainingRecord.data_fingerprint` tells another collection in the same format apart.
+    ``trained_on`` is that record, empty in runs made before it existed: those cannot be checked.
+    ``current`` gives the fingerprint of the images named now (:func:`dva.data.data_fingerprint`);
+    it is called only when there is a record to compare, as computing it stats every image.
+    ``refusal`` says what is refused (it names the images' folder), ``advice`` what to do instead.
+    """
+    if trained_on and trained_on != current():
+        raise ConfigError(f"{path}: {refusal} (other ids, classes or file sizes; dva.data.data_fingerprint). {advice}")
 
 
 def check_weights_metadata(metadata: dict[str, Any], config: RunConfig, source: Path) -> None:

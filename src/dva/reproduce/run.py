@@ -34,7 +34,7 @@ from dva.data import SplitSide, data_fingerprint, load_catalog, make_split
 from dva.errors import ConfigError
 from dva.models import get_method
 from dva.reproduce.rows import TEST_DISCRIMINATIVE, Row
-from dva.runs import Run
+from dva.runs import Run, check_same_images
 
 RUNS_DIR = "runs"
 EVAL_DIR = "reproduce"
@@ -239,19 +239,22 @@ def _check_same_images(run: Run, config: RunConfig, cache: dict[tuple[str, str, 
     collection in the same format (bench/zoom_out.py's copy of cub100, a re-encoded one) under
     the same output folder would otherwise be answered with this run's numbers.
     """
-    trained_on = run.record.data_fingerprint
-    if not trained_on:  # runs made before the fingerprint was recorded cannot be checked
-        return
     d = config.data
-    key = (d.dataset, d.root, d.split, d.val_classes)
-    if key not in cache:
-        split = make_split(load_catalog(d.dataset, d.root), d.split, val_classes=d.val_classes)
-        cache[key] = data_fingerprint(split)
-    if cache[key] != trained_on:
-        raise ConfigError(
-            f"{run.path}: this finished run was trained on other images than those under {d.root!r} (other ids, "
-            "classes or file sizes; dva.data.data_fingerprint). Use another output folder for another collection."
-        )
+
+    def current() -> str:
+        key = (d.dataset, d.root, d.split, d.val_classes)
+        if key not in cache:
+            split = make_split(load_catalog(d.dataset, d.root), d.split, val_classes=d.val_classes)
+            cache[key] = data_fingerprint(split)
+        return cache[key]
+
+    check_same_images(
+        run.record.data_fingerprint,
+        current,
+        path=run.path,
+        refusal=f"this finished run was trained on other images than those under {d.root!r}",
+        advice="Use another output folder for another collection.",
+    )
 
 
 def _test_side(config: RunConfig) -> SplitSide:

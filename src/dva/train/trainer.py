@@ -49,7 +49,7 @@ from dva.losses import DPTLoss, DPTOptions, ViewEmbeddings
 from dva.losses.dpt import LossOutput
 from dva.models import RetrievalModel, count_parameters, create_model, get_method
 from dva.models.methods import dpt_options
-from dva.runs import MODEL_PREFIX, Run, check_fits, check_weights_metadata, weights_metadata
+from dva.runs import MODEL_PREFIX, Run, check_fits, check_same_images, check_weights_metadata, weights_metadata
 from dva.runtime import autocast, autocast_dtype, resolve_device, seed_everything
 from dva.train.interrupt import GracefulInterrupt
 from dva.train.schedule import lr_factor
@@ -148,13 +148,14 @@ class Trainer:
         if changed:
             details = "; ".join(f"{k}: run has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in changed[:5])
             raise ConfigError(f"{self.run.config_path}: cannot resume with different settings ({details})")
-        trained_on = TrainingRecord.load(self.run.config_path).data_fingerprint
-        if trained_on and trained_on != self._classes().data_fingerprint:
-            raise ConfigError(
-                f"{self.run.config_path}: cannot resume on other images: the images under "
-                f"{self.config.data.root!r} are not the ones this run started on (other ids, classes or file sizes; "
-                "dva.data.data_fingerprint). Train into a new run directory."
-            )
+        check_same_images(
+            TrainingRecord.load(self.run.config_path).data_fingerprint,
+            lambda: self._classes().data_fingerprint,
+            path=self.run.config_path,
+            refusal=f"cannot resume on other images: the images under {self.config.data.root!r} "
+            "are not the ones this run started on",
+            advice="Train into a new run directory.",
+        )
 
     def prepare(self, num_classes: int, batches_per_epoch: int | None = None) -> None:
         """Build everything a training step needs but the data: model, loss, optimizer, schedule.
