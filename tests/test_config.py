@@ -11,11 +11,13 @@ from conftest import QUICK_EPOCH, TINY_BACKBONE, TINY_IMG, TINY_MODEL, run_cli
 from dva.config import (
     ModelConfig,
     RunConfig,
+    TrainingRecord,
     config_fields,
     from_dict,
     identity_dict,
     identity_fields,
     parse_assignments,
+    read_run_file,
     resumable_fields,
     weights_fields,
     with_assignments,
@@ -65,6 +67,15 @@ def test_a_config_of_the_older_layout_reads_ica_settings_as_method_options(tmp_p
     assert from_dict(ModelConfig, {"method": "lora", "rank": 4}).method_options == {}
     with pytest.raises(ConfigError, match="model.rank=4 and model.method_options.rank=8 disagree"):
         from_dict(ModelConfig, {"method": "ica", "rank": 4, "method_options": {"rank": 8}})
+
+
+def test_one_read_of_config_json_gives_the_config_and_the_record_as_their_loads_do(tmp_path):
+    path = tmp_path / "config.json"
+    config, record = RunConfig(), TrainingRecord(["a", "b"], 2, "0.1.0", "f1ngerpr1nt")
+    config.save(path, record)
+    raw = read_run_file(path)  # what resuming reads, once, to compare both halves
+    assert RunConfig.from_saved(raw, where=str(path)) == RunConfig.load(path) == config
+    assert TrainingRecord.from_saved(raw, where=str(path)) == TrainingRecord.load(path) == record
 
 
 def test_dva_options_hold_icas_and_dpts_settings():

@@ -265,8 +265,13 @@ class RunConfig:
     @classmethod
     def load(cls, path: str | Path) -> RunConfig:
         """The config of a ``config.json`` (its training record is read by :meth:`TrainingRecord.load`)."""
-        raw = _read_run_file(path)
-        return from_dict(cls, {k: v for k, v in raw.items() if k not in RECORD_KEYS}, where=str(path))
+        return cls.from_saved(read_run_file(path), where=str(path))
+
+    @classmethod
+    def from_saved(cls, raw: Mapping[str, Any], *, where: str) -> RunConfig:
+        """The config part of a ``config.json`` already read (:func:`read_run_file`): who needs both
+        halves (resuming) reads the file once and builds each from it."""
+        return from_dict(cls, {k: v for k, v in raw.items() if k not in RECORD_KEYS}, where=where)
 
 
 @dataclass
@@ -285,11 +290,16 @@ class TrainingRecord:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainingRecord:
-        raw = _read_run_file(path)
-        return from_dict(cls, {k: raw[k] for k in RECORD_KEYS if k in raw}, where=str(path))
+        return cls.from_saved(read_run_file(path), where=str(path))
+
+    @classmethod
+    def from_saved(cls, raw: Mapping[str, Any], *, where: str) -> TrainingRecord:
+        """The record part of a ``config.json`` already read (:func:`read_run_file`)."""
+        return from_dict(cls, {k: raw[k] for k in RECORD_KEYS if k in raw}, where=where)
 
 
-def _read_run_file(path: str | Path) -> dict[str, Any]:
+def read_run_file(path: str | Path) -> dict[str, Any]:
+    """The parsed ``config.json`` of a run, config and record together (see ``from_saved``)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: run config not found (is this a run directory made by `dva train`?)")

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from dva._io import append_jsonl, atomic_write_json
 from dva._version import __version__
 from dva.checkpoint import save_tensors
-from dva.config import RunConfig, TrainConfig, TrainingRecord, check_zoom, resumable_fields
+from dva.config import RunConfig, TrainConfig, TrainingRecord, check_zoom, read_run_file, resumable_fields
 from dva.data import DataSplit, data_fingerprint, load_catalog, make_split
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
@@ -141,17 +141,19 @@ class Trainer:
 
     def _check_resume_config(self) -> None:
         """Refuse to resume with other settings than the run's, except those marked ``resumable``."""
-        saved = _comparable(RunConfig.load(self.run.config_path))
+        path = self.run.config_path
+        raw = read_run_file(path)  # read once: the settings and the record are both compared
+        saved = _comparable(RunConfig.from_saved(raw, where=str(path)))
         asked = _comparable(self.config)
         may_change = resumable_fields()
         changed = [k for k in sorted(set(saved) | set(asked)) if k not in may_change and saved.get(k) != asked.get(k)]
         if changed:
             details = "; ".join(f"{k}: run has {saved.get(k)!r}, asked {asked.get(k)!r}" for k in changed[:5])
-            raise ConfigError(f"{self.run.config_path}: cannot resume with different settings ({details})")
+            raise ConfigError(f"{path}: cannot resume with different settings ({details})")
         check_same_images(
-            TrainingRecord.load(self.run.config_path).data_fingerprint,
+            TrainingRecord.from_saved(raw, where=str(path)).data_fingerprint,
             lambda: self._classes().data_fingerprint,
-            path=self.run.config_path,
+            path=path,
             refusal=f"cannot resume on other images: the images under {self.config.data.root!r} "
             "are not the ones this run started on",
             advice="Train into a new run directory.",
