@@ -11,6 +11,7 @@ import torch
 from conftest import QUICK_EPOCH, TINY_BACKBONE, TINY_IMG, run_cli, tiny_run_config
 from test_cli import dva
 
+from dva.data import load_catalog
 from dva.errors import ConfigError
 from dva.evaluate.latency import compare_latency, measure_detector_latency
 from dva.models import create_model
@@ -26,6 +27,7 @@ from dva.reproduce import (
     summarize,
     to_markdown,
 )
+from dva.reproduce import run as reproduce_run
 from dva.reproduce.tables import PROMPT_LR
 from dva.train.trainer import Trainer
 
@@ -260,7 +262,9 @@ def test_peers_table_shares_ica_and_dva_runs_and_trains_each_peer_as_documented(
     assert (vptsp.optimizer, vptsp.lr, vptsp.proxy_lr, vptsp.weight_decay) == ("sgd", 1e-3, 1e-2, 1e-6)
 
 
-def test_a_finished_run_is_reused_for_the_same_images_moved_but_not_for_other_images(base, cub_root, tmp_path):
+def test_a_finished_run_is_reused_for_the_same_images_moved_but_not_for_other_images(
+    base, cub_root, tmp_path, monkeypatch
+):
     rows = [method_row("ICA", "ica", {})]
     out = tmp_path / "out"
     quiet = {"progress": False, "log": lambda _: None}
@@ -268,7 +272,10 @@ def test_a_finished_run_is_reused_for_the_same_images_moved_but_not_for_other_im
     moved = tmp_path / "moved"
     shutil.copytree(cub_root.root, moved)
     base.data.root = str(moved)
+    loads = []
+    monkeypatch.setattr(reproduce_run, "load_catalog", lambda *a: loads.append(a) or load_catalog(*a))
     assert not run_rows(rows, base, out, **quiet)[0].trained_now  # same run name, same images
+    assert len(loads) == 1  # the test side and the fingerprint check share one catalog load
     image = moved / cub_root.paths[-1].relative_to(cub_root.root)
     image.write_bytes(image.read_bytes() + b"\0")  # now another collection under the same names
     with pytest.raises(ConfigError, match="trained on other images"):

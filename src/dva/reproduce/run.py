@@ -23,6 +23,7 @@ from dva._io import atomic_write_json
 from dva._version import __version__
 from dva.config import (
     LEGACY_MODEL_FIELDS,
+    DataConfig,
     OPAConfig,
     RunConfig,
     TrainConfig,
@@ -30,7 +31,7 @@ from dva.config import (
     hoist_legacy_fields,
     identity_dict,
 )
-from dva.data import SplitSide, data_fingerprint, load_catalog, make_split
+from dva.data import Catalog, DataSplit, SplitSide, data_fingerprint, load_catalog, make_split
 from dva.errors import ConfigError
 from dva.models import get_method
 from dva.reproduce.rows import TEST_DISCRIMINATIVE, Row
@@ -158,15 +159,15 @@ def run_rows(
     check_rows(rows, base_config, test_boxes=test_boxes)
     out_dir = Path(out_dir)
     jobs = [(row, seed, row_config(row, base_config, seed)) for row in rows for seed in seeds]
-    test_side = _test_side(base_config)
-    fingerprints: dict[tuple[str, str, str, int], str] = {}
+    data = _DataReader()
+    test_side = data.test_side(base_config.data)
     results: list[RowResult] = []
     for i, (row, seed, config) in enumerate(jobs, 1):
         run = Run(out_dir / RUNS_DIR / run_key(config))
         where = f"[{i}/{len(jobs)}] {row.name} (seed {seed}): {run.path.name}"
         trained_now = not run.finished
         if not trained_now:
-            _check_same_images(run, config, fingerprints)
+            _check_same_images(run, config, data)
         if trained_now:
             log(f"{where}: training")
             _train(config, run.path, progress)
@@ -232,33 +233,51 @@ def _train(config: RunConfig, run_dir: Path, progress: bool) -> None:
     Trainer(config, run_dir, progress=progress).fit(resume=resume)
 
 
-def _check_same_images(run: Run, config: RunConfig, cache: dict[tuple[str, str, str, int], str]) -> None:
+class _DataReader:
+    """The data one :func:`run_rows` call reads, each catalog loaded once (the publisher's files
+    parsed, every image listed) and each fingerprint computed once (every image stat'ed).
+
+    The test side and the fingerprints of finished runs come from the same catalogs: the test
+    side does not depend on ``data.val_classes`` (:func:`dva.data.make_split` carves validation
+    classes from the training side only), so one load serves both.
+    """
+
+    def __init__(self) -> None:
+        self._catalogs: dict[tuple[str, str], Catalog] = {}
+        self._fingerprints: dict[tuple[str, str, str, int], str] = {}
+
+    def _split(self, data: DataConfig, *, val_classes: int = 0) -> DataSplit:
+        key = (data.dataset, data.root)
+        if key not in self._catalogs:
+            self._catalogs[key] = load_catalog(data.dataset, data.root)
+        return make_split(self._catalogs[key], data.split, val_classes=val_classes)
+
+    def test_side(self, data: DataConfig) -> SplitSide:
+        """The test images every row is evaluated on."""
+        return self._split(data).test
+
+    def fingerprint(self, data: DataConfig) -> str:
+        """:func:`dva.data.data_fingerprint` of the split ``data`` names, as training recorded it."""
+        key = (data.dataset, data.root, data.split, data.val_classes)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = data_fingerprint(self._split(data, val_classes=data.val_classes))
+        return self._fingerprints[key]
+
+
+def _check_same_images(run: Run, config: RunConfig, data: _DataReader) -> None:
     """Refuse to reuse a finished run that was trained on other images than ``config`` names.
 
     Run names leave out where the data lives (a moved dataset keeps its runs), so another
     collection in the same format (bench/zoom_out.py's copy of cub100, a re-encoded one) under
     the same output folder would otherwise be answered with this run's numbers.
     """
-    d = config.data
-
-    def current() -> str:
-        key = (d.dataset, d.root, d.split, d.val_classes)
-        if key not in cache:
-            split = make_split(load_catalog(d.dataset, d.root), d.split, val_classes=d.val_classes)
-            cache[key] = data_fingerprint(split)
-        return cache[key]
-
     check_same_images(
         run.record.data_fingerprint,
-        current,
+        lambda: data.fingerprint(config.data),
         path=run.path,
-        refusal=f"this finished run was trained on other images than those under {d.root!r}",
+        refusal=f"this finished run was trained on other images than those under {config.data.root!r}",
         advice="Use another output folder for another collection.",
     )
-
-
-def _test_side(config: RunConfig) -> SplitSide:
-    return make_split(load_catalog(config.data.dataset, config.data.root), config.data.split).test
 
 
 def eval_path(run: Run, view: str) -> Path:
