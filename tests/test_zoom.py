@@ -172,6 +172,16 @@ def test_zoom_settings_are_checked_naming_the_field(values, field):
         from_dict(TrainConfig, values, where="train")
 
 
+def test_the_config_and_the_augmentation_refuse_zoom_settings_with_one_check():
+    # dva.config.check_zoom is the one home: the config says it as its ConfigError, the same words
+    for probability, scale in [(1.5, (0.35, 0.75)), (0.5, (0.8, 0.5))]:
+        with pytest.raises(ValueError) as direct:
+            ZoomOutAugment(probability, scale)
+        with pytest.raises(ConfigError) as configured:
+            TrainConfig(zoom_out=probability, zoom_scale=scale)
+        assert str(direct.value) == str(configured.value)
+
+
 def test_zoom_is_set_from_the_command_line_and_is_identity_only_when_set(tmp_path):
     from dva.cli.train import build_config, config_overrides
 

@@ -231,15 +231,34 @@ class TrainConfig:
     )
 
     def __post_init__(self) -> None:
-        check_zoom(self.zoom_out, self.zoom_scale)
+        self.check()
+
+    def check(self) -> None:
+        """Refuse settings that cannot be trained with, as the :class:`ConfigError` a config raises.
+
+        Run when the config is built, and again by the trainer (``dva.train.trainer.zoom_augment``):
+        a field set after the config was built is checked too.
+        """
+        try:
+            check_zoom(self.zoom_out, self.zoom_scale)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
 
 def check_zoom(probability: float, scale: tuple[float, float]) -> None:
-    """Refuse zoom-out settings that cannot be drawn, naming the field."""
+    """Refuse zoom-out settings that cannot be drawn (ValueError), naming the config field.
+
+    The one check of ``train.zoom_out`` and ``train.zoom_scale``: :meth:`TrainConfig.check` and
+    :class:`dva.data.zoom.ZoomOutAugment` (built without a config too) both call it. It lives
+    here rather than in :mod:`dva.data.zoom` so that importing the config stays cheap
+    (:mod:`dva.data` loads PIL and numpy).
+    """
     if not 0 <= probability <= 1:
-        raise ConfigError(f"train.zoom_out: a probability in [0, 1], got {probability!r}")
+        raise ValueError(f"train.zoom_out: the zoom-out probability must be in [0, 1], got {probability!r}")
     if len(scale) != 2 or not 0 < scale[0] <= scale[1] <= 1:
-        raise ConfigError(f"train.zoom_scale: [min, max] with 0 < min <= max <= 1, got {list(scale)!r}")
+        raise ValueError(
+            f"train.zoom_scale: the zoom-out scale range must satisfy 0 < min <= max <= 1, got {list(scale)!r}"
+        )
 
 
 #: Keys of ``config.json`` that hold the :class:`TrainingRecord`, not configuration.

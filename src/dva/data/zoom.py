@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
 
+from dva.config import check_zoom
 from dva.geometry import Box
 
 #: Blur radius of the training canvas, as a fraction of the image's shorter side. Strong enough
@@ -89,11 +90,7 @@ class ZoomOutAugment:
     blur: float = BLUR
 
     def __post_init__(self) -> None:
-        if not 0 <= self.probability <= 1:
-            raise ValueError(f"zoom-out probability must be in [0, 1], got {self.probability}")
-        low, high = self.scale
-        if not 0 < low <= high <= 1:
-            raise ValueError(f"zoom-out scale range must satisfy 0 < min <= max <= 1, got {self.scale}")
+        check_zoom(self.probability, self.scale)
 
     def draw(self, seed: int) -> tuple[float, tuple[float, float]] | None:
         """``(scale, position)`` of the sample with ``seed``, or None when it is not zoomed out."""

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from dva._io import append_jsonl, atomic_write_json
 from dva._version import __version__
 from dva.checkpoint import save_tensors
-from dva.config import RunConfig, TrainConfig, TrainingRecord, check_zoom, read_run_file, resumable_fields
+from dva.config import RunConfig, TrainConfig, TrainingRecord, read_run_file, resumable_fields
 from dva.data import DataSplit, data_fingerprint, load_catalog, make_split
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
@@ -515,7 +515,7 @@ def build_optimizer(model: torch.nn.Module, loss_fn: torch.nn.Module, config: Ru
 
 def zoom_augment(cfg: TrainConfig) -> ZoomOutAugment | None:
     """The zoom-out augmentation of ``cfg`` (docs/opa.md), None when off (the paper's recipe)."""
-    check_zoom(cfg.zoom_out, cfg.zoom_scale)  # a config changed after it was built is checked too
+    cfg.check()  # a config changed after it was built is checked too
     if cfg.zoom_out == 0:
         return None
     return ZoomOutAugment(cfg.zoom_out, cfg.zoom_scale)
