@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import QUICK_EPOCH, TINY_IMG, tiny_run_config
+from conftest import QUICK_EPOCH, TINY_IMG, run_cli, tiny_run_config
 from PIL import Image
 from safetensors.torch import load_file
 
@@ -126,6 +126,36 @@ def test_fallbacks_are_counted_in_the_epoch_log_as_the_contact_sheet_counts_them
         k: events[k] for k in ("low_score", "large_box", "no_detection")
     }
     assert sheet["images"] + events["no_box"] == len(split.train) and sheet["background"] == 19
+
+
+def test_views_reports_the_median_box_area_and_advises_zoom_out_for_tight_crops(cub_root, tmp_path, capsys):
+    from dva.opa.sheet import TIGHT_MEDIAN_AREA
+
+    boxes = tmp_path / "boxes.jsonl"
+    code, _, err = run_cli(
+        capsys, "detect", "--detector", "dataset", "--dataset", "cub", "--data", str(cub_root.root), "--out", str(boxes)
+    )
+    assert code == 0, err
+    header, *rows = boxes.read_text().splitlines()
+    parsed = [json.loads(r) for r in rows]
+
+    def views_of(box_of) -> tuple[dict, str]:
+        for row in parsed:
+            w, h = row["size"]
+            row["box"] = box_of(w, h)
+        boxes.write_text("\n".join([header, *map(json.dumps, parsed)]) + "\n")
+        args = ("views", "--boxes", str(boxes), "--out", str(tmp_path), "--limit", "2", "--tile", "32")
+        code, _, err = run_cli(capsys, *args)
+        assert code == 0, err
+        code, out, _ = run_cli(capsys, *args, "--json")
+        return json.loads(out), err
+
+    tight, err = views_of(lambda w, h: [0, 0, w, 0.9 * h])  # the object fills the frame, as in cub100
+    assert tight["median_area"] == pytest.approx(0.9, abs=0.02) and tight["median_area"] >= TIGHT_MEDIAN_AREA
+    assert "--zoom-out 0.5" in tight["advice"] and "90%" in tight["advice"] and "--zoom-out 0.5" in err
+    loose, err = views_of(lambda w, h: [0, 0, w / 2, h / 2])  # a quarter of the frame: nothing to advise
+    assert loose["median_area"] == pytest.approx(0.25, abs=0.02)
+    assert loose["advice"] is None and "zoom-out" not in err
 
 
 def test_dva_without_boxes_is_a_clear_error(cub_root, tmp_path):

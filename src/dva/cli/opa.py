@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def views(
     from dva._io import atomic_write
     from dva.opa.box_files import read_box_file
     from dva.opa.policy import ViewPolicy
-    from dva.opa.sheet import SheetOptions, box_statistics, contact_sheet, pick
+    from dva.opa.sheet import SheetOptions, box_statistics, contact_sheet, framing_advice, pick
 
     box_file = read_box_file(boxes, root=data)
     if not len(box_file):
@@ -145,9 +146,12 @@ def views(
     shown = pick(list(box_file.entries.values()), limit, options)
     sheet = contact_sheet(shown, options)
     path = atomic_write(out / f"{boxes.stem}_views.png", lambda p: sheet.save(p, format="PNG"))
-    report = {"sheet": str(path), "shown": len(shown), **box_statistics(box_file, options)}
+    report: dict[str, Any] = {"sheet": str(path), "shown": len(shown), **box_statistics(box_file, options)}
+    report["advice"] = framing_advice(report)
     if json_out:
         print_json(report)
     else:
-        print_table([{k: v for k, v in report.items() if k != "sheet"}])
+        print_table([{k: v for k, v in report.items() if k not in ("sheet", "advice")}])
         print(f"contact sheet written to {path}")
+        if report["advice"]:
+            print(f"note: {report['advice']}", file=sys.stderr)

@@ -9,8 +9,9 @@ training will make and log.
 
 from __future__ import annotations
 
+import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from PIL import Image, ImageDraw, ImageFont
@@ -38,6 +39,11 @@ class SheetOptions:
 
 #: What training makes of an image's box, in the order the sheet and the statistics report them.
 OUTCOMES = (ALL_VIEWS, LARGE_BOX, LOW_SCORE, NO_DETECTION)
+
+#: A median trusted box covering this share of its image or more marks tightly cropped photos
+#: (cub100's median is 0.85; docs/opa.md, "Zoom-out views"): the object views are then nearly the
+#: photos, DPT has little to transfer, and no training image shows a small object.
+TIGHT_MEDIAN_AREA = 0.6
 
 
 def outcome(entry: BoxEntry, options: SheetOptions = SheetOptions()) -> str:
@@ -141,8 +147,33 @@ def box_statistics(boxes: BoxFile, options: SheetOptions = SheetOptions()) -> di
     entries = list(boxes.entries.values())
     counts = Counter(outcome(e, options) for e in entries)
     found = [e for e in entries if e.box is not None]
+    trusted = [e for e in found if e.score >= options.policy.min_score]
     return {
         "images": len(entries),
         "mean_score": round(sum(e.score for e in found) / len(found), 4) if found else 0.0,
+        "median_area": round(statistics.median(map(_area, trusted)), 4) if trusted else 0.0,
         **{name: counts[name] for name in OUTCOMES},
     }
+
+
+def framing_advice(stats: Mapping[str, float | int]) -> str | None:
+    """What to do about tightly cropped training photos (:data:`TIGHT_MEDIAN_AREA`), or None.
+
+    Measured on cub100 (docs/opa.md): models trained on such crops lose about 30 R@1 on the same
+    species photographed smaller, and ``--zoom-out 0.5`` wins most of it back for under one R@1
+    on tight photos. Whether it applies depends on the queries, which a box file cannot tell.
+    """
+    area = float(stats.get("median_area", 0.0))
+    if area < TIGHT_MEDIAN_AREA:
+        return None
+    return (
+        f"tightly cropped photos: the median trusted box covers {area:.0%} of its image, so the object "
+        "views are nearly the photos and no training image shows a small object. If your queries frame "
+        "objects more loosely than these photos, train with --zoom-out 0.5 (docs/opa.md, 'Zoom-out views')."
+    )
+
+
+def _area(entry: BoxEntry) -> float:
+    assert entry.box is not None
+    width, height = entry.size or read_image_header(entry.path).size  # upright, as the boxes
+    return area_fraction(entry.box, width, height)
