@@ -64,6 +64,12 @@ def index(
     remove_missing: bool = typer.Option(
         False, "--remove-missing", help="Delete from OUT every image whose file is gone."
     ),
+    compact: bool = typer.Option(
+        False,
+        "--compact",
+        help="Rewrite OUT's shards to hold only the live vectors (no image is embedded or read); "
+        "prints the bytes reclaimed. Updates also compact by themselves when over half the stored vectors are dead.",
+    ),
     duplicates: str | None = typer.Option(
         None,
         "--duplicates",
@@ -87,8 +93,9 @@ def index(
 
     An indexed image whose file is unchanged (sha256 of its bytes) is not embedded again; a
     changed one is; unreadable ones are skipped and listed. --remove PATH and --remove-missing
-    delete images (with or without --images). The index records the model, so `dva search` and
-    `dva serve` need only the index.
+    delete images (with or without --images). --compact gives back the disk space of removed
+    and re-embedded images. The index records the model, so `dva search` and `dva serve` need
+    only the index.
 
     Large galleries: torchrun --nproc-per-node N -m dva index ... embeds N shards in parallel
     (one per GPU) and rank 0 builds the same index one process would; or --shard I/N per job,
@@ -118,6 +125,10 @@ def index(
                     }
                 ]
             )
+        return
+    if compact:
+        alone = images is None and not remove and not remove_missing and shard is None and not merge_shards
+        _compact(out, alone, json_out)
         return
     removing = bool(remove) or remove_missing
     if out is None or (images is None and not removing):
@@ -199,8 +210,30 @@ def index(
             }
         ]
     )
+    if report.reclaimed_bytes:
+        dead = "over half the stored vectors were dead"
+        print(f"compacted the shards ({dead}): {report.reclaimed_bytes} bytes reclaimed")
     if pushed is not None:
         print(f"{pushed['pushed']} images upserted into {pushed['factory']} ({pushed['images']} there now)")
+
+
+def _compact(out: Path | None, alone: bool, json_out: bool) -> None:
+    """``dva index --compact --out INDEX_DIR``: on its own, so what it did is all it reports."""
+    from dva.index.compact import compact_index
+
+    if out is None or not alone:
+        raise ConfigError("--compact runs on its own: dva index --compact --out INDEX_DIR")
+    report = compact_index(out)
+    if json_out:
+        print_json(report.to_dict())
+    elif not report.compacted:
+        print(f"{out}: nothing to reclaim ({report.count} images, every stored vector is live; version unchanged)")
+    else:
+        print(
+            f"{out}: compacted into version {report.version}: shards {report.bytes_before} -> "
+            f"{report.bytes_after} bytes ({report.reclaimed_bytes} bytes reclaimed; "
+            f"{report.vectors_before} -> {report.vectors_after} vectors)"
+        )
 
 
 def _push(out: Path, report, backend: str, url: str | None, collection: str) -> dict:

@@ -5,9 +5,11 @@ Building is incremental: an image whose path is in the index and whose file is u
 embedded and appended (a new id; ids of the others never change); a file whose content
 changed is embedded again and gets a new id; a changed label or list field only updates the
 metadata (same id). ``remove`` and ``remove_missing`` delete images. Only what changed is
-written (:mod:`dva.index.store`). Unreadable images are skipped and reported, never fatal,
-unless nothing at all could be read. The embedding step can also be split over processes
-(:mod:`dva.index.shards`). An index of format 1 is converted by the first update.
+written (:mod:`dva.index.store`); when over :data:`dva.index.store.COMPACT_SLACK` of the
+stored vectors are dead, the update then compacts the shards (:mod:`dva.index.compact`).
+Unreadable images are skipped and reported, never fatal, unless nothing at all could be read.
+The embedding step can also be split over processes (:mod:`dva.index.shards`). An index of
+format 1 is converted by the first update.
 
 ``duplicates="skip"`` or ``"tag"`` checks each new image against the index and the earlier
 new images of the same run (exact cosine on the normalised embeddings): a near-duplicate is
@@ -34,6 +36,7 @@ from dva.distributed import shard_bounds
 from dva.errors import ConfigError, DataError
 from dva.evaluate.embed import Embeddings, embed_dataset, embedding_transform
 from dva.index.calibrate import check_threshold
+from dva.index.compact import compact_version, needs_compaction
 from dva.index.faiss_index import DEFAULT_APPROX_THRESHOLD, IndexSpec, build_index, plan_index, recall_vs_exact
 from dva.index.gallery import GalleryItem, split_storable
 from dva.index.legacy import read_legacy
@@ -47,6 +50,7 @@ from dva.index.store import (
     StoredImage,
     commit_version,
     gather_vectors,
+    in_snapshot,
     is_index_dir,
     read_manifest,
     remove_stale_files,
@@ -88,6 +92,8 @@ class IndexReport:
     index: dict[str, Any] = field(default_factory=dict)
     embed_seconds: float = 0.0
     total_seconds: float = 0.0
+    #: Shard bytes given back by the compaction this update ran (:data:`COMPACT_SLACK`), else 0.
+    reclaimed_bytes: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -477,6 +483,10 @@ def _update(
             "count": manifest["count"] - len(dropped) + len(embeddings.indices),
         }
         new_manifest = _commit(out, new_manifest, db, embeddings.vectors, rows, retired, dropped, manifest)
+        reclaimed = 0
+        if needs_compaction(out, new_manifest):  # much churn: the shards are mostly dead vectors
+            compacted = compact_version(out, new_manifest, db, readers_of=version)
+            new_manifest, reclaimed = read_manifest(out), compacted.reclaimed_bytes
     finally:
         db.close()
     return IndexReport(
@@ -492,6 +502,7 @@ def _update(
         index=new_manifest["index"],
         embed_seconds=seconds,
         total_seconds=time.perf_counter() - start,
+        reclaimed_bytes=reclaimed,
     )
 
 
@@ -554,11 +565,11 @@ def _snapshot_fresh(
 ) -> bool:
     """Whether the current snapshot can serve the new version: what it lacks or holds in excess
     stays under :data:`SNAPSHOT_SLACK` of the index (HNSW: it holds nothing in excess)."""
-    s = int(previous["snapshot"]["version"])
-    inside, outside = db.snapshot_stats(int(previous["version"]), s)
-    gone = [r for r in retired if r.id in dropped]
-    inside -= sum(1 for r in gone if r.shard <= s)
-    outside -= sum(1 for r in gone if r.shard > s)
+    snapshot = previous["snapshot"]
+    inside, outside = db.snapshot_stats(int(previous["version"]), snapshot)
+    gone = [in_snapshot(snapshot, r.shard, r.row) for r in retired if r.id in dropped]
+    inside -= sum(gone)
+    outside -= len(gone) - sum(gone)
     outside += sum(1 for r in rows if r.shard == previous["version"] + 1)
     excess = int(previous["snapshot"]["count"]) - inside
     if spec.type == "hnsw" and excess:

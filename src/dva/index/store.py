@@ -13,7 +13,8 @@
                              and the versions that added and removed it; user fields also
                              one row per value in ``fields`` (name, text, num) for filters
       vectors-000001.npy     append-only shards: version V's shard holds the float32
-      vectors-000004.npy     L2-normalised vectors of the images version V added
+      vectors-000004.npy     L2-normalised vectors of the images version V added (a
+                             compaction's shard: every live vector, :mod:`dva.index.compact`)
       faiss-000004.index     approximate indexes only: a snapshot (FAISS ids = image ids)
 
 **Updates in place, O(change).** Version v+1 writes only its own shard (the new vectors) and
@@ -67,6 +68,10 @@ METADATA_DB = "metadata.sqlite"
 #: Re-snapshot an approximate index when the vectors it lacks or holds in excess exceed this
 #: fraction of the index: opening then adds at most that many vectors to the snapshot.
 SNAPSHOT_SLACK = 0.1
+#: Compact the shards after an update when the vectors no row points at (removed or re-embedded
+#: images) exceed this fraction of the vectors stored: the disk then holds at most twice the
+#: live vectors, and a compaction (a rewrite of every live vector) is paid once per that much churn.
+COMPACT_SLACK = 0.5
 #: Filter answers a loaded index keeps (:meth:`GalleryIndex.select`).
 SELECT_CACHE = 32
 
@@ -282,15 +287,35 @@ class IndexDB:
             )
             self.connection.execute(f"DELETE FROM images WHERE removed <= {int(before)}")
 
-    def snapshot_stats(self, version: int, snapshot_version: int) -> tuple[int, int]:
-        """``(live vectors of version in the snapshot, live vectors not in it)``: an id's vector
-        sits in the shard of the version that embedded it, so shard <= s means "in the snapshot"."""
-        s = int(snapshot_version)
-        ((inside, outside),) = self.query(
-            f"SELECT coalesce(sum(shard <= {s}), 0), coalesce(sum(shard > {s}), 0) "
+    def snapshot_stats(self, version: int, snapshot: dict[str, Any]) -> tuple[int, int]:
+        """``(live vectors of version in the snapshot, live vectors not in it)`` (:func:`in_snapshot`)."""
+        inside = in_snapshot_sql(snapshot)
+        ((inside_count, outside_count),) = self.query(
+            f"SELECT coalesce(sum({inside}), 0), coalesce(sum(NOT ({inside})), 0) "
             f"FROM images i WHERE {visible(version)}"
         )
-        return int(inside), int(outside)
+        return int(inside_count), int(outside_count)
+
+
+def in_snapshot(snapshot: dict[str, Any], shard: int, row: int) -> bool:
+    """Whether the vector at ``(shard, row)`` is in the snapshot ``manifest["snapshot"]`` taken at
+    version s. An id's vector sits in the shard of the version that embedded it, so shard <= s
+    means "in it"; a compaction after s moved the vectors into one shard C, the snapshot's first
+    (``snapshot["compacted"] = {"shard": C, "rows": R}``: rows below R of shard C are in it)."""
+    compacted = snapshot.get("compacted")
+    if compacted is not None and shard == int(compacted["shard"]):
+        return row < int(compacted["rows"])
+    return shard <= int(snapshot["version"])
+
+
+def in_snapshot_sql(snapshot: dict[str, Any]) -> str:
+    """:func:`in_snapshot` as SQL on the images table (ints only, not user input: safe to format in)."""
+    inside = f"shard <= {int(snapshot['version'])}"
+    compacted = snapshot.get("compacted")
+    if compacted is None:
+        return f"({inside})"
+    c, r = int(compacted["shard"]), int(compacted["rows"])
+    return f"((shard = {c} AND row < {r}) OR (shard != {c} AND {inside}))"
 
 
 def _stored(row: tuple) -> StoredImage:
@@ -516,19 +541,25 @@ def commit_version(
     removed_keys: Sequence[int],
     snapshot: faiss.Index | None,
     keep_snapshot: bool,
+    replace_shards: bool = False,
+    purge_before: int | None = None,
 ) -> dict[str, Any]:
     """Write version ``manifest["version"]``: its shard, snapshot and rows, then commit.
 
     ``manifest`` is the new one (version v+1 and its ``count``; ``files`` still version v's,
     if any); ``vectors`` are the new
     shard's (rows of ``rows`` point into it); ``snapshot`` a new FAISS snapshot, or None to keep
-    the current one (``keep_snapshot``) or to have none (an exact index).
+    the current one (``keep_snapshot``) or to have none (an exact index). ``replace_shards``
+    (a compaction): the new shard is the only one the new version names, and the others are
+    deleted once it is committed, like any file no manifest names. Rows retired at or before
+    ``purge_before`` (default v, the version before this one) are deleted after the commit: a
+    reader of version r still filters correctly while rows retired after r are kept.
     """
     version = int(manifest["version"])
     previous = manifest.get("files") or {"shards": [], "faiss": None}
     written: list[Path] = []
     try:
-        shards = list(previous["shards"])
+        shards = [] if replace_shards else list(previous["shards"])
         if len(vectors):
             written.append(atomic_write(path / shard_name(version), lambda tmp: _save_npy(tmp, vectors)))
             shards.append(shard_name(version))
@@ -554,13 +585,29 @@ def commit_version(
             db.rollback_to(version - 1)
         raise
     remove_stale_files(path, keep=set(manifest["files"]["shards"]) | {faiss_file})
-    db.purge(before=version - 1)
+    db.purge(before=version - 1 if purge_before is None else purge_before)
     return manifest
 
 
 def count_visible(db: IndexDB, version: int) -> int:
     ((count,),) = db.query(f"SELECT count(*) FROM images i WHERE {visible(version)}")
     return int(count)
+
+
+def shard_rows(path: Path, manifest: dict[str, Any]) -> int:
+    """How many vectors the manifest's shards hold, live or not (read from the .npy headers)."""
+    total = 0
+    for name in manifest["files"]["shards"]:
+        try:
+            total += len(np.load(path / name, mmap_mode="r"))
+        except (OSError, ValueError) as e:
+            raise DataError(f"{path / name}: not a readable shard ({e})") from None
+    return total
+
+
+def shard_bytes(path: Path, manifest: dict[str, Any]) -> int:
+    """Disk bytes of the manifest's shards."""
+    return sum((path / name).stat().st_size for name in manifest["files"]["shards"] if (path / name).is_file())
 
 
 def remove_stale_files(path: Path, keep: set[str | None]) -> None:
