@@ -6,17 +6,25 @@ from __future__ import annotations
 import json
 import socket
 import sys
+import warnings
 
 import httpx
 import numpy as np
 import pytest
-from conftest import TINY_BACKBONE, TINY_FROZEN, class_image, run_cli, serve_in_thread
+from conftest import TINY_BACKBONE, TINY_FROZEN, TINY_IMG, class_image, run_cli, serve_in_thread, write_gallery
 
 pytest.importorskip("qdrant_client", reason="qdrant-client is not installed (pip install 'dva[qdrant]')")
 
 from dva.errors import ConfigError, DataError, MissingDependency  # noqa: E402 - after pytest.importorskip("qdrant_client")
 from dva.index import GalleryIndex, Searcher  # noqa: E402 - after pytest.importorskip("qdrant_client")
-from dva.index.vectordb import QdrantConfig, QdrantGallery, check_server, push_index  # noqa: E402 - after pytest.importorskip("qdrant_client")
+from dva.index.filters import Filter  # noqa: E402 - after pytest.importorskip("qdrant_client")
+from dva.index.vectordb import (  # noqa: E402 - after pytest.importorskip("qdrant_client")
+    DERIVED_KEYS,
+    QdrantConfig,
+    QdrantGallery,
+    check_server,
+    push_index,
+)
 
 
 def unit_rows(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -48,6 +56,214 @@ def pushed(gallery_index, tmp_path):
     assert push_index(GalleryIndex.load(index_dir), vectors) == len(gallery.paths)
     yield gallery, index_dir, vectors
     vectors.close()
+
+
+def write_fields_list(root) -> list[dict]:
+    """A JSONL gallery of 12 images whose fields exercise every kind of filter: a label, a year
+    given as text ("1995"), a list of tags, a price that is a number, numeric text or neither."""
+    gallery = write_gallery(root / "photos", num_classes=3, per_class=4)
+    rows = [
+        {
+            "path": str(path),
+            "label": path.parent.name,
+            "year": str(1995 + 3 * i),
+            "tags": [["red", "round"], ["green"], ["red"], []][i % 4],
+            "price": [9.5, "12", "n/a", 3][i % 4],
+        }
+        for i, path in enumerate(gallery.paths)
+    ]
+    (root / "list.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return rows
+
+
+@pytest.fixture(scope="module")
+def fields_index(tmp_path_factory):
+    """An index of :func:`write_fields_list`'s gallery, pushed into an embedded collection."""
+    from dva.index import IndexModel, index_gallery, read_gallery
+
+    root = tmp_path_factory.mktemp("fields")
+    rows = write_fields_list(root)
+    model = IndexModel.frozen(TINY_BACKBONE, pretrained=False, img_size=TINY_IMG)
+    index_gallery(root / "index", read_gallery(root / "list.jsonl"), model=model, num_workers=0, progress=False)
+    index = GalleryIndex.load(root / "index")
+    vectors = QdrantGallery(QdrantConfig(path=root / "qdrant"), index.embed_dim, create=True)
+    push_index(index, vectors)
+    yield root / "index", vectors, rows
+    vectors.close()
+
+
+#: Each kind of filter, and each boundary where text and number semantics differ.
+FILTER_CASES = [
+    ["label=class_1"],
+    ["label in class_0,class_2"],
+    ["year=2004"],  # text equal to the value
+    ["year=2004.0"],  # the number equal: "2004" reads as 2004
+    ["year in 1998,2013,1999"],
+    ["year>=2004"],
+    ["year>2004"],  # exclusive: 2004 itself is out
+    ["1998<=year<2013"],
+    ["1998<year<=2013"],
+    ["tags=red"],  # one element of a list
+    ["tags in green,round"],
+    ["price<10"],  # 9.5 and 3; "n/a" takes part in no range
+    ["price=12"],  # the text "12"
+    ["price=12.0"],  # "12" read as a number
+    ["price>=3", "tags=red", "label in class_0,class_1"],  # AND
+    ["year<2010", "price=n/a"],
+]
+
+
+def test_qdrant_filters_keep_exactly_what_the_index_keeps(fields_index):
+    index_dir, vectors, rows = fields_index
+    local, remote = Searcher(index_dir), Searcher(index_dir, backend=vectors)
+    index = local.index
+    queries = np.asarray(index.embeddings[[0, 5, 10]]) + 0.01
+    cases = [*FILTER_CASES, [f"path={rows[6]['path']}"]]
+    unfiltered = [[m.id for m in ms] for ms in local.search_embeddings(queries, 3)]
+    beyond_unfiltered_top = False
+    for filters in cases:
+        for k in (3, 20):  # the top 3 among the kept images, and every kept image
+            want = local.search_embeddings(queries, k, filter=filters)
+            got = remote.search_embeddings(queries, k, filter=filters)
+            assert any(want), filters  # every case keeps some image: the comparison says something
+            for a, b, top in zip(want, got, unfiltered, strict=True):
+                assert [m.id for m in b] == [m.id for m in a], (filters, k)
+                assert [(m.path, m.label, m.metadata) for m in b] == [(m.path, m.label, m.metadata) for m in a]
+                np.testing.assert_allclose([m.score for m in b], [m.score for m in a], atol=1e-5)
+                beyond_unfiltered_top |= k == 3 and bool(set(m.id for m in b) - set(top))
+    # some filtered top 3 holds images outside the unfiltered top 3: not a post-filter of it
+    assert beyond_unfiltered_top
+
+
+def test_the_filter_keys_never_come_back(fields_index):
+    index_dir, vectors, rows = fields_index
+    index = GalleryIndex.load(index_dir)
+    hits = vectors.search(np.asarray(index.embeddings[:2]), 12)
+    hits += vectors.search(np.asarray(index.embeddings[:2]), 12, [Filter.parse("price>=0")])
+    payloads = [row for query in hits for _, _, row in query]
+    assert payloads and all(not set(DERIVED_KEYS) & set(row) for row in payloads)
+    assert all(row == index.rows[index.position(i)] for query in hits for i, _, row in query)
+    for i in index.ids.tolist():
+        assert vectors.get(i) == index.rows[index.position(i)]
+    # ...though they are stored: a raw read of a point shows them
+    raw = vectors._client.retrieve(vectors.config.collection, ids=[0], with_payload=True)[0].payload
+    assert set(DERIVED_KEYS) <= set(raw)
+
+
+def test_unknown_fields_and_text_ranges_are_refused_as_by_the_index(fields_index):
+    index_dir, vectors, _ = fields_index
+    local, remote = Searcher(index_dir), Searcher(index_dir, backend=vectors)
+    query = np.asarray(local.index.embeddings[0])
+    for text in ("colour=red", "label>3", "path<=2"):
+        with pytest.raises(DataError) as own:
+            local.search_embedding(query, 3, filter=text)
+        with pytest.raises(DataError) as qdrant:
+            remote.search_embedding(query, 3, filter=text)
+        assert str(qdrant.value) == str(own.value).replace("this index", "Qdrant collection 'dva'")
+    listed = r"no field 'colour' in Qdrant collection 'dva' \(fields: label, path, price, tags, year\)"
+    with pytest.raises(DataError, match=listed):
+        remote.search_embedding(query, 3, filter="colour=red")
+
+
+def test_a_collection_pushed_before_filters_is_refused_until_pushed_again(fields_index, tmp_path):
+    index_dir, _, _ = fields_index
+    index = GalleryIndex.load(index_dir)
+    old = QdrantGallery(QdrantConfig(path=tmp_path / "qdrant", collection="old"), index.embed_dim, create=True)
+    try:
+        # what the previous version wrote: the metadata row as the payload, nothing else
+        points = old._models.Batch(
+            ids=index.ids.tolist(), vectors=np.asarray(index.embeddings).tolist(), payloads=list(index.rows)
+        )
+        old._client.upsert("old", points=points, wait=True)
+        searcher = Searcher(index_dir, backend=old)
+        query = np.asarray(index.embeddings[0])
+        assert len(searcher.search_embedding(query, 3)) == 3  # unfiltered search still works
+        with pytest.raises(DataError, match=r"collection 'old' was pushed before filters.*push it again"):
+            searcher.search_embedding(query, 3, filter="tags=red")
+        with pytest.raises(DataError, match="pushed before filters"):
+            old.check_filters([Filter.parse("label=class_0")])  # a built-in field too: not a silent []
+        assert old.unfilterable_ids() == set(index.ids.tolist())
+        assert push_index(index, old) == len(index)  # no --refresh needed: the old points are rewritten
+        assert old.unfilterable_ids() == set()
+        expected = Searcher(index_dir).search_embedding(query, 3, filter="tags=red")
+        assert [m.id for m in searcher.search_embedding(query, 3, filter="tags=red")] == [m.id for m in expected]
+    finally:
+        old.close()
+
+
+def test_the_push_command_in_the_refusal_names_the_collection(tmp_path):
+    server = QdrantGallery.__new__(QdrantGallery)
+    server.config = QdrantConfig(url="http://qdrant:6333", collection="photos")
+    assert server._push_command() == (
+        "dva index --out INDEX_DIR --backend qdrant --qdrant-url http://qdrant:6333 --collection photos"
+    )
+    server.config = QdrantConfig(path=tmp_path / "index" / "qdrant")
+    assert server._push_command() == f"dva index --out {tmp_path / 'index'} --backend qdrant"
+
+
+def test_a_server_collection_gets_payload_indexes_for_the_filter_keys(embedded, monkeypatch):
+    created: list[tuple[str, str]] = []
+    original = embedded._client.create_payload_index
+
+    def record(collection, key, field_schema, **kw):
+        created.append((key, str(field_schema.value)))
+        with warnings.catch_warnings():  # "Payload indexes have no effect in the local Qdrant"
+            warnings.simplefilter("ignore", UserWarning)
+            return original(collection, key, field_schema=field_schema, **kw)  # the client accepts the schema
+
+    monkeypatch.setattr(embedded._client, "create_payload_index", record)
+    embedded._payload_indexes = True  # as with a server (embedded mode has no payload indexes)
+    embedded.add([0], unit_rows(1, 16), [{"path": "a", "label": "x"}])
+    embedded.add([1], unit_rows(1, 16, seed=2), [{"path": "b", "label": "x"}])  # once per process
+    assert dict(created) == {
+        "label": "keyword",
+        "path": "keyword",
+        "_dva_fields[].name": "keyword",
+        "_dva_fields[].text": "keyword",
+        "_dva_fields[].num": "float",
+        "_dva_format": "integer",
+    }
+    assert len(created) == 6
+
+
+def test_a_field_named_like_a_filter_key_is_refused(embedded):
+    with pytest.raises(DataError, match="'_dva_fields': the name is reserved"):
+        embedded.add([0], unit_rows(1, 16), [{"path": "a", "label": "x", "_dva_fields": 1}])
+
+
+def test_serve_on_qdrant_filters_as_the_index_does(fields_index):
+    from dva.serve import create_app
+
+    index_dir, vectors, _ = fields_index
+    local = Searcher(index_dir)
+    query = np.asarray(local.index.embeddings[4]).tolist()
+    with serve_in_thread(create_app(Searcher(index_dir, backend=vectors))) as url, httpx.Client(base_url=url) as client:
+        for filters in (["tags=red", "year>2000"], ["price=12.0"]):
+            body = client.post("/search/embedding", json={"embedding": query, "k": 3, "filter": filters}).json()
+            expected = local.search_embedding(query, 3, filter=filters)
+            assert expected and [r["id"] for r in body["results"]] == [m.id for m in expected]
+        refused = client.post("/search/embedding", json={"embedding": query, "k": 3, "filter": ["colour=red"]})
+        assert refused.status_code == 422 and "no field 'colour' in Qdrant collection" in refused.json()["detail"]
+
+
+def test_cli_search_filters_on_qdrant(capsys, tmp_path):
+    rows = write_fields_list(tmp_path)
+    out = tmp_path / "index"
+    build = ["index", *TINY_FROZEN, "--images", str(tmp_path / "list.jsonl"), "--out", str(out)]
+    code, _, err = run_cli(capsys, *build, "--workers", "0", "--quiet", "--backend", "qdrant")
+    assert code == 0, err
+    query = ["search", "--index", str(out), rows[1]["path"], "-k", "3", "--json"]
+    filters = ["--filter", "tags in red,green", "--filter", "year>=2001"]
+    found = {}
+    for backend in ("faiss", "qdrant"):
+        code, stdout, err = run_cli(capsys, *query, *filters, "--backend", backend)
+        assert code == 0, err
+        found[backend] = json.loads(stdout)[0]["results"]
+    kept = {r["path"] for r in rows if set(r["tags"]) & {"red", "green"} and int(r["year"]) >= 2001}
+    assert len(found["qdrant"]) == 3 and {m["path"] for m in found["qdrant"]} <= kept
+    assert [(m["id"], m["metadata"]) for m in found["qdrant"]] == [(m["id"], m["metadata"]) for m in found["faiss"]]
+    code, _, err = run_cli(capsys, *query, "--filter", "colour=red", "--backend", "qdrant")
+    assert code == 2 and err.count("\n") == 1 and "no field 'colour' in Qdrant collection 'dva'" in err
 
 
 def test_embedded_search_is_exact_cosine_with_metadata_and_add_remove(embedded):

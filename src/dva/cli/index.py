@@ -279,7 +279,7 @@ def search(
     """The top-k gallery images of each query by cosine similarity (path, label, score).
 
     --filter restricts the search to images whose label or metadata match; the results are
-    the exact top-k among them, also with an approximate index.
+    the exact top-k among them, also with an approximate index or --backend qdrant.
 
     With a calibrated index (`dva calibrate`) or --threshold, each match also says whether it is
     the same item (is_match: score >= threshold).
@@ -294,11 +294,13 @@ def search(
     if threshold is not None:
         check_threshold(threshold)
     parsed = parse_filters(filters)
-    if parsed:  # an unknown field is an error before the model is built
-        if backend != "faiss" or qdrant_url:
-            raise ConfigError("--filter needs the index's own metadata database: not with --backend qdrant")
+    vectors = open_backend(index_dir, backend, qdrant_url, collection)
+    # an unknown field is an error before the model is built, in the database that is searched
+    if vectors is not None:
+        vectors.check_filters(parsed)
+    elif parsed:
         GalleryIndex.check_filters(index_dir, parsed)
-    searcher = Searcher(index_dir, device=device, backend=open_backend(index_dir, backend, qdrant_url, collection))
+    searcher = Searcher(index_dir, device=device, backend=vectors)
     results = searcher.search_batch(
         images, k, rerank=rerank, rerank_k=rerank_k, alpha=alpha, threshold=threshold, filter=parsed
     )

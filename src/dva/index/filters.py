@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from dva.errors import DataError
@@ -136,7 +136,7 @@ def filter_sql(f: Filter, visible: str) -> tuple[str, list[object]]:
     # rather than from a scan of every visible image.
     base = f"SELECT i.id FROM fields f CROSS JOIN images i ON i.key = f.key WHERE {visible} AND f.name = ?"
     if f.values:
-        numbers = [n for n in (_maybe_number(v) for v in f.values) if n is not None]
+        numbers = [n for n in (maybe_number(v) for v in f.values) if n is not None]
         marks = ",".join("?" * len(f.values))
         sql = f"{base} AND (f.text IN ({marks})"
         if numbers:
@@ -152,6 +152,25 @@ def filter_sql(f: Filter, visible: str) -> tuple[str, list[object]]:
     return sql + " AND f.num IS NOT NULL", params
 
 
+def check_fields(
+    filters: Sequence[Filter],
+    has_field: Callable[[str], bool],
+    field_names: Callable[[], Iterable[str]],
+    where: str = "this index",
+) -> None:
+    """A filter on a field no image has is a mistake (a typo), not an empty answer: one line naming it.
+
+    Shared by the index's own database and the Qdrant backend, so both refuse the same filters
+    with the same words; ``field_names`` is called only to write the error.
+    """
+    for f in filters:
+        if f.field not in BUILTIN_FIELDS and not has_field(f.field):
+            known = ", ".join([*BUILTIN_FIELDS, *field_names()])
+            raise DataError(f"filter {str(f)!r}: no field {f.field!r} in {where} (fields: {known})")
+        if f.field in BUILTIN_FIELDS and f.is_range:
+            raise DataError(f"filter {str(f)!r}: {f.field} is text; a range needs a numeric field")
+
+
 def field_values(value: object) -> list[tuple[str, float | None]]:
     """``(text, number)`` rows a metadata value is indexed as: a list gives one per element,
     so ``tags=red`` matches ``{"tags": ["red", "round"]}``."""
@@ -163,14 +182,14 @@ def field_values(value: object) -> list[tuple[str, float | None]]:
         number = float(value)
         return [(str(value), number if math.isfinite(number) else None)]
     if isinstance(value, str):
-        return [(value, _maybe_number(value))]
+        return [(value, maybe_number(value))]
     return [(json.dumps(value, ensure_ascii=False, sort_keys=True), None)]
 
 
 _NUMERIC_TEXT = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 
 
-def _maybe_number(text: str) -> float | None:
+def maybe_number(text: str) -> float | None:
     """The number a string reads as ("12", "3.5", "1e3"), or None ("12abc", "nan", "")."""
     if not _NUMERIC_TEXT.match(text):
         return None
@@ -179,7 +198,7 @@ def _maybe_number(text: str) -> float | None:
 
 
 def _number(text: str, value: str) -> float:
-    number = _maybe_number(value)
+    number = maybe_number(value)
     if number is None:
         raise DataError(f"filter {text!r}: {value.strip()!r} is not a number (a comparison needs one)")
     return number

@@ -13,7 +13,8 @@ similarities (inner products of L2-normalised embeddings).
 ``filter=`` restricts a search to images whose label or metadata match
 (:mod:`dva.index.filters`): ``searcher.search("q.jpg", k=5, filter=["label in A,B", "year>=2000"])``.
 Filtered results are exact in what they keep: every match passes every filter, and k of them
-come back whenever k images pass. A subset of up to :data:`EXACT_SUBSET_MAX` images is
+come back whenever k images pass (with a vector database backend, the database applies the
+filters inside its search: :mod:`dva.index.vectordb`). A subset of up to :data:`EXACT_SUBSET_MAX` images is
 searched exactly (one matrix product); a larger one goes through the approximate index with
 an id selector, and a query that finds fewer than k there is searched exactly.
 
@@ -269,10 +270,9 @@ class Searcher:
             cut = check_threshold(threshold)
         filters = parse_filters(filter)
         queries = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-        if self.backend is not None:
-            if filters:
-                raise DataError("filters need the index's own metadata database: not with a vector database backend")
-            return [[_to_match(i, row, s, cut) for i, s, row in hits] for hits in self.backend.search(queries, k)]
+        if self.backend is not None:  # filters go to the database: the top k among the images they keep
+            hits = self.backend.search(queries, k, filters)
+            return [[_to_match(i, row, s, cut) for i, s, row in row_hits] for row_hits in hits]
         if not len(index):  # every image was removed
             index.db.check_fields(filters)
             return [[] for _ in queries]

@@ -56,7 +56,7 @@ import numpy as np
 from dva._io import atomic_write, atomic_write_json
 from dva.errors import DataError, WriteError
 from dva.index.faiss_index import IndexSpec, apply_search_params, build_index, ids_to_positions
-from dva.index.filters import BUILTIN_FIELDS, Filter, field_values, filter_sql
+from dva.index.filters import Filter, check_fields, field_values, filter_sql
 from dva.index.legacy import SUFFIXES as LEGACY_SUFFIXES
 from dva.index.legacy import read_legacy
 
@@ -223,12 +223,7 @@ class IndexDB:
 
     def check_fields(self, filters: Sequence[Filter]) -> None:
         """A filter on a field no image has is a mistake (a typo), not an empty answer: one line naming it."""
-        for f in filters:
-            if f.field not in BUILTIN_FIELDS and not self.has_field(f.field):
-                known = ", ".join([*BUILTIN_FIELDS, *self.field_names()])
-                raise DataError(f"filter {str(f)!r}: no field {f.field!r} in this index (fields: {known})")
-            if f.field in BUILTIN_FIELDS and f.is_range:
-                raise DataError(f"filter {str(f)!r}: {f.field} is text; a range needs a numeric field")
+        check_fields(filters, self.has_field, self.field_names)
 
     def max_version(self) -> int:
         ((added, removed),) = self.query("SELECT max(added), max(removed) FROM images")

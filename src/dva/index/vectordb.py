@@ -17,6 +17,14 @@ truth: :func:`push_index` (``dva index --backend qdrant``) upserts its rows, and
 rebuilds a lost or partial collection. Searches return the payload with each hit, so a serving
 machine needs the model, not the gallery's embeddings.
 
+Filters (``dva search --filter``) keep exactly the images the index's own database keeps:
+:meth:`QdrantGallery.add` writes, beside the payload users get back, one object per value of
+each extra field (``_dva_fields``: ``{name, text, num}``, the rows of the index's ``fields``
+table, made by the same :func:`~dva.index.filters.field_values`), and a filter becomes one
+Qdrant filter on them, applied inside the search (the top k among the kept images, not a
+post-filter). These derived keys never come back from :meth:`QdrantGallery.search` or
+:meth:`QdrantGallery.get`.
+
 Two modes, one client API: ``url`` for a server or cluster (API key from the environment
 variable ``api_key_env``, never a command-line argument), or ``path`` for Qdrant's embedded
 local mode (a folder, one process at a time; what the tests run and a laptop can use).
@@ -34,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import numpy as np
 
 from dva.errors import ConfigError, DataError, MissingDependency
+from dva.index.filters import BUILTIN_FIELDS, Filter, check_fields, field_values, maybe_number
 
 if TYPE_CHECKING:
     from dva.index.store import GalleryIndex
@@ -46,6 +55,19 @@ UPSERT_BATCH = 1000
 #: Folder of the embedded database inside an index directory (``dva index --backend qdrant``
 #: without ``--qdrant-url``).
 EMBEDDED_FOLDER = "qdrant"
+#: Payload key of the values filters match: one ``{name, text, num}`` object per value of each
+#: extra field (``num`` only when the value reads as a number), like the ``fields`` table's rows.
+#: An array of objects, not one key per field, so that any field name works (Qdrant key paths
+#: give dots and brackets a meaning) and a fixed set of payload indexes covers every field.
+FIELDS_KEY = "_dva_fields"
+#: Payload key that marks a point written with :data:`FIELDS_KEY`: points without it were
+#: pushed before filters existed, and a filter would silently miss them.
+FORMAT_KEY = "_dva_format"
+FILTER_FORMAT = 1
+#: What :meth:`QdrantGallery.add` adds to a metadata row, and search and get strip again.
+DERIVED_KEYS = (FIELDS_KEY, FORMAT_KEY)
+#: Field names listed by the error for an unknown field, at most.
+FIELD_NAMES_SHOWN = 1000
 T = TypeVar("T")
 
 
@@ -56,7 +78,11 @@ class VectorBackend(Protocol):
 
     def __len__(self) -> int: ...
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float, dict[str, Any]]]]: ...
+    def search(
+        self, queries: np.ndarray, k: int, filters: Sequence[Filter] = ()
+    ) -> list[list[tuple[int, float, dict[str, Any]]]]: ...
+
+    def check_filters(self, filters: Sequence[Filter]) -> None: ...
 
     def get(self, image_id: int) -> dict[str, Any] | None: ...
 
@@ -116,6 +142,12 @@ class QdrantGallery:
         self.embed_dim = embed_dim
         self._models = models
         self._lock = threading.Lock()
+        #: Payload indexes serve filters on a server; the embedded mode has none (the client warns).
+        self._payload_indexes = config.url is not None
+        #: Set once :meth:`add` has created the payload indexes (idempotent, so once per process).
+        self._indexed = False
+        #: Set once the collection was seen to hold no point without the filter keys.
+        self._filterable = False
         if config.url is not None:
             self._client = _server_client(config)
         else:
@@ -165,22 +197,61 @@ class QdrantGallery:
             raise DataError(f"add: {len(ids)} ids, {len(vectors)} vectors and {len(rows)} rows; one of each per image")
         if any(int(i) < 0 for i in ids):
             raise DataError("add: image ids are non-negative integers")
+        self._index_filter_keys()
         for start in range(0, len(ids), UPSERT_BATCH):
             batch = self._models.Batch(
                 ids=[int(i) for i in ids[start : start + UPSERT_BATCH]],
                 vectors=vectors[start : start + UPSERT_BATCH].tolist(),
-                payloads=[dict(r) for r in rows[start : start + UPSERT_BATCH]],
+                payloads=[filter_payload(r) for r in rows[start : start + UPSERT_BATCH]],
             )
             self._call(lambda batch=batch: self._client.upsert(self.config.collection, points=batch, wait=True))
 
+    def _index_filter_keys(self) -> None:
+        """Payload indexes of the keys filters read: a filter is then an index lookup, and
+        Qdrant's planner can search a small kept set exactly instead of through the graph.
+
+        A fixed set whatever the fields are (:data:`FIELDS_KEY` is one array for all of them).
+        ``path`` is indexed too, as the index's own database does: one keyword per image.
+        """
+        if self._indexed or not self._payload_indexes:
+            return
+        schema = self._models.PayloadSchemaType
+        keys = {
+            "label": schema.KEYWORD,
+            "path": schema.KEYWORD,
+            f"{FIELDS_KEY}[].name": schema.KEYWORD,
+            f"{FIELDS_KEY}[].text": schema.KEYWORD,
+            f"{FIELDS_KEY}[].num": schema.FLOAT,
+            FORMAT_KEY: schema.INTEGER,
+        }
+        for key, kind in keys.items():
+            self._call(
+                lambda key=key, kind=kind: self._client.create_payload_index(
+                    self.config.collection, key, field_schema=kind, wait=True
+                )
+            )
+        self._indexed = True
+
     def ids(self) -> set[int]:
         """Every image id the collection holds (scrolled in pages, without vectors or payloads)."""
+        return self._scroll_ids(None)
+
+    def unfilterable_ids(self) -> set[int]:
+        """Ids of the points written before filters existed (no :data:`FORMAT_KEY`): push_index rewrites them."""
+        return self._scroll_ids(self._old_points())
+
+    def _old_points(self) -> Any:
+        models = self._models
+        return models.Filter(must=[models.IsEmptyCondition(is_empty=models.PayloadField(key=FORMAT_KEY))])
+
+    def _scroll_ids(self, scroll_filter: Any) -> set[int]:
         found: set[int] = set()
         offset = None
         while True:
             points, offset = self._call(
                 lambda offset=offset: self._client.scroll(
                     self.config.collection,
+                    scroll_filter=scroll_filter,
                     limit=UPSERT_BATCH * 4,
                     offset=offset,
                     with_payload=False,
@@ -197,25 +268,91 @@ class QdrantGallery:
         if selector.points:
             self._call(lambda: self._client.delete(self.config.collection, points_selector=selector, wait=True))
 
-    def search(self, queries: np.ndarray, k: int) -> list[list[tuple[int, float, dict[str, Any]]]]:
-        """``(id, cosine, metadata row)`` of the top ``k`` of each query (``(n, D)``), best first."""
+    def search(
+        self, queries: np.ndarray, k: int, filters: Sequence[Filter] = ()
+    ) -> list[list[tuple[int, float, dict[str, Any]]]]:
+        """``(id, cosine, metadata row)`` of the top ``k`` of each query (``(n, D)``), best first.
+
+        ``filters`` (ANDed) go with each request, so Qdrant returns the top ``k`` among the images
+        they keep, as the index's own search does, not a filtered top ``k`` of all images.
+        """
+        self.check_filters(filters)
+        query_filter = qdrant_filter(filters, self._models) if filters else None
         requests = [
-            self._models.QueryRequest(query=q.tolist(), limit=k, with_payload=True)
+            self._models.QueryRequest(query=q.tolist(), limit=k, filter=query_filter, with_payload=self._user_payload())
             for q in np.asarray(queries, dtype=np.float32)
         ]
         if not requests:
             return []
         responses = self._call(lambda: self._client.query_batch_points(self.config.collection, requests=requests))
-        return [[(int(p.id), float(p.score), dict(p.payload or {})) for p in r.points] for r in responses]
+        return [[(int(p.id), float(p.score), _user_row(p.payload)) for p in r.points] for r in responses]
+
+    def check_filters(self, filters: Sequence[Filter]) -> None:
+        """Refuse what the index's own database refuses (an unknown field, a range on ``label``
+        or ``path``), and a collection pushed before filters existed: its points lack the keys
+        filters read, so a filter would keep none of them without a word."""
+        if not filters:
+            return
+        self._check_filterable()
+        name = self.config.collection
+        check_fields(filters, self._has_field, self._field_names, where=f"Qdrant collection {name!r}")
+
+    def _check_filterable(self) -> None:
+        """One point without :data:`FORMAT_KEY` is enough to refuse; checked until it passes once
+        (a push only ever adds the key: :func:`push_index` rewrites the points without it)."""
+        if self._filterable:
+            return
+        old, _ = self._call(
+            lambda: self._client.scroll(
+                self.config.collection, scroll_filter=self._old_points(), limit=1, with_payload=False
+            )
+        )
+        if old:
+            raise DataError(
+                f"{self.config.address}: Qdrant collection {self.config.collection!r} was pushed before "
+                f"filters were supported (image {old[0].id} has no filter keys); push it again to filter it: "
+                f"{self._push_command()}"
+            )
+        self._filterable = True
+
+    def _push_command(self) -> str:
+        """The command that rewrites this collection's points (``dva index`` with only ``--out`` embeds nothing)."""
+        if self.config.url is not None:
+            where = f"INDEX_DIR --backend qdrant --qdrant-url {self.config.url}"
+        elif self.config.path is not None and self.config.path.name == EMBEDDED_FOLDER:
+            where = f"{self.config.path.parent} --backend qdrant"
+        else:
+            return "push_index(GalleryIndex.load(INDEX_DIR), gallery)"
+        collection = "" if self.config.collection == DEFAULT_COLLECTION else f" --collection {self.config.collection}"
+        return f"dva index --out {where}{collection}"
+
+    def _has_field(self, name: str) -> bool:
+        models = self._models
+        named = models.Filter(must=[_nested(models, models.Filter(must=[_is_field(models, name)]))])
+        points, _ = self._call(
+            lambda: self._client.scroll(self.config.collection, scroll_filter=named, limit=1, with_payload=False)
+        )
+        return bool(points)
+
+    def _field_names(self) -> list[str]:
+        """The extra fields the collection's images have (for the error that names an unknown one)."""
+        facet = self._call(
+            lambda: self._client.facet(self.config.collection, f"{FIELDS_KEY}[].name", limit=FIELD_NAMES_SHOWN)
+        )
+        return sorted(str(hit.value) for hit in facet.hits)
+
+    def _user_payload(self) -> Any:
+        """The payload without the derived keys: less to send, and results look as before filters."""
+        return self._models.PayloadSelectorExclude(exclude=list(DERIVED_KEYS))
 
     def get(self, image_id: int) -> dict[str, Any] | None:
         """The metadata row of ``image_id``, or None when the collection does not hold it."""
         found = self._call(
             lambda: self._client.retrieve(
-                self.config.collection, ids=[int(image_id)], with_payload=True, with_vectors=False
+                self.config.collection, ids=[int(image_id)], with_payload=self._user_payload(), with_vectors=False
             )
         )
-        return dict(found[0].payload or {}) if found else None
+        return _user_row(found[0].payload) if found else None
 
     def describe(self) -> dict[str, Any]:
         """What ``GET /healthz`` and ``dva search --json`` report (the API key never appears)."""
@@ -259,6 +396,67 @@ class QdrantGallery:
             raise DatabaseUnavailable(f"{address}: Qdrant request failed ({e})") from None
 
 
+def filter_payload(row: dict[str, Any]) -> dict[str, Any]:
+    """The payload of one image: its metadata row, plus the keys filters read.
+
+    :data:`FIELDS_KEY` holds ``(text, number)`` pairs of each extra field from
+    :func:`~dva.index.filters.field_values`, the function that fills the index's own ``fields``
+    table: Qdrant then keeps exactly the images SQLite keeps (a range needs a number in the
+    payload, a keyword match compares exact text, so the raw value would not do).
+    """
+    reserved = [key for key in DERIVED_KEYS if key in row]
+    if reserved:
+        raise DataError(f"metadata field {reserved[0]!r}: the name is reserved for the Qdrant backend's filters")
+    values = [
+        {"name": name, "text": text, **({} if number is None else {"num": number})}
+        for name, value in row.items()
+        if name not in BUILTIN_FIELDS
+        for text, number in field_values(value)
+    ]
+    return {**row, FIELDS_KEY: values, FORMAT_KEY: FILTER_FORMAT}
+
+
+def qdrant_filter(filters: Sequence[Filter], models: Any) -> Any:
+    """One Qdrant filter keeping what :func:`~dva.index.filters.filter_sql` keeps for every filter (AND)."""
+    return models.Filter(must=[_condition(f, models) for f in filters])
+
+
+def _condition(f: Filter, models: Any) -> Any:
+    """``label``/``path``: the payload's own text. An extra field: one of its
+    :data:`FIELDS_KEY` objects (the same one for name and value, hence nested) has the name and
+    the text, or a number equal to the value read as one, or a number in the range."""
+    if f.field in BUILTIN_FIELDS:
+        return models.FieldCondition(key=f.field, match=models.MatchAny(any=list(f.values)))
+    if f.values:
+        numbers = [n for n in (maybe_number(v) for v in f.values) if n is not None]
+        text = models.FieldCondition(key="text", match=models.MatchAny(any=list(f.values)))
+        equal = [models.FieldCondition(key="num", range=models.Range(gte=n, lte=n)) for n in numbers]
+        return _nested(models, models.Filter(must=[_is_field(models, f.field)], should=[text, *equal]))
+    bounds = models.Range(
+        gte=f.low if f.low_inclusive else None,
+        gt=None if f.low_inclusive else f.low,
+        lte=f.high if f.high_inclusive else None,
+        lt=None if f.high_inclusive else f.high,
+    )
+    return _nested(
+        models, models.Filter(must=[_is_field(models, f.field), models.FieldCondition(key="num", range=bounds)])
+    )
+
+
+def _is_field(models: Any, name: str) -> Any:
+    return models.FieldCondition(key="name", match=models.MatchValue(value=name))
+
+
+def _nested(models: Any, inner: Any) -> Any:
+    """A condition that one element of :data:`FIELDS_KEY` meets as a whole."""
+    return models.NestedCondition(nested=models.Nested(key=FIELDS_KEY, filter=inner))
+
+
+def _user_row(payload: dict[str, Any] | None) -> dict[str, Any]:
+    """The metadata row as pushed, whatever the server sent back."""
+    return {key: value for key, value in (payload or {}).items() if key not in DERIVED_KEYS}
+
+
 def check_server(config: QdrantConfig) -> None:
     """Fail now, not after hours of embedding, when a server cannot be reached or refuses the key."""
     if config.url is None:
@@ -291,7 +489,8 @@ def push_index(
     """Make ``gallery`` hold exactly ``index``'s images, by their stable ids.
 
     Points whose id the index no longer holds (removed, or re-embedded under a new id) are
-    deleted; images the collection lacks are upserted with their embedding and metadata row.
+    deleted; images the collection lacks are upserted with their embedding and metadata row,
+    and so are points pushed before filters existed (they lack the keys filters read).
     ``refresh``: upsert every image, for updates that keep an id but change its label or fields.
     Idempotent: the index directory is the source of truth, so a push after a failed one, or
     into a new collection, completes it. Returns the number of images upserted.
@@ -301,6 +500,7 @@ def push_index(
     wanted = np.asarray(index.ids, dtype=np.int64)
     held = gallery.ids()
     gallery.remove(sorted(held - set(wanted.tolist())))
+    held -= gallery.unfilterable_ids()
     positions = [p for p, i in enumerate(wanted.tolist()) if refresh or i not in held]
     for first in range(0, len(positions), UPSERT_BATCH):
         chunk = positions[first : first + UPSERT_BATCH]

@@ -394,9 +394,13 @@ def _parse_filters(texts: list[str], searcher: Searcher) -> list[Filter]:
         raise HTTPException(422, f"at most {MAX_FILTERS} filters, got {len(texts)}")
     try:
         filters = parse_filters([t for t in texts if t.strip()])
-        if filters and searcher.backend is not None:
-            raise DataError("filters need the index's own metadata database: not with a vector database backend")
-        searcher.index.db.check_fields(filters)  # an unknown field is an error, not an empty answer
+        # an unknown field is an error, not an empty answer, in whichever database is searched
+        if searcher.backend is not None:
+            searcher.backend.check_filters(filters)
+        else:
+            searcher.index.db.check_fields(filters)
+    except DatabaseUnavailable:
+        raise  # answered 503: not the query's fault
     except DataError as e:
         raise HTTPException(422, str(e)) from None
     return filters
