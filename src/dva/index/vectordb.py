@@ -316,7 +316,8 @@ class QdrantGallery:
         self._filterable = True
 
     def _push_command(self) -> str:
-        """The command that rewrites this collection's points (``dva index`` with only ``--out`` embeds nothing)."""
+        """The command that rewrites this collection's points: ``dva index`` again on the same
+        gallery (the index is unchanged, so nothing is embedded; the push rewrites old points)."""
         if self.config.url is not None:
             where = f"INDEX_DIR --backend qdrant --qdrant-url {self.config.url}"
         elif self.config.path is not None and self.config.path.name == EMBEDDED_FOLDER:
@@ -324,7 +325,7 @@ class QdrantGallery:
         else:
             return "push_index(GalleryIndex.load(INDEX_DIR), gallery)"
         collection = "" if self.config.collection == DEFAULT_COLLECTION else f" --collection {self.config.collection}"
-        return f"dva index --out {where}{collection}"
+        return f"dva index --images GALLERY --out {where}{collection} (GALLERY: the folder or list it was built from)"
 
     def _has_field(self, name: str) -> bool:
         models = self._models

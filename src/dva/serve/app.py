@@ -112,7 +112,7 @@ class SearchResponse(BaseModel):
     took_ms: float
 
 
-#: Filters one request may send (each is one indexed SQL lookup).
+#: Filters one request may send (each is one indexed SQL lookup, or one Qdrant condition).
 MAX_FILTERS = 16
 FILTER_HELP = (
     "Keep only matching images; repeat for AND: label=Cardinal, label in A,B, year>=2000, price<10, "
