@@ -178,7 +178,7 @@ def index(
             **build,
             **embed,
         )
-    pushed = _push(out, report, backend, qdrant_url, collection) if backend != "faiss" or qdrant_url else None
+    pushed = _push(out, backend, qdrant_url, collection) if backend != "faiss" or qdrant_url else None
     if json_out:
         print_json({**report.to_dict(), **({} if pushed is None else {"vectordb": pushed})})
         return
@@ -214,7 +214,11 @@ def index(
         dead = "over half the stored vectors were dead"
         print(f"compacted the shards ({dead}): {report.reclaimed_bytes} bytes reclaimed")
     if pushed is not None:
-        print(f"{pushed['pushed']} images upserted into {pushed['factory']} ({pushed['images']} there now)")
+        how = "changes since the last push" if pushed["incremental"] else "every id compared"
+        print(
+            f"{pushed['pushed']} images upserted into {pushed['factory']}, {pushed['deleted']} deleted "
+            f"({how}; {pushed['images']} there now)"
+        )
 
 
 def _compact(out: Path | None, alone: bool, json_out: bool) -> None:
@@ -236,15 +240,23 @@ def _compact(out: Path | None, alone: bool, json_out: bool) -> None:
         )
 
 
-def _push(out: Path, report, backend: str, url: str | None, collection: str) -> dict:
-    """Bring the vector database to the index's images: removals deleted, new images upserted."""
+def _push(out: Path, backend: str, url: str | None, collection: str) -> dict:
+    """Bring the vector database to the index's images: removals deleted, new, re-embedded and
+    relabelled images upserted (only the changes since the last push when the collection says
+    which version it holds: no ``refresh`` is needed for relabels)."""
     from dva.index import GalleryIndex
     from dva.index.vectordb import push_index
 
     gallery = open_backend(out, backend, url, collection, create=True)
     try:
-        pushed = push_index(GalleryIndex.load(out), gallery, refresh=report.updated > 0)
-        return {**gallery.describe(), "pushed": pushed, "images": len(gallery)}
+        pushed = push_index(GalleryIndex.load(out), gallery)
+        return {
+            **gallery.describe(),
+            "pushed": pushed.upserted,
+            "deleted": pushed.deleted,
+            "incremental": pushed.incremental,
+            "images": len(gallery),
+        }
     finally:
         gallery.close()
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ from dva.index.store import (
     commit_version,
     gather_vectors,
     in_snapshot,
+    index_identity,
     is_index_dir,
     read_manifest,
     remove_stale_files,
@@ -342,6 +344,7 @@ def _create(
         rows = [_tagged(_new_row(items[i], j, 1, j), tags.get(j)) for j, i in enumerate(embeddings.indices.tolist())]
         manifest = {
             "version": 1,
+            "uuid": uuid.uuid4().hex,  # tells this index from others (a Qdrant collection's sync marker)
             "dva_version": __version__,
             "embed_dim": int(embeddings.vectors.shape[1]),
             "model": {**model.describe(), "fingerprint": model.fingerprint()},
@@ -477,6 +480,7 @@ def _update(
         added = sum(1 for i in embeddings.indices.tolist() if i < len(plan.new))
         new_manifest = {
             **manifest,
+            "uuid": index_identity(manifest) or uuid.uuid4().hex,  # indexes made before it existed get one now
             "version": version + 1,
             "settings": settings,
             "next_id": next_id,

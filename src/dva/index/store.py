@@ -225,6 +225,24 @@ class IndexDB:
         """A filter on a field no image has is a mistake (a typo), not an empty answer: one line naming it."""
         check_fields(filters, self.has_field, self.field_names)
 
+    def added_since(self, since: int, version: int) -> list[int]:
+        """Ids of ``version``'s rows added after version ``since``: new images, re-embedded ones
+        (new ids), and relabelled ones (:meth:`apply` retires the old row and adds one with the
+        same id). Always complete: the rows a version shows are never purged."""
+        sql = f"SELECT id FROM images i WHERE {visible(version)} AND i.added > {int(since)} ORDER BY id"
+        return [int(i) for (i,) in self.query(sql)]
+
+    def gone_since(self, since: int, version: int) -> list[int]:
+        """Ids of rows retired after version ``since`` that ``version`` no longer shows: removed
+        images, and the old ids of re-embedded ones. Complete only while every row retired
+        after ``since`` is still here (:meth:`purge`): :func:`diffable_since` says from when."""
+        s, v = int(since), int(version)
+        sql = (
+            f"SELECT DISTINCT id FROM images i WHERE i.removed > {s} AND i.removed <= {v} "
+            f"AND id NOT IN (SELECT id FROM images j WHERE {visible(v, 'j')})"
+        )
+        return sorted(int(i) for (i,) in self.query(sql))
+
     def max_version(self) -> int:
         ((added, removed),) = self.query("SELECT max(added), max(removed) FROM images")
         return max(added or 0, removed or 0)
@@ -290,6 +308,23 @@ class IndexDB:
             f"FROM images i WHERE {visible(version)}"
         )
         return int(inside_count), int(outside_count)
+
+
+def diffable_since(version: int) -> int:
+    """The oldest version ``since`` for which :meth:`IndexDB.gone_since` is complete at ``version``.
+
+    :meth:`IndexDB.purge` deletes the rows retired at or before its bound, and committing
+    version v purges with a bound of at most v - 1 (:func:`commit_version` refuses more): the
+    rows retired by versions after v - 1 are all kept. Older versions' may be gone.
+    """
+    return int(version) - 1
+
+
+def index_identity(manifest: dict[str, Any]) -> str | None:
+    """The random id an index gets when it is created (``manifest["uuid"]``), None for an index
+    made before dva recorded one (it gets one at its next update). A copy of the folder keeps it."""
+    value = manifest.get("uuid")
+    return value if isinstance(value, str) and value else None
 
 
 def in_snapshot(snapshot: dict[str, Any], shard: int, row: int) -> bool:
@@ -551,6 +586,9 @@ def commit_version(
     reader of version r still filters correctly while rows retired after r are kept.
     """
     version = int(manifest["version"])
+    purge_before = version - 1 if purge_before is None else purge_before
+    if purge_before > diffable_since(version):  # pushes rely on the rows retired since then (diffable_since)
+        raise ValueError(f"purge_before={purge_before}: rows retired by version {version} must be kept")
     previous = manifest.get("files") or {"shards": [], "faiss": None}
     written: list[Path] = []
     try:
@@ -580,7 +618,7 @@ def commit_version(
             db.rollback_to(version - 1)
         raise
     remove_stale_files(path, keep=set(manifest["files"]["shards"]) | {faiss_file})
-    db.purge(before=version - 1 if purge_before is None else purge_before)
+    db.purge(before=purge_before)
     return manifest
 
 

@@ -43,6 +43,7 @@ import numpy as np
 
 from dva.errors import ConfigError, DataError, MissingDependency
 from dva.index.filters import BUILTIN_FIELDS, Filter, check_fields, field_values, maybe_number
+from dva.index.store import diffable_since, index_identity
 
 if TYPE_CHECKING:
     from dva.index.store import GalleryIndex
@@ -66,6 +67,10 @@ FORMAT_KEY = "_dva_format"
 FILTER_FORMAT = 1
 #: What :meth:`QdrantGallery.add` adds to a metadata row, and search and get strip again.
 DERIVED_KEYS = (FIELDS_KEY, FORMAT_KEY)
+#: Key of the collection's metadata that says which index version the points mirror:
+#: ``{"index": manifest["uuid"], "version": v}`` (:func:`push_index`). Collection metadata,
+#: not a point: it never shows in search, count, get or scroll.
+SYNC_KEY = "dva_sync"
 #: Field names listed by the error for an unknown field, at most.
 FIELD_NAMES_SHOWN = 1000
 T = TypeVar("T")
@@ -148,6 +153,9 @@ class QdrantGallery:
         self._indexed = False
         #: Set once the collection was seen to hold no point without the filter keys.
         self._filterable = False
+        #: Whether the collection may carry a sync marker that :meth:`add` or :meth:`remove`
+        #: would make false (cleared by the first of them, set again by :meth:`mark_synced`).
+        self._maybe_marked = True
         if config.url is not None:
             self._client = _server_client(config)
         else:
@@ -189,7 +197,16 @@ class QdrantGallery:
         return int(self._call(lambda: self._client.count(self.config.collection, exact=True)).count)
 
     def add(self, ids: Sequence[int], vectors: np.ndarray, rows: Sequence[dict[str, Any]]) -> None:
-        """Upsert images ``ids`` (an id already there is replaced) with their embeddings and metadata rows."""
+        """Upsert images ``ids`` (an id already there is replaced) with their embeddings and metadata rows.
+
+        The collection then no longer equals an index version: its sync marker is dropped, so
+        the next :func:`push_index` compares every id instead of trusting the marker.
+        """
+        self._unmark()
+        self._upsert(ids, vectors, rows)
+
+    def _upsert(self, ids: Sequence[int], vectors: np.ndarray, rows: Sequence[dict[str, Any]]) -> None:
+        """:meth:`add` without touching the sync marker (:func:`push_index` writes it itself)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if vectors.ndim != 2 or vectors.shape[1] != self.embed_dim:
             raise DataError(f"vectors must have shape (n, {self.embed_dim}), got {vectors.shape}")
@@ -263,7 +280,15 @@ class QdrantGallery:
                 return found
 
     def remove(self, ids: Iterable[int]) -> None:
-        """Delete images ``ids`` (ids that are not there are ignored); other ids do not change."""
+        """Delete images ``ids`` (ids that are not there are ignored); other ids do not change.
+
+        Drops the sync marker, as :meth:`add` does: the next push puts back what the index holds.
+        """
+        self._unmark()
+        self._delete(ids)
+
+    def _delete(self, ids: Iterable[int]) -> None:
+        """:meth:`remove` without touching the sync marker."""
         selector = self._models.PointIdsList(points=[int(i) for i in ids])
         if selector.points:
             self._call(lambda: self._client.delete(self.config.collection, points_selector=selector, wait=True))
@@ -296,6 +321,37 @@ class QdrantGallery:
         self._check_filterable()
         name = self.config.collection
         check_fields(filters, self._has_field, self._field_names, where=f"Qdrant collection {name!r}")
+
+    def sync_marker(self) -> dict[str, Any] | None:
+        """``{"index": uuid, "version": v}``: the index version the points equal, as the last
+        complete :func:`push_index` recorded it; None when no push recorded one (or it was dropped)."""
+        info = self._call(lambda: self._client.get_collection(self.config.collection))
+        marker = (info.config.metadata or {}).get(SYNC_KEY)
+        if not isinstance(marker, dict) or not isinstance(marker.get("index"), str):
+            return None
+        if not isinstance(marker.get("version"), int):
+            return None
+        return marker
+
+    def mark_synced(self, index_id: str, version: int) -> None:
+        """Record that the points now equal version ``version`` of index ``index_id``."""
+        self._set_marker({"index": index_id, "version": int(version)})
+        self._maybe_marked = True
+
+    def drop_marker(self) -> None:
+        """Forget which version the points equal (a null removes a metadata key)."""
+        self._set_marker(None)
+        self._maybe_marked = False
+
+    def _set_marker(self, marker: dict[str, Any] | None) -> None:
+        name = self.config.collection
+        self._call(lambda: self._client.update_collection(name, metadata={SYNC_KEY: marker}))
+
+    def _unmark(self) -> None:
+        """Drop the marker before the first change made outside :func:`push_index` (once: one
+        request per gallery object, not per call)."""
+        if self._maybe_marked:
+            self.drop_marker()
 
     def _check_filterable(self) -> None:
         """One point without :data:`FORMAT_KEY` is enough to refuse; checked until it passes once
@@ -484,28 +540,118 @@ def embedded_config(index_dir: str | Path, collection: str = DEFAULT_COLLECTION)
     return QdrantConfig(path=Path(index_dir) / EMBEDDED_FOLDER, collection=collection)
 
 
+@dataclass(frozen=True)
+class PushReport:
+    """What :func:`push_index` did."""
+
+    #: Images written (embedding and metadata row).
+    upserted: int
+    #: Points deleted: images the index no longer holds.
+    deleted: int
+    #: True when only the changes since the collection's recorded version were sent; False for
+    #: a comparison of every id (no usable marker, ``refresh``, or a count that did not match).
+    incremental: bool
+
+
 def push_index(
     index: GalleryIndex, gallery: QdrantGallery, *, refresh: bool = False, progress: Callable[[int], None] | None = None
-) -> int:
-    """Make ``gallery`` hold exactly ``index``'s images, by their stable ids.
+) -> PushReport:
+    """Make ``gallery`` hold exactly ``index``'s images, by their stable ids, with their current
+    embeddings and metadata rows.
 
-    Points whose id the index no longer holds (removed, or re-embedded under a new id) are
-    deleted; images the collection lacks are upserted with their embedding and metadata row,
-    and so are points pushed before filters existed (they lack the keys filters read).
-    ``refresh``: upsert every image, for updates that keep an id but change its label or fields.
-    Idempotent: the index directory is the source of truth, so a push after a failed one, or
-    into a new collection, completes it. Returns the number of images upserted.
+    The collection's sync marker (:data:`SYNC_KEY`, in its metadata) names the index
+    (``manifest["uuid"]``) and a version P: the points are that version's, plus perhaps part of
+    the changes after it (a push that died). The rows added after P (new, re-embedded and
+    relabelled images) and the ids retired after P are what must change.
+
+    **Incremental** when P is this index's and its SQLite still holds the rows retired since
+    (P >= v - 1, :func:`~dva.index.store.diffable_since`: a push after each update): those
+    rows are upserted and those ids deleted, without reading the collection's ids, so a push
+    costs what the update changed. The collection's count must then equal the index's, else
+    the full comparison below runs too (points changed by hand, a copy of the index directory).
+
+    **Full** otherwise: every point id is scrolled, ids the index lacks are deleted, and images
+    the collection lacks are upserted, as are points pushed before filters existed (they lack
+    the keys filters read) and the rows added after P (all of them for another index's
+    collection, a P newer than the index, or ``refresh``; none without a marker, as before
+    markers existed: use ``refresh`` once after changing points by hand).
+
+    The marker is written last, once the points are right; a push that dies midway leaves a
+    marker that still holds (or one naming this index at "version -1": rewrite every row), so
+    the next push redoes the work. Idempotent: the index directory is the source of truth.
     """
     if index.embed_dim != gallery.embed_dim:
         raise DataError(f"{index.path}: {index.embed_dim}-d embeddings, the collection holds {gallery.embed_dim}-d")
-    wanted = np.asarray(index.ids, dtype=np.int64)
+    identity = index_identity(index.manifest) if index.format_version >= 2 else None
+    marker = gallery.sync_marker()
+    since = _mirrored_since(marker, identity, index.version)
+    if refresh or (marker is not None and since is None):  # nothing the points hold can be trusted
+        since = -1
+        _mark_or_drop(gallery, identity, -1, marker)  # a push that dies now must not trust the old marker
+    upserted = deleted = 0
+    if since is not None and since >= max(0, diffable_since(index.version)):
+        upserted, deleted = _push_changes(index, gallery, since, progress)
+        if len(gallery) == len(index):
+            if since != index.version:
+                gallery.mark_synced(str(identity), index.version)
+            return PushReport(upserted, deleted, incremental=True)
+    full_upserted, full_deleted = _push_all(index, gallery, since, progress)
+    if identity is not None:
+        gallery.mark_synced(identity, index.version)
+    return PushReport(upserted + full_upserted, deleted + full_deleted, incremental=False)
+
+
+def _mirrored_since(marker: dict[str, Any] | None, identity: str | None, version: int) -> int | None:
+    """The version P the marker says the points are (changes after it maybe in part), when it
+    can be trusted: this index's, and not newer than the index (a restored older copy)."""
+    if marker is None or identity is None or marker["index"] != identity:
+        return None
+    since = int(marker["version"])
+    return since if -1 <= since <= version else None
+
+
+def _mark_or_drop(gallery: QdrantGallery, identity: str | None, version: int, marker: dict[str, Any] | None) -> None:
+    if identity is not None:
+        gallery.mark_synced(identity, version)
+    elif marker is not None:
+        gallery.drop_marker()
+
+
+def _push_changes(
+    index: GalleryIndex, gallery: QdrantGallery, since: int, progress: Callable[[int], None] | None
+) -> tuple[int, int]:
+    """Delete the ids retired since version ``since``, upsert the rows added since: ``(upserted, deleted)``."""
+    written, gone = index.db.added_since(since, index.version), index.db.gone_since(since, index.version)
+    gallery._delete(gone)
+    _upsert_positions(index, gallery, [index.position(i) for i in written], progress)
+    return len(written), len(gone)
+
+
+def _push_all(
+    index: GalleryIndex, gallery: QdrantGallery, since: int | None, progress: Callable[[int], None] | None
+) -> tuple[int, int]:
+    """Compare every id of the collection with the index's, and upsert the rows added after
+    ``since`` (visible rows are never purged, so these are known whatever the history):
+    ``(upserted, deleted)``."""
+    wanted = index.ids.tolist()
     held = gallery.ids()
-    gallery.remove(sorted(held - set(wanted.tolist())))
+    stale = sorted(held - set(wanted))
+    gallery._delete(stale)
     held -= gallery.unfilterable_ids()
-    positions = [p for p, i in enumerate(wanted.tolist()) if refresh or i not in held]
+    if since is not None:
+        held -= set(index.db.added_since(since, index.version))
+    positions = [p for p, i in enumerate(wanted) if i not in held]
+    _upsert_positions(index, gallery, positions, progress)
+    return len(positions), len(stale)
+
+
+def _upsert_positions(
+    index: GalleryIndex, gallery: QdrantGallery, positions: Sequence[int], progress: Callable[[int], None] | None
+) -> None:
+    """Upsert the images at ``positions`` of ``index``, a batch at a time (the embeddings may be memory-mapped)."""
+    ids = np.asarray(index.ids, dtype=np.int64)
     for first in range(0, len(positions), UPSERT_BATCH):
-        chunk = positions[first : first + UPSERT_BATCH]
-        gallery.add(wanted[chunk].tolist(), np.asarray(index.embeddings[chunk]), [index.rows[p] for p in chunk])
+        chunk = list(positions[first : first + UPSERT_BATCH])
+        gallery._upsert(ids[chunk].tolist(), np.asarray(index.embeddings[chunk]), [index.rows[p] for p in chunk])
         if progress is not None:
             progress(len(chunk))
-    return len(positions)
