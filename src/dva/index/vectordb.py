@@ -14,8 +14,10 @@ The contract, like the FAISS file's: one collection per index, **point id = imag
 index directory (its row number), **vector = its embedding** (cosine distance), **payload = its
 metadata row** (``{"path", "label", ...extra fields}``). The index directory stays the source of
 truth: :func:`push_index` (``dva index --backend qdrant``) upserts its rows, and re-running it
-rebuilds a lost or partial collection. Searches return the payload with each hit, so a serving
-machine needs the model, not the gallery's embeddings.
+rebuilds a lost or partial collection. The collection's metadata records the index version it
+mirrors (:data:`SYNC_KEY`), so a push after an update sends only what the update changed.
+Searches return the payload with each hit, so a serving machine needs the model, not the
+gallery's embeddings.
 
 Filters (``dva search --filter``) keep exactly the images the index's own database keeps:
 :meth:`QdrantGallery.add` writes, beside the payload users get back, one object per value of
