@@ -25,15 +25,13 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import sys
 from pathlib import Path
 
+from framing_shift import metrics_on
 from quality import SHARED
 
-from dva._io import atomic_write_json
 from dva.data import load_catalog, make_split
-from dva.evaluate import evaluate_side
 from dva.opa.test_time import discriminative_views
 from dva.runs import Run
 
@@ -57,32 +55,16 @@ def main() -> None:
     print("| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for run_dir in run_dirs:
         run = Run(run_dir)
-        config = run.config
-        model = None
         cells = []
         for setting in ["trained", "opa", *map(str, resizes)]:
+            view, resize = None, None
+            if setting == "opa":
+                view, counts = discriminative_views(args.boxes, val, run.config, root=args.data, dataset="cub100")
+                print(f"{run_dir.name}: test-time views {counts}", file=sys.stderr)
+            elif setting != "trained":
+                resize = int(setting)
             cache = Path(args.out) / f"{run_dir.name}-{setting}.json"
-            if cache.is_file():
-                metrics = json.loads(cache.read_text(encoding="utf-8"))
-            else:
-                model = model or run.load_model()
-                view = None
-                resize = config.data.resize_size
-                if setting == "opa":
-                    view, counts = discriminative_views(args.boxes, val, config, root=args.data, dataset="cub100")
-                    print(f"{run_dir.name}: test-time views {counts}", file=sys.stderr)
-                elif setting != "trained":
-                    resize = int(setting)
-                metrics = evaluate_side(
-                    model,
-                    val,
-                    img_size=config.model.img_size,
-                    resize_size=resize,
-                    view=view,
-                    num_workers=args.workers,
-                    progress=sys.stderr.isatty(),
-                )
-                atomic_write_json(cache, metrics)
+            metrics = metrics_on(run, val, cache, args.workers, resize_size=resize, view=view)
             cells.append(f"{100 * metrics['recall@1']:.1f} / {100 * metrics['map@r']:.1f}")
         print(f"| {run_dir.name} | " + " | ".join(cells) + " |", flush=True)
 

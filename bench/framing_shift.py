@@ -32,6 +32,7 @@ from quality import FULL_FINE_TUNING, ICA, SHARED, base_config
 from dva._io import atomic_write_json, atomic_write_text
 from dva.config import with_assignments
 from dva.data import SplitSide, data_fingerprint, load_catalog, make_split
+from dva.data.loaders import ImageView
 from dva.errors import ConfigError
 from dva.evaluate import evaluate_side
 from dva.reproduce import DVA, TEST_ORIGINAL, row_config, run_key
@@ -42,8 +43,19 @@ ROWS = (ICA, DVA, FULL_FINE_TUNING)
 METRICS = ("recall@1", "recall@2", "map@r")
 
 
-def metrics_on(run: Run, side: SplitSide, cache: Path, workers: int) -> dict[str, float]:
-    """The finished run's metrics on ``side`` (another copy of its collection), cached in ``cache``."""
+def metrics_on(
+    run: Run,
+    side: SplitSide,
+    cache: Path,
+    workers: int,
+    *,
+    resize_size: int | None = None,
+    view: ImageView | None = None,
+) -> dict[str, float]:
+    """The finished run's metrics on ``side`` (another copy of its collection), cached in ``cache``.
+
+    ``resize_size`` (default: the run's own) and ``view`` change how the images are framed, as in
+    :func:`dva.evaluate.evaluate_side`; give each framing its own ``cache``."""
     if cache.is_file():
         return json.loads(cache.read_text(encoding="utf-8"))
     config = run.config
@@ -51,7 +63,8 @@ def metrics_on(run: Run, side: SplitSide, cache: Path, workers: int) -> dict[str
         run.load_model(),
         side,
         img_size=config.model.img_size,
-        resize_size=config.data.resize_size,
+        resize_size=resize_size or config.data.resize_size,
+        view=view,
         num_workers=workers,
         progress=sys.stderr.isatty(),
     )
