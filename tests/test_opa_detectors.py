@@ -16,7 +16,7 @@ from PIL import Image
 from dva.data.records import ImageRecord
 from dva.errors import ConfigError, DataError
 from dva.opa import Detection, create_detector, list_detectors
-from dva.opa.detectors import prompt_text
+from dva.opa.detectors import detector_options, prompt_text
 from dva.opa.detectors.hf import grounding_prompt
 from dva.opa.detectors.saliency import saliency_box
 
@@ -258,6 +258,30 @@ def test_saliency_box_of_a_diffuse_or_flat_map():
     assert saliency_box(np.full((20, 20), 0.7), 20, 20) is None
 
 
+def test_tighter_saliency_level_keeps_the_brightest_part():
+    heat = np.full((60, 60), 0.1)
+    heat[10:50, 10:50] = 0.5  # the body fills most of a tight crop
+    heat[10:20, 30:45] = 1.0  # the head is the brightest part
+    assert saliency_box(heat, 60, 60).box == pytest.approx((10.0, 10.0, 50.0, 50.0))  # Otsu: the whole bird
+    assert saliency_box(heat, 60, 60, tighten=0.3).box == pytest.approx((10.0, 10.0, 50.0, 50.0))
+    head = saliency_box(heat, 60, 60, tighten=0.5)
+    assert head.box == pytest.approx((30.0, 10.0, 45.0, 20.0))
+    assert head.score == pytest.approx(1.0 - (heat.sum() - 150.0) / (3600 - 150))
+
+
+@pytest.mark.parametrize("tighten", [-0.1, 1.0])
+def test_saliency_tighten_out_of_range_names_the_option(tighten):
+    with pytest.raises(ConfigError, match="tighten must be in \\[0, 1\\)"):
+        create_detector("saliency", tighten=tighten)
+
+
+def test_tighten_reaches_the_detector_from_the_command_line():
+    from dva.cli.opa import cli_detector_options
+
+    assert cli_detector_options(tighten=0.5, detector="saliency") == {"tighten": 0.5}
+    assert "tighten" in detector_options("saliency")
+
+
 @pytest.mark.real_weights
 @pytest.mark.skipif(not CUB100.is_dir(), reason="needs shared/data/cub100")
 def test_saliency_detector_on_a_real_bird():
@@ -269,6 +293,10 @@ def test_saliency_detector_on_a_real_bird():
     x0, y0, x1, y1 = found.box
     assert 0 <= x0 < x1 <= photo.width and 0 <= y0 < y1 <= photo.height
     assert (x1 - x0) * (y1 - y0) > 0.1 * photo.width * photo.height  # a bird, not a speck
+    tight = create_detector("saliency", tighten=0.5)
+    assert tight.settings()["threshold"] != detector.settings()["threshold"] == "otsu"  # caches never mix
+    tx0, ty0, tx1, ty1 = tight.detect(photo, "ignored").box
+    assert (tx1 - tx0) * (ty1 - ty0) <= (x1 - x0) * (y1 - y0)
 
 
 def test_dataset_detector_returns_the_shipped_box(tmp_path):

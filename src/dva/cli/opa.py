@@ -22,6 +22,12 @@ BoxThresholdOpt = typer.Option(None, "--box-threshold", help="groundingdino/owlv
 TextThresholdOpt = typer.Option(None, "--text-threshold", help="groundingdino: minimum text-token score.")
 BoxFileOpt = typer.Option(None, "--box-file", help="boxes detector: your box file (CSV or JSON lines).")
 DetectorDeviceOpt = typer.Option(None, "--detector-device", help="groundingdino/owlv2: auto, cpu, cuda, ...")
+TightenOpt = typer.Option(
+    None,
+    "--tighten",
+    help="saliency: raise Otsu's level toward the heat map's maximum by this fraction in [0, 1) for tighter "
+    "boxes (0: Otsu; docs/opa.md, 'Tighter saliency boxes').",
+)
 
 
 def cli_detector_options(
@@ -31,6 +37,7 @@ def cli_detector_options(
     text_threshold: float | None = None,
     box_file: str | None = None,
     device: str | None = None,
+    tighten: float | None = None,
     data_root: str | None = None,
     detector: str,
 ) -> dict[str, Any]:
@@ -41,6 +48,7 @@ def cli_detector_options(
         "text_threshold": text_threshold,
         "box_file": box_file,
         "device": device,
+        "tighten": tighten,
     }
     options = {k: v for k, v in given.items() if v is not None}
     if detector == "boxes" and data_root:
@@ -66,6 +74,7 @@ def detect(
     text_threshold: float | None = TextThresholdOpt,
     box_file: str | None = BoxFileOpt,
     device: str | None = DetectorDeviceOpt,
+    tighten: float | None = TightenOpt,
     limit: int | None = typer.Option(None, "--limit", help="Detect at most N more images (a trial run)."),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
     json_out: bool = JsonOpt,
@@ -92,6 +101,7 @@ def detect(
         text_threshold=text_threshold,
         box_file=box_file,
         device=device,
+        tighten=tighten,
         data_root=data,
         detector=detector,
     )

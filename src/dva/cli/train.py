@@ -23,6 +23,7 @@ from dva.cli.opa import (
     DetectorDeviceOpt,
     PromptOpt,
     TextThresholdOpt,
+    TightenOpt,
     cli_detector_options,
 )
 from dva.config import (
@@ -97,6 +98,7 @@ def train(
     text_threshold: float | None = TextThresholdOpt,
     box_file: str | None = BoxFileOpt,
     detector_device: str | None = DetectorDeviceOpt,
+    tighten: float | None = TightenOpt,
     min_score: float | None = _field("opa.min_score"),
     config_file: Path | None = typer.Option(
         None, "--config", help="YAML/JSON file with model/data/train/opa sections."
@@ -135,6 +137,7 @@ def train(
             text_threshold=text_threshold,
             box_file=box_file,
             device=detector_device,
+            tighten=tighten,
             data_root=data,
             detector=detector or "",
         )
