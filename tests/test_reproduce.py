@@ -256,7 +256,7 @@ def test_peers_table_shares_ica_and_dva_runs_and_trains_each_peer_as_documented(
     assert len(set(peers.values())) == 6  # VPT-deep with and without BitFit are two runs
     configs = {row.name: row_config(row, base, 0) for row in TABLES["peers"].rows}
     assert configs["VPT-deep + BitFit"].model.method_options == {"num_prompts": 10, "bitfit": True}
-    assert configs["VPT-deep"].train.lr == configs["VPT-deep + BitFit"].train.lr == PROMPT_LR == 3e-3
+    assert configs["VPT-deep"].train.lr == configs["VPT-deep + BitFit"].train.lr == PROMPT_LR == 1e-3
     assert configs["LoRA (q, v; r 16, alpha 8)"].train.lr == configs["ICA"].train.lr
     vptsp = configs["VPTSP-G"].train
     assert (vptsp.optimizer, vptsp.lr, vptsp.proxy_lr, vptsp.weight_decay) == ("sgd", 1e-3, 1e-2, 1e-6)
