@@ -10,6 +10,10 @@ every epoch. Runs are kept under ``--out`` and reused, so an interrupted sweep c
     python bench/lr_sweep.py --method dva --boxes boxes/cub100_train.jsonl --epochs 3 \\
         --variants "transfer=proxy;transfer=teacher;transfer=embedding;transfer=relation"
 
+``--folds 0,1,2,3,4`` repeats every run with another block of ten training classes held out
+(fold 0: classes 40-49, fold 1: 30-39, ... fold 4: 0-9): class-level cross-validation, 3,000
+validation queries over the five folds instead of 600, still without a test image.
+
 ``--set SECTION.FIELD=VALUE`` (repeatable, as ``dva train --set``) changes any other setting of
 every run; ``--also-val ROOT`` also measures each finished run on the validation classes of
 another copy of the collection (bench/zoom_out.py's zoomed-out one), without training on it.
@@ -50,11 +54,11 @@ def variant_name(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "default"
 
 
-def other_val_metrics(run_dir: Path, root: str, workers: int) -> dict[str, float]:
+def other_val_metrics(run_dir: Path, root: str, workers: int, fold: int = 0) -> dict[str, float]:
     """The finished run's metrics on the validation classes of the collection at ``root`` (cached)."""
     from framing_shift import metrics_on
 
-    split = make_split(load_catalog("cub100", root), "open", val_classes=10)
+    split = make_split(load_catalog("cub100", root), "open", val_classes=10, val_fold=fold)
     assert split.val is not None
     return metrics_on(Run(run_dir), split.val, run_dir / "eval" / f"val-{data_fingerprint(split)}.json", workers)
 
@@ -74,6 +78,7 @@ def main() -> None:
     parser.add_argument("--optimizer", default="adam")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
     parser.add_argument("--seeds", default="0")
+    parser.add_argument("--folds", default="0", help="validation folds: blocks of 10 classes from the end (0: 40-49)")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--out", default="bench/results/val", help="runs and sweep.json go here")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.FIELD=VALUE")
@@ -88,13 +93,16 @@ def main() -> None:
         map(float, args.proxy_lrs.split(",")),
         map(float, args.lrs.split(",")),
         map(int, args.seeds.split(",")),
+        map(int, args.folds.split(",")),
     )
-    for options, lambda_dist, proxy_lr, lr, seed in grid:
+    for options, lambda_dist, proxy_lr, lr, seed, fold in grid:
         config = RunConfig(
             model=ModelConfig(
                 backbone=args.backbone, img_size=args.img_size, method=args.method, method_options=dict(options)
             ),
-            data=DataConfig(dataset="cub100", root=args.data, split="open", val_classes=10, num_workers=args.workers),
+            data=DataConfig(
+                dataset="cub100", root=args.data, split="open", val_classes=10, val_fold=fold, num_workers=args.workers
+            ),
             train=TrainConfig(
                 epochs=args.epochs,
                 lr=lr,
@@ -110,6 +118,7 @@ def main() -> None:
         name = (
             f"{args.method}-{variant_name(options).replace('=', '-').replace(',', '_')}-lam{lambda_dist:g}"
             f"-{args.optimizer}-lr{lr:g}-plr{proxy_lr:g}-e{args.epochs}-img{args.img_size}-s{seed}"
+            + (f"-fold{fold}" if fold else "")
         ) + "".join(f"-{a.replace('=', '-')}" for a in args.assignments)
         run_dir = out / "runs" / name
         start = time.perf_counter()
@@ -125,6 +134,7 @@ def main() -> None:
                 "proxy_lr": proxy_lr,
                 "lambda": lambda_dist,
                 "seed": seed,
+                "fold": fold,
                 "val_recall@1": val["recall@1"],
                 "val_map@r": val["map@r"],
                 "val_recall@1_per_epoch": [v["recall@1"] for v in per_epoch],
@@ -133,24 +143,24 @@ def main() -> None:
             }
         )
         if args.also_val:
-            other = other_val_metrics(run_dir, args.also_val, args.workers)
+            other = other_val_metrics(run_dir, args.also_val, args.workers, fold)
             rows[-1]["also_val_recall@1"], rows[-1]["also_val_map@r"] = other["recall@1"], other["map@r"]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
     also = " | also-val R@1 | also-val MAP@R" if args.also_val else ""
     print(
-        f"| method | variant | lambda | lr | proxy lr | seed | val R@1 per epoch | val R@1 | val MAP@R{also} |  "
-        f"(cub100 classes 40-49, {args.epochs} epoch(s), {args.img_size} px; also-val: {args.also_val})"
+        f"| method | variant | lambda | lr | proxy lr | seed | fold | val R@1 per epoch | val R@1 | val MAP@R{also} |  "
+        f"(cub100, validation fold(s) {args.folds}, {args.epochs} epoch(s), {args.img_size} px; also-val: {args.also_val})"
     )
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.also_val else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.also_val else ""))
     for r in rows:
         curve = " / ".join(f"{100 * v:.1f}" for v in r["val_recall@1_per_epoch"])
         extra = ""
         if "also_val_recall@1" in r:
             extra = f" {100 * r['also_val_recall@1']:.1f} | {100 * r['also_val_map@r']:.1f} |"
         print(
-            f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | "
+            f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | {r['fold']} | "
             f"{curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |{extra}"
         )
 

@@ -59,6 +59,31 @@ def test_validation_classes_are_carved_from_training_only(cub_root):
         make_split(load_catalog("cub", cub_root.root), "open", val_classes=3)
 
 
+def test_validation_folds_hold_out_each_block_of_classes_once():
+    from dva.data.records import ImageRecord, SplitSide
+    from dva.data.splits import carve_validation
+
+    names = [f"c{i}" for i in range(6)]
+    side = SplitSide([ImageRecord(Path(f"{c}-{k}.jpg"), c, f"{c}-{k}") for c in range(6) for k in range(2)], names)
+    held_out = []
+    for fold in range(3):
+        train, val = carve_validation(side, 2, fold=fold)
+        held_out += val.class_names
+        assert not set(train.class_names) & set(val.class_names) and len(train) + len(val) == len(side)
+        # labels still index each side's own class names, renumbered 0..k-1
+        for part in (train, val):
+            assert sorted({r.label for r in part.records}) == list(range(part.num_classes))
+            assert all(part.class_names[r.label] == f"c{r.path.stem.split('-')[0]}" for r in part.records)
+    assert held_out == ["c4", "c5", "c2", "c3", "c0", "c1"]  # fold 0 is the last block, as val_classes alone
+    with pytest.raises(DataError, match="val_fold must be between 0 and 2"):
+        carve_validation(side, 2, fold=3)
+
+
+def test_a_validation_fold_needs_a_fold_size(cub_root):
+    with pytest.raises(DataError, match="val_fold=1 needs val_classes"):
+        make_split(load_catalog("cub", cub_root.root), "open", val_fold=1)
+
+
 def test_folder_layout_with_train_and_test(tmp_path):
     for side in ("train", "test"):
         for c in ("b_cls", "a_cls"):

@@ -51,11 +51,15 @@ def test_training_writes_a_complete_run_and_learns(cub_root, tmp_path):
     assert (trained.vectors * frozen.vectors).sum(1).mean() < 0.999
 
 
-def test_validation_side_is_evaluated_each_epoch(tmp_path):
+@pytest.mark.parametrize(("fold", "held_out"), [(0, ["Species_3", "Species_4"]), (1, ["Species_1", "Species_2"])])
+def test_validation_side_is_evaluated_each_epoch(tmp_path, fold, held_out):
     data = write_cub(tmp_path / "cub", num_classes=10)  # open split: 5 training classes, 2 held out
     config = tiny_run_config(data.root, epochs=1)
-    config.data.val_classes = 2
-    Trainer(config, tmp_path / "run", progress=False).fit()
+    config.data.val_classes, config.data.val_fold = 2, fold
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    assert trainer.split.val.class_names == held_out
+    assert not set(trainer.split.train.class_names) & set(held_out)
     epoch = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()][-1]
     assert set(epoch["val"]) >= {"recall@1", "recall@8", "map@r"} and epoch["val"]["images"] == 16
 

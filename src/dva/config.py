@@ -149,6 +149,14 @@ class DataConfig:
     split: str = setting("open", help="open (paper: train on the first half of the classes) or the official split.")
     #: Used for logging and hyper-parameter choice; the test split is never used for selection.
     val_classes: int = setting(0, help="Hold out the last N training classes for validation (never the test split).")
+    #: Class-level cross-validation: fold k holds out the k-th block of ``val_classes`` from the end.
+    #: Identity only when set, so runs made before folds existed keep their names (docs/config.md).
+    val_fold: int = setting(
+        0,
+        help="Which block of val_classes to hold out: 0 the last N training classes, 1 the N before them, ...",
+        identity=WHEN_SET,
+        weights=False,
+    )
     #: Images are resized to ``resize_size`` squared, then cropped to ``ModelConfig.img_size``.
     resize_size: int | None = setting(None, help="Resize before the crop; default keeps the paper's 256/224 ratio.")
     num_workers: int = setting(2, help="DataLoader worker processes.", identity=False)

@@ -59,6 +59,7 @@ def train(
     data: str | None = DataRootOpt,
     split: str | None = SplitOpt,
     val_classes: int | None = _field("data.val_classes"),
+    val_fold: int | None = _field("data.val_fold"),
     backbone: str | None = _field("model.backbone"),
     pretrained: bool | None = _field("model.pretrained", "--pretrained/--no-pretrained"),
     method: str | None = typer.Option(

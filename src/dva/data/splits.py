@@ -5,8 +5,11 @@
   so every test class is unseen in training.
 - ``all``: every image is a test image (out-of-distribution evaluation: NABirds, Aircraft, iNat).
 
-A validation side can be carved from the last training classes (open-set style), for
-choosing hyper-parameters without ever looking at the test classes.
+A validation side can be carved from the training classes (open-set style), for choosing
+hyper-parameters without ever looking at the test classes. By default it is the last N training
+classes; ``val_fold=k`` takes the k-th block of N counted from the end instead, so that folds
+0..(n/N - 1) hold every training class out once (class-level cross-validation: five times the
+validation queries of one fold, still without a test image; docs/opa.md).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dva.errors import DataError
 PROTOCOLS = ("open", "closed", "all")
 
 
-def make_split(catalog: Catalog, protocol: str, *, val_classes: int = 0) -> DataSplit:
+def make_split(catalog: Catalog, protocol: str, *, val_classes: int = 0, val_fold: int = 0) -> DataSplit:
     if protocol == "open":
         n_train = catalog.num_classes // 2
         train = _side(catalog, [r for r in catalog.records if r.label < n_train])
@@ -40,21 +43,37 @@ def make_split(catalog: Catalog, protocol: str, *, val_classes: int = 0) -> Data
         raise DataError(f"{catalog.root}: the {protocol} split of {catalog.name} has no test images")
     split = DataSplit(catalog.name, protocol, train, test)
     if val_classes:
-        split.train, split.val = carve_validation(split.train, val_classes)
+        split.train, split.val = carve_validation(split.train, val_classes, fold=val_fold)
+    elif val_fold:
+        raise DataError(f"val_fold={val_fold} needs val_classes (the size of each fold)")
     return split
 
 
-def carve_validation(side: SplitSide, num_classes: int) -> tuple[SplitSide, SplitSide]:
-    """Move the last ``num_classes`` classes of ``side`` into a validation side."""
+def carve_validation(side: SplitSide, num_classes: int, *, fold: int = 0) -> tuple[SplitSide, SplitSide]:
+    """Move a block of ``num_classes`` classes of ``side`` into a validation side.
+
+    Fold 0 is the last block, fold 1 the block before it, and so on; the classes left for
+    training are renumbered 0..k-1 in their original order, the validation classes 0..N-1.
+    """
     if not 2 <= num_classes < side.num_classes:
         raise DataError(
             f"val_classes must be between 2 and {side.num_classes - 1} (the training side has "
             f"{side.num_classes} classes), got {num_classes}"
         )
-    cut = side.num_classes - num_classes
-    train = [r for r in side.records if r.label < cut]
-    val = [_relabel(r, r.label - cut) for r in side.records if r.label >= cut]
-    return SplitSide(train, side.class_names[:cut]), SplitSide(val, side.class_names[cut:])
+    folds = side.num_classes // num_classes
+    if not 0 <= fold < folds:
+        raise DataError(
+            f"val_fold must be between 0 and {folds - 1} ({side.num_classes} training classes in blocks "
+            f"of val_classes={num_classes}), got {fold}"
+        )
+    end = side.num_classes - fold * num_classes
+    start = end - num_classes
+    held_out = range(start, end)
+    train = [_relabel(r, r.label if r.label < start else r.label - num_classes) for r in side.records
+             if r.label not in held_out]
+    val = [_relabel(r, r.label - start) for r in side.records if r.label in held_out]
+    names = side.class_names
+    return SplitSide(train, names[:start] + names[end:]), SplitSide(val, names[start:end])
 
 
 def _side(catalog: Catalog, records: list[ImageRecord]) -> SplitSide:

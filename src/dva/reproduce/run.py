@@ -244,13 +244,13 @@ class _DataReader:
 
     def __init__(self) -> None:
         self._catalogs: dict[tuple[str, str], Catalog] = {}
-        self._fingerprints: dict[tuple[str, str, str, int], str] = {}
+        self._fingerprints: dict[tuple[str, str, str, int, int], str] = {}
 
-    def _split(self, data: DataConfig, *, val_classes: int = 0) -> DataSplit:
+    def _split(self, data: DataConfig, *, val_classes: int = 0, val_fold: int = 0) -> DataSplit:
         key = (data.dataset, data.root)
         if key not in self._catalogs:
             self._catalogs[key] = load_catalog(data.dataset, data.root)
-        return make_split(self._catalogs[key], data.split, val_classes=val_classes)
+        return make_split(self._catalogs[key], data.split, val_classes=val_classes, val_fold=val_fold)
 
     def test_side(self, data: DataConfig) -> SplitSide:
         """The test images every row is evaluated on."""
@@ -258,9 +258,10 @@ class _DataReader:
 
     def fingerprint(self, data: DataConfig) -> str:
         """:func:`dva.data.data_fingerprint` of the split ``data`` names, as training recorded it."""
-        key = (data.dataset, data.root, data.split, data.val_classes)
+        key = (data.dataset, data.root, data.split, data.val_classes, data.val_fold)
         if key not in self._fingerprints:
-            self._fingerprints[key] = data_fingerprint(self._split(data, val_classes=data.val_classes))
+            split = self._split(data, val_classes=data.val_classes, val_fold=data.val_fold)
+            self._fingerprints[key] = data_fingerprint(split)
         return self._fingerprints[key]
 
 

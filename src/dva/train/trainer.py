@@ -96,7 +96,8 @@ class Trainer:
         self._check_run_dir(resume)
         if self.split is None:
             catalog = load_catalog(self.config.data.dataset, self.config.data.root)
-            self.split = make_split(catalog, self.config.data.split, val_classes=self.config.data.val_classes)
+            data = self.config.data
+            self.split = make_split(catalog, data.split, val_classes=data.val_classes, val_fold=data.val_fold)
         self._record_classes()
         if resume and self.run.config_path.is_file():
             self._check_resume_config()
