@@ -151,7 +151,8 @@ def main() -> None:
     also = " | also-val R@1 | also-val MAP@R" if args.also_val else ""
     print(
         f"| method | variant | lambda | lr | proxy lr | seed | fold | val R@1 per epoch | val R@1 | val MAP@R{also} |  "
-        f"(cub100, validation fold(s) {args.folds}, {args.epochs} epoch(s), {args.img_size} px; also-val: {args.also_val})"
+        f"(cub100, validation fold(s) {args.folds}, {args.epochs} epoch(s), {args.img_size} px; "
+        f"also-val: {args.also_val})"
     )
     print("|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if args.also_val else ""))
     for r in rows:
@@ -160,8 +161,8 @@ def main() -> None:
         if "also_val_recall@1" in r:
             extra = f" {100 * r['also_val_recall@1']:.1f} | {100 * r['also_val_map@r']:.1f} |"
         print(
-            f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | {r['fold']} | "
-            f"{curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |{extra}"
+            f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | "
+            f"{r['fold']} | {curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |{extra}"
         )
 
 

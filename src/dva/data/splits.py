@@ -69,8 +69,11 @@ def carve_validation(side: SplitSide, num_classes: int, *, fold: int = 0) -> tup
     end = side.num_classes - fold * num_classes
     start = end - num_classes
     held_out = range(start, end)
-    train = [_relabel(r, r.label if r.label < start else r.label - num_classes) for r in side.records
-             if r.label not in held_out]
+    train = [
+        _relabel(r, r.label if r.label < start else r.label - num_classes)
+        for r in side.records
+        if r.label not in held_out
+    ]
     val = [_relabel(r, r.label - start) for r in side.records if r.label in held_out]
     names = side.class_names
     return SplitSide(train, names[:start] + names[end:]), SplitSide(val, names[start:end])
