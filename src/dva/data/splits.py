@@ -8,8 +8,8 @@
 A validation side can be carved from the training classes (open-set style), for choosing
 hyper-parameters without ever looking at the test classes. By default it is the last N training
 classes; ``val_fold=k`` takes the k-th block of N counted from the end instead, so that folds
-0..(n/N - 1) hold every training class out once (class-level cross-validation: five times the
-validation queries of one fold, still without a test image; docs/opa.md).
+0..(n/N - 1) hold every training class out once (class-level cross-validation: every training
+image becomes a validation query once, still without a test image; docs/opa.md).
 """
 
 from __future__ import annotations
