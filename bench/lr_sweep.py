@@ -11,7 +11,7 @@ every epoch. Runs are kept under ``--out`` and reused, so an interrupted sweep c
         --variants "transfer=proxy;transfer=teacher;transfer=embedding;transfer=relation"
 
 ``--folds 0,1,2,3,4`` repeats every run with another block of ten training classes held out
-(fold 0: classes 40-49, fold 1: 30-39, ... fold 4: 0-9): class-level cross-validation, 3,000
+(fold 0: classes 40-49, fold 1: 30-39, ... fold 4: 0-9): class-level cross-validation, 2,949
 validation queries over the five folds instead of 600, still without a test image.
 
 ``--set SECTION.FIELD=VALUE`` (repeatable, as ``dva train --set``) changes any other setting of
