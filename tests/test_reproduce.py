@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import QUICK_EPOCH, TINY_BACKBONE, TINY_IMG, run_cli, tiny_run_config
+from conftest import QUICK_EPOCH, TINY_BACKBONE, TINY_IMG, run_cli, tiny_run_config, write_cub
 from test_cli import dva
 
 from dva.data import load_catalog
@@ -280,6 +280,17 @@ def test_a_finished_run_is_reused_for_the_same_images_moved_but_not_for_other_im
     image.write_bytes(image.read_bytes() + b"\0")  # now another collection under the same names
     with pytest.raises(ConfigError, match="trained on other images"):
         run_rows(rows, base, out, **quiet)
+
+
+def test_a_finished_validation_fold_run_is_reused_not_refused(tmp_path):
+    # Training records the fingerprint of the split it trained on; reproduce must rebuild the
+    # same split (fold included) to recognise the run, or it would refuse its own run.
+    base = tiny_run_config(write_cub(tmp_path / "cub", num_classes=10).root, epochs=1)
+    base.data.val_classes, base.data.val_fold = 2, 1  # 5 training classes: 3 train, 2 validate
+    rows = [method_row("ICA", "ica", {})]
+    quiet = {"progress": False, "log": lambda _: None}
+    assert run_rows(rows, base, tmp_path / "out", **quiet)[0].trained_now
+    assert not run_rows(rows, base, tmp_path / "out", **quiet)[0].trained_now
 
 
 def test_finished_runs_keep_their_names():

@@ -3,7 +3,7 @@
 from dva.data.images import ImageDecodeError, load_image
 from dva.data.records import Box, Catalog, DataSplit, ImageRecord, SplitSide, data_fingerprint
 from dva.data.registry import DatasetInfo, get_dataset, list_datasets, load_catalog, read_catalog, register_dataset
-from dva.data.splits import PROTOCOLS, carve_validation, make_split
+from dva.data.splits import PROTOCOLS, carve_validation, make_split, split_from_config
 
 __all__ = [
     "PROTOCOLS",
@@ -21,6 +21,7 @@ __all__ = [
     "load_catalog",
     "load_image",
     "make_split",
+    "split_from_config",
     "read_catalog",
     "register_dataset",
 ]

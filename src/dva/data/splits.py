@@ -14,8 +14,13 @@ image becomes a validation query once, still without a test image; docs/opa.md).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from dva.data.records import Catalog, DataSplit, ImageRecord, SplitSide
 from dva.errors import DataError
+
+if TYPE_CHECKING:
+    from dva.config import DataConfig
 
 PROTOCOLS = ("open", "closed", "all")
 
@@ -47,6 +52,16 @@ def make_split(catalog: Catalog, protocol: str, *, val_classes: int = 0, val_fol
     elif val_fold:
         raise DataError(f"val_fold={val_fold} needs val_classes (the size of each fold)")
     return split
+
+
+def split_from_config(catalog: Catalog, data: DataConfig) -> DataSplit:
+    """The split a run's ``data`` config names: its protocol, validation classes and fold.
+
+    Training and everything that must see the same images as training (``dva reproduce``'s
+    data fingerprints) go through here, so a new ``DataConfig`` field that changes the split
+    is read in one place.
+    """
+    return make_split(catalog, data.split, val_classes=data.val_classes, val_fold=data.val_fold)
 
 
 def carve_validation(side: SplitSide, num_classes: int, *, fold: int = 0) -> tuple[SplitSide, SplitSide]:

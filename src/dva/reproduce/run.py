@@ -31,7 +31,7 @@ from dva.config import (
     hoist_legacy_fields,
     identity_dict,
 )
-from dva.data import Catalog, DataSplit, SplitSide, data_fingerprint, load_catalog, make_split
+from dva.data import Catalog, DataSplit, SplitSide, data_fingerprint, load_catalog, split_from_config
 from dva.errors import ConfigError
 from dva.models import get_method
 from dva.reproduce.rows import TEST_DISCRIMINATIVE, Row
@@ -246,11 +246,11 @@ class _DataReader:
         self._catalogs: dict[tuple[str, str], Catalog] = {}
         self._fingerprints: dict[tuple[str, str, str, int, int], str] = {}
 
-    def _split(self, data: DataConfig, *, val_classes: int = 0, val_fold: int = 0) -> DataSplit:
+    def _split(self, data: DataConfig) -> DataSplit:
         key = (data.dataset, data.root)
         if key not in self._catalogs:
             self._catalogs[key] = load_catalog(data.dataset, data.root)
-        return make_split(self._catalogs[key], data.split, val_classes=val_classes, val_fold=val_fold)
+        return split_from_config(self._catalogs[key], data)
 
     def test_side(self, data: DataConfig) -> SplitSide:
         """The test images every row is evaluated on."""
@@ -260,7 +260,7 @@ class _DataReader:
         """:func:`dva.data.data_fingerprint` of the split ``data`` names, as training recorded it."""
         key = (data.dataset, data.root, data.split, data.val_classes, data.val_fold)
         if key not in self._fingerprints:
-            split = self._split(data, val_classes=data.val_classes, val_fold=data.val_fold)
+            split = self._split(data)
             self._fingerprints[key] = data_fingerprint(split)
         return self._fingerprints[key]
 

@@ -30,7 +30,7 @@ from dva._io import append_jsonl, atomic_write_json
 from dva._version import __version__
 from dva.checkpoint import save_tensors
 from dva.config import RunConfig, TrainConfig, TrainingRecord, read_run_file, resumable_fields
-from dva.data import DataSplit, data_fingerprint, load_catalog, make_split
+from dva.data import DataSplit, data_fingerprint, load_catalog, split_from_config
 from dva.data.loaders import TrainBatch, TrainBatchSampler, TrainDataset, ViewMaker, collate_train, original_only
 from dva.data.transforms import train_transform
 from dva.data.zoom import ZoomOutAugment
@@ -96,8 +96,7 @@ class Trainer:
         self._check_run_dir(resume)
         if self.split is None:
             catalog = load_catalog(self.config.data.dataset, self.config.data.root)
-            data = self.config.data
-            self.split = make_split(catalog, data.split, val_classes=data.val_classes, val_fold=data.val_fold)
+            self.split = split_from_config(catalog, self.config.data)
         self._record_classes()
         if resume and self.run.config_path.is_file():
             self._check_resume_config()
