@@ -12,7 +12,9 @@ every epoch. Runs are kept under ``--out`` and reused, so an interrupted sweep c
 
 ``--folds 0,1,2,3,4`` repeats every run with another block of ten training classes held out
 (fold 0: classes 40-49, fold 1: 30-39, ... fold 4: 0-9): class-level cross-validation, 2,949
-validation queries over the five folds instead of 600, still without a test image.
+validation queries over the five folds instead of 600, still without a test image. With more
+than one fold, a second table pools each setting's folds: right first neighbours over all
+validation queries, and MAP@R averaged over those queries.
 
 ``--set SECTION.FIELD=VALUE`` (repeatable, as ``dva train --set``) changes any other setting of
 every run; ``--also-val ROOT`` also measures each finished run on the validation classes of
@@ -52,6 +54,33 @@ def parse_variants(text: str) -> list[dict]:
 
 def variant_name(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "default"
+
+
+def pool_folds(rows: list[dict]) -> list[dict]:
+    """One row per setting, its folds pooled query by query (each fold's metrics weighted by its queries).
+
+    Folds hold different numbers of images, so pooled R@1 is right first neighbours over all
+    queries, not the mean of the folds' R@1; MAP@R is a mean over queries, so it pools the same way.
+    """
+    pooled: dict[tuple, dict] = {}
+    for r in rows:
+        key = (r["method"], r["variant"], r["lambda"], r["lr"], r["proxy_lr"], r["seed"])
+        p = pooled.setdefault(key, {"folds": [], "queries": 0, "right": 0, "map_sum": 0.0})
+        p["folds"].append(r["fold"])
+        p["queries"] += r["val_queries"]
+        p["right"] += round(r["val_recall@1"] * r["val_queries"])
+        p["map_sum"] += r["val_map@r"] * r["val_queries"]
+    return [
+        dict(zip(("method", "variant", "lambda", "lr", "proxy_lr", "seed"), key, strict=True))
+        | {
+            "folds": p["folds"],
+            "queries": p["queries"],
+            "right": p["right"],
+            "val_recall@1": p["right"] / p["queries"],
+            "val_map@r": p["map_sum"] / p["queries"],
+        }
+        for key, p in pooled.items()
+    ]
 
 
 def other_val_metrics(run_dir: Path, root: str, workers: int, fold: int = 0) -> dict[str, float]:
@@ -137,6 +166,7 @@ def main() -> None:
                 "fold": fold,
                 "val_recall@1": val["recall@1"],
                 "val_map@r": val["map@r"],
+                "val_queries": val["images"],
                 "val_recall@1_per_epoch": [v["recall@1"] for v in per_epoch],
                 "seconds_per_epoch": summary["seconds_per_epoch"],
                 "minutes": (time.perf_counter() - start) / 60,
@@ -147,7 +177,8 @@ def main() -> None:
             rows[-1]["also_val_recall@1"], rows[-1]["also_val_map@r"] = other["recall@1"], other["map@r"]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "sweep.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2))
+    pooled = pool_folds(rows)
+    (out / "sweep.json").write_text(json.dumps({"args": vars(args), "rows": rows, "pooled": pooled}, indent=2))
     also = " | also-val R@1 | also-val MAP@R" if args.also_val else ""
     print(
         f"| method | variant | lambda | lr | proxy lr | seed | fold | val R@1 per epoch | val R@1 | val MAP@R{also} |  "
@@ -164,6 +195,19 @@ def main() -> None:
             f"| {r['method']} | {r['variant']} | {r['lambda']:g} | {r['lr']:g} | {r['proxy_lr']:g} | {r['seed']} | "
             f"{r['fold']} | {curve} | {100 * r['val_recall@1']:.1f} | {100 * r['val_map@r']:.1f} |{extra}"
         )
+
+    if any(len(p["folds"]) > 1 for p in pooled):
+        print(
+            "\n| method | variant | lambda | lr | proxy lr | seed | folds | queries | right first neighbours | "
+            "pooled val R@1 | pooled val MAP@R |"
+        )
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for p in pooled:
+            print(
+                f"| {p['method']} | {p['variant']} | {p['lambda']:g} | {p['lr']:g} | {p['proxy_lr']:g} | {p['seed']} | "
+                f"{','.join(map(str, p['folds']))} | {p['queries']} | {p['right']} | {100 * p['val_recall@1']:.1f} | "
+                f"{100 * p['val_map@r']:.1f} |"
+            )
 
 
 if __name__ == "__main__":
