@@ -56,6 +56,10 @@ def variant_name(options: dict) -> str:
     return ",".join(f"{k}={v}" for k, v in options.items()) or "default"
 
 
+#: What makes two sweep rows the same setting (they differ only in their fold).
+SETTING = ("method", "variant", "lambda", "lr", "proxy_lr", "seed")
+
+
 def pool_folds(rows: list[dict]) -> list[dict]:
     """One row per setting, its folds pooled query by query (each fold's metrics weighted by its queries).
 
@@ -64,14 +68,14 @@ def pool_folds(rows: list[dict]) -> list[dict]:
     """
     pooled: dict[tuple, dict] = {}
     for r in rows:
-        key = (r["method"], r["variant"], r["lambda"], r["lr"], r["proxy_lr"], r["seed"])
+        key = tuple(r[k] for k in SETTING)
         p = pooled.setdefault(key, {"folds": [], "queries": 0, "right": 0, "map_sum": 0.0})
         p["folds"].append(r["fold"])
         p["queries"] += r["val_queries"]
         p["right"] += round(r["val_recall@1"] * r["val_queries"])
         p["map_sum"] += r["val_map@r"] * r["val_queries"]
     return [
-        dict(zip(("method", "variant", "lambda", "lr", "proxy_lr", "seed"), key, strict=True))
+        dict(zip(SETTING, key, strict=True))
         | {
             "folds": p["folds"],
             "queries": p["queries"],
