@@ -24,6 +24,7 @@ another copy of the collection (bench/zoom_out.py's zoomed-out one), without tra
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import itertools
 import json
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 import yaml
 
 from dva.config import DataConfig, ModelConfig, OPAConfig, RunConfig, TrainConfig, with_assignments
-from dva.data import data_fingerprint, load_catalog, make_split
+from dva.data import data_fingerprint, load_catalog, split_from_config
 from dva.runs import Run
 from dva.train import Trainer
 
@@ -87,11 +88,16 @@ def pool_folds(rows: list[dict]) -> list[dict]:
     ]
 
 
-def other_val_metrics(run_dir: Path, root: str, workers: int, fold: int = 0) -> dict[str, float]:
-    """The finished run's metrics on the validation classes of the collection at ``root`` (cached)."""
+def other_val_metrics(run_dir: Path, root: str, workers: int) -> dict[str, float]:
+    """The finished run's metrics on the validation classes of the collection at ``root`` (cached).
+
+    The split is the run's own (its dataset, protocol, validation classes and fold), read from
+    another root: the same classes, other photos of them (bench/zoom_out.py's copy)."""
     from framing_shift import metrics_on
 
-    split = make_split(load_catalog("cub100", root), "open", val_classes=10, val_fold=fold)
+    run = Run(run_dir)
+    data = dataclasses.replace(run.config.data, root=root)
+    split = split_from_config(load_catalog(data.dataset, root), data)
     assert split.val is not None
     return metrics_on(Run(run_dir), split.val, run_dir / "eval" / f"val-{data_fingerprint(split)}.json", workers)
 
@@ -177,7 +183,7 @@ def main() -> None:
             }
         )
         if args.also_val:
-            other = other_val_metrics(run_dir, args.also_val, args.workers, fold)
+            other = other_val_metrics(run_dir, args.also_val, args.workers)
             rows[-1]["also_val_recall@1"], rows[-1]["also_val_map@r"] = other["recall@1"], other["map@r"]
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     out.mkdir(parents=True, exist_ok=True)

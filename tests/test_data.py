@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from pathlib import Path
 
@@ -82,6 +83,28 @@ def test_validation_folds_hold_out_each_block_of_classes_once():
 def test_a_validation_fold_needs_a_fold_size(cub_root):
     with pytest.raises(DataError, match="val_fold=1 needs val_classes"):
         make_split(load_catalog("cub", cub_root.root), "open", val_fold=1)
+
+
+def test_the_split_cache_key_names_every_field_the_split_reads(cub_root):
+    """``dva reproduce`` caches data fingerprints by ``split_key``: a field that changes the split
+    but is missing from the key would answer one fold's runs with another fold's images."""
+    from dva.config import DataConfig
+    from dva.data import SPLIT_FIELDS, split_from_config, split_key
+
+    class ReadRecorder:
+        def __init__(self, data: DataConfig) -> None:
+            self.data, self.read = data, set()
+
+        def __getattr__(self, name):
+            self.read.add(name)
+            return getattr(self.data, name)
+
+    data = DataConfig(dataset="cub", root=str(cub_root.root), split="open", val_classes=2, val_fold=0)
+    recorder = ReadRecorder(data)
+    split = split_from_config(load_catalog("cub", cub_root.root), recorder)
+    assert recorder.read <= set(SPLIT_FIELDS) and split.val.class_names == ["Species_1", "Species_2"]
+    assert split_key(data) != split_key(dataclasses.replace(data, val_classes=0))
+    assert split_key(data) == split_key(dataclasses.replace(data, num_workers=7))
 
 
 def test_folder_layout_with_train_and_test(tmp_path):

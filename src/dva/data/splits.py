@@ -54,12 +54,22 @@ def make_split(catalog: Catalog, protocol: str, *, val_classes: int = 0, val_fol
     return split
 
 
+#: The ``DataConfig`` fields :func:`split_from_config` reads (besides the catalog's dataset and root).
+SPLIT_FIELDS = ("split", "val_classes", "val_fold")
+
+
+def split_key(data: DataConfig) -> tuple[object, ...]:
+    """What decides the split ``data`` names: a cache key for anything computed from that split
+    (``dva reproduce`` caches data fingerprints by it), which changes when a split field does."""
+    return (data.dataset, data.root, *(getattr(data, name) for name in SPLIT_FIELDS))
+
+
 def split_from_config(catalog: Catalog, data: DataConfig) -> DataSplit:
     """The split a run's ``data`` config names: its protocol, validation classes and fold.
 
     Training and everything that must see the same images as training (``dva reproduce``'s
     data fingerprints) go through here, so a new ``DataConfig`` field that changes the split
-    is read in one place.
+    is read in one place (and named in :data:`SPLIT_FIELDS`, which cache keys read).
     """
     return make_split(catalog, data.split, val_classes=data.val_classes, val_fold=data.val_fold)
 

@@ -31,7 +31,7 @@ from dva.config import (
     hoist_legacy_fields,
     identity_dict,
 )
-from dva.data import Catalog, DataSplit, SplitSide, data_fingerprint, load_catalog, split_from_config
+from dva.data import Catalog, DataSplit, SplitSide, data_fingerprint, load_catalog, split_from_config, split_key
 from dva.errors import ConfigError
 from dva.models import get_method
 from dva.reproduce.rows import TEST_DISCRIMINATIVE, Row
@@ -244,7 +244,7 @@ class _DataReader:
 
     def __init__(self) -> None:
         self._catalogs: dict[tuple[str, str], Catalog] = {}
-        self._fingerprints: dict[tuple[str, str, str, int, int], str] = {}
+        self._fingerprints: dict[tuple[object, ...], str] = {}
 
     def _split(self, data: DataConfig) -> DataSplit:
         key = (data.dataset, data.root)
@@ -258,7 +258,7 @@ class _DataReader:
 
     def fingerprint(self, data: DataConfig) -> str:
         """:func:`dva.data.data_fingerprint` of the split ``data`` names, as training recorded it."""
-        key = (data.dataset, data.root, data.split, data.val_classes, data.val_fold)
+        key = split_key(data)
         if key not in self._fingerprints:
             split = self._split(data)
             self._fingerprints[key] = data_fingerprint(split)
