@@ -99,7 +99,7 @@ def other_val_metrics(run_dir: Path, root: str, workers: int) -> dict[str, float
     data = dataclasses.replace(run.config.data, root=root)
     split = split_from_config(load_catalog(data.dataset, root), data)
     assert split.val is not None
-    return metrics_on(Run(run_dir), split.val, run_dir / "eval" / f"val-{data_fingerprint(split)}.json", workers)
+    return metrics_on(run, split.val, run_dir / "eval" / f"val-{data_fingerprint(split)}.json", workers)
 
 
 def main() -> None:
