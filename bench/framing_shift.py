@@ -35,6 +35,7 @@ from dva.data import SplitSide, data_fingerprint, load_catalog, make_split
 from dva.data.loaders import ImageView
 from dva.errors import ConfigError
 from dva.evaluate import evaluate_side
+from dva.opa.box_files import read_box_file
 from dva.reproduce import DVA, TEST_ORIGINAL, row_config, run_key
 from dva.reproduce.run import eval_path
 from dva.runs import Run
@@ -70,6 +71,18 @@ def metrics_on(
     )
     atomic_write_json(cache, metrics)
     return metrics
+
+
+def copy_settings(zoom_root: str) -> str:
+    """How ``bench/zoom_out.py`` made the copy (scale, blur, seed), from its box file's header.
+
+    Printed with the table because the copy's settings change every zoomed number (a sharper
+    background is harder; bench/zoom_out.py's docstring), so a table names the copy it read."""
+    header = read_box_file(Path(zoom_root) / "boxes.jsonl").header or {}
+    settings = header.get("settings") or {}
+    if not settings:
+        return "settings unknown: no bench/zoom_out.py header in its boxes.jsonl"
+    return ", ".join(f"{key} {settings[key]}" for key in ("scale", "blur", "seed") if key in settings)
 
 
 def zoomed_metrics(run: Run, zoom_root: str, out: Path, workers: int) -> dict[str, float]:
@@ -150,7 +163,7 @@ def main() -> None:
         )
     markdown = (
         "Trained on cub100 classes 0-49 (tight crops), searched on classes 50-99 as published and zoomed out "
-        "(bench/zoom_out.py), one global view, no detector.\n\n" + "\n".join(lines) + "\n"
+        f"(bench/zoom_out.py: {copy_settings(args.zoom)}), one global view, no detector.\n\n" + "\n".join(lines) + "\n"
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "framing_shift.json", table)
