@@ -78,7 +78,10 @@ def copy_settings(zoom_root: str) -> str:
 
     Printed with the table because the copy's settings change every zoomed number (a sharper
     background is harder; bench/zoom_out.py's docstring), so a table names the copy it read."""
-    header = read_box_file(Path(zoom_root) / "boxes.jsonl").header or {}
+    boxes = Path(zoom_root) / "boxes.jsonl"
+    if not boxes.is_file():
+        return f"settings unknown: no {boxes}"
+    header = read_box_file(boxes).header or {}
     settings = header.get("settings") or {}
     if not settings:
         return "settings unknown: no bench/zoom_out.py header in its boxes.jsonl"
@@ -119,6 +122,7 @@ def main() -> None:
     args = parser.parse_args()
     if not (Path(args.zoom) / "images.txt").is_file():
         parser.error(f"{args.zoom}: no zoomed-out copy there; make it with bench/zoom_out.py (see --help)")
+    copy = copy_settings(args.zoom)  # read before the evaluations, not after them
 
     boxes = args.boxes or Path(args.runs) / "boxes" / "cub100_saliency_train.jsonl"
     try:
@@ -163,7 +167,7 @@ def main() -> None:
         )
     markdown = (
         "Trained on cub100 classes 0-49 (tight crops), searched on classes 50-99 as published and zoomed out "
-        f"(bench/zoom_out.py: {copy_settings(args.zoom)}), one global view, no detector.\n\n" + "\n".join(lines) + "\n"
+        f"(bench/zoom_out.py: {copy}), one global view, no detector.\n\n" + "\n".join(lines) + "\n"
     )
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / "framing_shift.json", table)

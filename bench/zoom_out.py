@@ -23,7 +23,7 @@ split of the project works on it unchanged. Placement and background are seeded 
 The background's blur changes how hard the copy is: every zoomed-out number in docs/opa.md and
 the README is measured on the default ``--blur 10``. A sharper background (``--blur 4``, this
 script's default until 2026-12-03) is harder: full fine-tuning trained on tight crops finds the
-right first neighbour for 52.9 % of the zoomed-out test queries there against 66.7 % at blur 10
+right first neighbour for 52.9 % of the zoomed-out test queries there against 66.5 % at blur 10
 (docs/opa.md, "Trained on tight crops, searched on zoomed-out photos"). Compare rows only on
 copies made with the same settings (the box file's header records them).
 """
