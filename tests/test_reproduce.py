@@ -70,8 +70,8 @@ def test_identical_rows_of_different_tables_share_one_run(base):
     assert t8["Base + ICA + OPA"] == lam["0"]  # trained once, evaluated on two kinds of test images
     assert t1["Fine-tuning"] == t10["Fine-tuning"]
     assert len(set(t9.values())) == 7 and len(set(lam.values())) == 6
-    assert dva_run.startswith("dva-qv-lam3-e1-img32-s0-")
-    assert t8["Base + ICA"].startswith("ica-qv-e1-img32-s0-")
+    assert dva_run.startswith("dva-qv-r4-lam3-e1-img32-s0-")  # the tiny config's rank 4 (default 16)
+    assert t8["Base + ICA"].startswith("ica-qv-r4-e1-img32-s0-")
 
 
 def test_run_key_ignores_what_does_not_change_the_result(base):
@@ -89,6 +89,20 @@ def test_run_key_ignores_what_does_not_change_the_result(base):
     tuned = row_config(method_row("ft", "full", {}), base, 0)
     base.model.method_options["targets"] = ("k",)
     assert run_key(row_config(method_row("ft", "full", {}), base, 0)) == run_key(tuned)
+
+
+def test_run_key_names_a_changed_ica_rank_or_scale(base):
+    """Runs at another rank are told apart by name, not only by hash; the default names stay."""
+    ica, dva_row = TABLES["table8"].rows[1], TABLES["table8"].rows[3]
+    base.model.method_options = {}  # ICA's defaults: rank 16, scale 1
+    default_ica, default_dva = run_key(row_config(ica, base, 0)), run_key(row_config(dva_row, base, 0))
+    assert default_ica.startswith("ica-qv-e1-") and default_dva.startswith("dva-qv-lam3-e1-")
+    base.model.method_options = {"rank": 64, "scale": 0.5}
+    changed_ica, changed_dva = run_key(row_config(ica, base, 0)), run_key(row_config(dva_row, base, 0))
+    assert changed_ica.startswith("ica-qv-r64-scale0.5-e1-")
+    assert changed_dva.startswith("dva-qv-r64-scale0.5-lam3-e1-")
+    assert changed_ica.rsplit("-", 1)[1] != default_ica.rsplit("-", 1)[1]  # and the hash differs
+    assert run_key(row_config(method_row("ft", "full", {}), base, 0)).startswith("full-e1-")  # not an ICA option
 
 
 def test_rows_are_checked_before_anything_is_trained(base, tmp_path):
@@ -320,7 +334,7 @@ def test_a_zoomed_out_run_gets_its_own_name(base):
     plain = run_key(row_config(row, base, 0))
     base.train.zoom_out = 0.5
     zoomed = run_key(row_config(row, base, 0))
-    assert zoomed.startswith("dva-qv-lam3-zoom0.5-e1-img32-s0-") and zoomed[-8:] != plain[-8:]
+    assert zoomed.startswith("dva-qv-r4-lam3-zoom0.5-e1-img32-s0-") and zoomed[-8:] != plain[-8:]
     base.train.zoom_scale = (0.5, 0.75)
     assert run_key(row_config(row, base, 0)) not in {plain, zoomed}
     base.train.zoom_out, base.train.zoom_scale = 0.0, (0.35, 0.75)

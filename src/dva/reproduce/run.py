@@ -93,19 +93,26 @@ def run_key(config: RunConfig) -> str:
 
     The hash is over :func:`dva.config.identity_dict`, whose layout is kept stable so that
     finished runs keep their names; the readable part names ICA's targets, DPT's lambda and
-    the method options that differ from their defaults (ICA's own, named by the targets, aside)
-    and the zoom-out probability when set (``...-zoom0.5-e3-...``).
+    the method options that differ from their defaults (ICA's targets always, its rank and scale
+    when changed: ``dva-qv-r64-lam3-...``) and the zoom-out probability when set
+    (``...-zoom0.5-e3-...``).
     """
     identity = identity_dict(config)
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True, default=list).encode()).hexdigest()[:8]
     m, t = config.model, config.train
     method = get_method(m.method)
     parts = [m.method]
+    defaults = method.default_options()
     if "targets" in method.legacy_fields:
         parts.append("".join(identity["model"]["targets"]))
+        # ICA's rank and scale only when changed, so runs at the defaults keep their names
+        parts += [
+            f"{prefix}{identity['model'][key]:g}"
+            for key, prefix in (("rank", "r"), ("scale", "scale"))
+            if key in method.legacy_fields and identity["model"][key] != defaults[key]
+        ]
     if method.uses_opa:
         parts.append(f"lam{t.lambda_dist:g}")
-    defaults = method.default_options()
     options = identity["model"]["method_options"]  # ICA's settings are outside, as they were
     parts += [f"{k}-{v}" for k, v in sorted(options.items()) if _plain(defaults.get(k)) != v]
     if t.zoom_out:  # off (0) in every run made before zoom-out existed
