@@ -9,6 +9,7 @@ offline DINOv2 ViT-S/14 (``dinov2_vits14.imgfocus``), at the same image size and
                                discriminative views (Table 8's third row)
     DVA                        ICA + OPA + DPT (lambda 3); the detector is not used at test time
     full fine-tuning           every backbone weight, lr 1e-5
+    peers                      LoRA, VPT-deep (+ BitFit), VPTSP-G, AdaptFormer (MLP adapters)
 
 Trained rows run under several seeds (mean ± sample standard deviation). Boxes come from the
 offline saliency detector, detected once into ``OUT/boxes/`` (resumable); runs live in
@@ -54,7 +55,7 @@ from dva.reproduce import (
     summarize,
     to_markdown,
 )
-from dva.reproduce.tables import PEERS, TABLE8
+from dva.reproduce.tables import PEERS, TABLE8, TABLE10
 from dva.runs import Run
 
 SHARED = Path(os.environ.get("SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
@@ -75,10 +76,13 @@ DVA_VARIANTS = tuple(
 #: PEFT peers in the same harness (docs/reproduce.md, "PEFT peers"), with their own learning rates.
 PEER_ROWS = tuple(row for row in PEERS.rows if row.name not in ("ICA", DVA.name))
 
+#: The paper's own adapter peer (Table 10): adapters on every block's MLP, where ICA adapts attention.
+ADAPTFORMER = next(row for row in TABLE10.rows if row.overrides["model"]["method"] == "adaptformer")
+
 QUALITY = Table(
     "quality",
     "Quality benchmark: cub100 open split (test classes 50-99 unseen in training)",
-    (FROZEN, ICA, ICA_OPA, DVA, *DVA_VARIANTS, FULL_FINE_TUNING, *PEER_ROWS),
+    (FROZEN, ICA, ICA_OPA, DVA, *DVA_VARIANTS, FULL_FINE_TUNING, *PEER_ROWS, ADAPTFORMER),
     (*RECALL_COLUMNS, "map@r", PARAMS),
     label="Setting",
     notes=(
