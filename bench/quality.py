@@ -46,10 +46,10 @@ from dva.reproduce import (
     FULL_FINE_TUNING,
     PARAMS,
     RECALL_COLUMNS,
-    Row,
     RowResult,
     Table,
     dva_row,
+    method_row,
     row_config,
     run_key,
     run_rows,
@@ -81,9 +81,11 @@ PEER_ROWS = tuple(row for row in PEERS.rows if row.name not in ("ICA", DVA.name)
 #: The paper's own adapter peer (Table 10): adapters on every block's MLP, where ICA adapts attention.
 ADAPTFORMER = next(row for row in TABLE10.rows if row.overrides["model"]["method"] == "adaptformer")
 #: ... at ICA's parameter budget (0.300M on ViT-S/14 against ICA's 0.295M; bottleneck 64 has twice that).
-ADAPTFORMER_32 = Row(
+ADAPTFORMER_32 = method_row(
     "AdaptFormer, bottleneck 32",
-    {"model": {"method": "adaptformer", "method_options": {"bottleneck": 32}}},
+    "adaptformer",
+    {},
+    options={"bottleneck": 32},
     note="AdaptFormer with ICA's number of trained parameters",
 )
 

@@ -42,9 +42,20 @@ def _paper(*recalls: float, params: float | None = None, latency: float | None =
     return numbers
 
 
-def method_row(name: str, method: str, paper: dict[str, float], *, lr: float | None = None, note: str = "") -> Row:
-    """A row that only changes the training method (and, for fine-tuning, the learning rate)."""
-    overrides: dict[str, dict[str, Any]] = {"model": {"method": method}}
+def method_row(
+    name: str,
+    method: str,
+    paper: dict[str, float],
+    *,
+    lr: float | None = None,
+    options: dict[str, Any] | None = None,
+    note: str = "",
+) -> Row:
+    """A row that only changes the training method, its options and (for fine-tuning) the learning rate."""
+    model: dict[str, Any] = {"method": method}
+    if options:
+        model["method_options"] = dict(options)
+    overrides: dict[str, dict[str, Any]] = {"model": model}
     if lr is not None:
         overrides["train"] = {"lr": lr}
     return Row(name, overrides, paper=paper, note=note)
@@ -192,9 +203,12 @@ PEERS = Table(
         DVA,
         method_row("LoRA (q, v; r 16, alpha 8)", "lora", {}, note="ICA's layer at scale alpha/r = 0.5; lr as ICA"),
         method_row("VPT-deep", "vpt-deep", {}, lr=PROMPT_LR, note=f"10 prompts per block; Adam lr {PROMPT_LR:g}"),
-        Row(
+        method_row(
             "VPT-deep + BitFit",
-            {"model": {"method": "vpt-deep", "method_options": {"bitfit": True}}, "train": {"lr": PROMPT_LR}},
+            "vpt-deep",
+            {},
+            lr=PROMPT_LR,
+            options={"bitfit": True},
             note=f"prompts and every bias; Adam lr {PROMPT_LR:g}",
         ),
         Row(
