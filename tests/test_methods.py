@@ -394,3 +394,74 @@ def test_params_cli_counts_the_peers_with_their_options(capsys, backbone, method
         "--json",
     )
     assert code == 0 and json.loads(out)["trainable"] == trainable
+
+
+def _dinov2_tiny(method: str, **options) -> torch.nn.Module:
+    """A random DINOv2-S/14 at 28 px: the backbone that has LayerScale, built in a second."""
+    return create_model(
+        backbone="vit_small_patch14_dinov2", pretrained=False, img_size=28, method=method, method_options=options
+    )
+
+
+def _is_norm_or_layerscale(name: str) -> bool:
+    return ".norm" in name or name.startswith("backbone.norm.") or name.endswith((".ls1.gamma", ".ls2.gamma"))
+
+
+@pytest.mark.parametrize("method", ["ica", "dva"])
+def test_also_train_trains_the_adapters_and_exactly_the_named_groups(method):
+    adapters = TRAINED[method]
+    model = _dinov2_tiny(method, also_train="layerscale,norm")  # any order, any separator
+    trained = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trained == {n for n, _ in model.named_parameters() if adapters(n) or _is_norm_or_layerscale(n)}
+    assert "backbone.blocks.11.ls2.gamma" in trained and "backbone.norm.weight" in trained
+    assert not any(n.endswith("qkv.base_layer.bias") or ".mlp.fc1." in n for n in trained)
+
+    biases = _dinov2_tiny(method, also_train="bias")
+    assert {n for n, p in biases.named_parameters() if p.requires_grad} == {
+        n for n, _ in biases.named_parameters() if adapters(n) or n.endswith(".bias")
+    }
+    plain = _dinov2_tiny(method)  # the default trains the adapters alone, as the paper
+    assert {n for n, p in plain.named_parameters() if p.requires_grad} == {
+        n for n, _ in plain.named_parameters() if adapters(n)
+    }
+
+
+def test_also_train_is_checked_and_spelled_one_way():
+    from dva.models import get_method
+
+    assert get_method("ica").resolve_options({"also_train": "norm, bias"})["also_train"] == "bias+norm"
+    assert get_method("dva").resolve_options({"also_train": "layerscale+norm+norm"})["also_train"] == "norm+layerscale"
+    with pytest.raises(ConfigError, match="also_train: unknown gamma; choose from bias, norm, layerscale"):
+        get_method("ica").resolve_options({"also_train": "gamma"})
+    with pytest.raises(ConfigError, match="no LayerScale"):  # the ViT-B/16 family has none: an error, not a no-op
+        tiny("ica", also_train="layerscale")
+
+
+def test_a_run_trained_with_also_train_rebuilds_with_its_tuned_norms(tmp_path):
+    config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
+    config.model.method = "ica"
+    config.model.method_options = {"rank": 4, "also_train": "norm"}
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.fit()
+    norm = trainer.model.backbone.blocks[0].norm1.weight
+    assert not torch.equal(norm.detach(), torch.ones_like(norm))  # timm initialises LayerNorm weights to 1
+    x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
+    with torch.no_grad():
+        assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
+
+
+@pytest.mark.parametrize(
+    "also_train, trainable",
+    [
+        ("", 294_912),  # ICA, rank 16 on q and v: 12 * 2 * (384 * 16 + 16 * 384)
+        ("norm+layerscale", 294_912 + 19_200 + 9_216),  # 12 * 2 LayerNorms + the final one; 12 * 2 gains
+        ("bias+norm+layerscale", 294_912 + 51_456 + 19_200 - 9_600 + 9_216),  # LayerNorm biases counted once
+    ],
+)
+def test_params_cli_counts_also_train(capsys, also_train, trainable):
+    from conftest import run_cli
+
+    args = ["--backbone", "vit_small_patch14_dinov2", "--img-size", "112", "--method", "ica", "--json"]
+    option = ["--method-option", f"also_train={also_train}"] if also_train else []
+    code, out, _ = run_cli(capsys, "params", *args, *option)
+    assert code == 0 and json.loads(out)["trainable"] == trainable

@@ -105,6 +105,26 @@ def test_run_key_names_a_changed_ica_rank_or_scale(base):
     assert run_key(row_config(method_row("ft", "full", {}), base, 0)).startswith("full-e1-")  # not an ICA option
 
 
+def test_also_train_names_its_runs_only_when_set(base):
+    """An option added after runs were finished leaves their names (and hashes) as they were."""
+    from dva.config import identity_dict
+
+    base.model.method_options = {}
+    tuned = {"also_train": "layerscale+norm"}
+    pairs = {
+        "ica": (TABLES["table8"].rows[1], method_row("ICA", "ica", {}, options=tuned)),
+        "dva": (TABLES["table8"].rows[3], dva_row("DVA", {}, options=tuned)),
+    }
+    for method, (plain_row, tuned_row) in pairs.items():
+        plain = row_config(plain_row, base, 0)
+        assert plain.model.method_options["also_train"] == ""  # written out in full, left out of the identity
+        assert "also_train" not in identity_dict(plain)["model"]["method_options"]
+        before, key = run_key(plain), run_key(row_config(tuned_row, base, 0))
+        assert before.startswith(f"{method}-qv-") and "also_train" not in before
+        assert key.startswith(f"{method}-qv-") and "-also_train-norm+layerscale-e1-" in key
+        assert key.rsplit("-", 1)[1] != before.rsplit("-", 1)[1]
+
+
 def test_rows_are_checked_before_anything_is_trained(base, tmp_path):
     base.opa.boxes = None
     with pytest.raises(ConfigError, match="--boxes"):

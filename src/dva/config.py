@@ -469,6 +469,26 @@ def _stable_model_layout(model: dict[str, Any]) -> None:
     defaults = hoist_legacy_fields(model)
     for key, old_default in LEGACY_MODEL_FIELDS.items():
         model.setdefault(key, json.loads(json.dumps(defaults.get(key, old_default))))
+    _drop_method_options_at_default_when_set(model)
+
+
+def _drop_method_options_at_default_when_set(model: dict[str, Any]) -> None:
+    """Leave out the method options declared ``identity=WHEN_SET`` that hold their default.
+
+    As for config fields: an option added to a method later (``also_train`` of ``ica`` and
+    ``dva``) must not rename the runs that were finished before it existed.
+    """
+    from dva.models.methods import get_method  # the registry imports this module
+
+    options_type = get_method(model["method"]).options
+    options = model.get("method_options")
+    if options_type is None or not isinstance(options, dict):
+        return
+    for f in dataclasses.fields(options_type):
+        if f.metadata.get("identity_when_set", False) and f.name in options:
+            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+            if json.dumps(options[f.name], default=list) == json.dumps(default, default=list):
+                del options[f.name]
 
 
 def hoist_legacy_fields(model: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ method              trained                                                     
 ``partial-proj``    the output projector (``attn.proj``) of every block             Table 1
 ``partial-mlp``     the MLP (``mlp.fc1``, ``mlp.fc2``) of every block               Table 1
 ``ica``             ICA adapters on the ``qkv`` slices ``targets``                  Tables 8, 9
+                    (option ``also_train``: biases, norms, LayerScale beside them)
 ``adaptformer``     AdaptFormer's parallel MLP adapters                             Table 10
 ``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
 ``dva``             ICA adapters, trained on OPA's object views with DPT            all
@@ -46,7 +47,7 @@ from typing import Any
 
 from torch import nn
 
-from dva.config import ModelConfig, from_dict
+from dva.config import WHEN_SET, ModelConfig, from_dict, setting
 from dva.errors import ConfigError
 from dva.losses.dpt import DPTOptions
 from dva.models.adaptformer import AdaptFormerConfig, inject_adaptformer
@@ -54,6 +55,7 @@ from dva.models.clip_adapter import CLIPAdapter, CLIPAdapterConfig
 from dva.models.ica import ICAConfig, inject_ica
 from dva.models.lora import LoRAConfig
 from dva.models.retrieval import RetrievalModel
+from dva.models.tuning import TUNABLE_GROUPS, also_train_option, train_also
 from dva.models.vpt import VPTConfig, inject_vpt
 from dva.models.vptsp import SemanticProxies, VPTSPConfig
 from dva.registry import Registry
@@ -182,6 +184,27 @@ def apply_method_defaults(raw: dict[str, Any], given: Iterable[Mapping[str, Any]
                 raw[section][key] = value
 
 
+def _also_train_setting() -> Any:
+    # WHEN_SET: added after runs of ``ica`` and ``dva`` were finished, which keep their names
+    return setting(
+        "",
+        help=f"backbone weights trained besides the adapters, '+'-joined: {', '.join(TUNABLE_GROUPS)} "
+        "(dva.models.tuning); '' trains the adapters alone (the paper).",
+        identity=WHEN_SET,
+    )
+
+
+@dataclass(frozen=True)
+class ICAOptions(ICAConfig):
+    """Options of ``--method ica``: ICA's adapters, and backbone weights trained beside them."""
+
+    also_train: str = _also_train_setting()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "also_train", also_train_option(self.also_train))
+
+
 @dataclass(frozen=True)
 class DVAOptions(DPTOptions):
     """Options of ``--method dva``: ICA's adapters (``targets``, ``rank``, ``scale``) and DPT's."""
@@ -189,10 +212,12 @@ class DVAOptions(DPTOptions):
     targets: tuple[str, ...] = ICAConfig.targets
     rank: int = ICAConfig.rank
     scale: float = ICAConfig.scale
+    also_train: str = _also_train_setting()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "targets", self.ica_config().targets)  # validated, canonical q, k, v order
+        object.__setattr__(self, "also_train", also_train_option(self.also_train))
 
     def ica_config(self) -> ICAConfig:
         return ICAConfig(targets=tuple(self.targets), rank=self.rank, scale=self.scale)
@@ -247,11 +272,12 @@ def _partial_mlp(model: RetrievalModel, config: ModelConfig, options: None) -> N
 @register_method(
     "ica",
     description="In-Context Adaptation adapters on the qkv projection (Table 8 'Base + ICA')",
-    options=ICAConfig,
+    options=ICAOptions,
     legacy_fields=_ICA_FIELDS,
 )
-def _ica(model: RetrievalModel, config: ModelConfig, options: ICAConfig) -> None:
-    inject_ica(model.backbone, options)
+def _ica(model: RetrievalModel, config: ModelConfig, options: ICAOptions) -> None:
+    inject_ica(model.backbone, ICAConfig(targets=options.targets, rank=options.rank, scale=options.scale))
+    train_also(model.backbone, options.also_train)
 
 
 @register_method(
@@ -284,6 +310,7 @@ def _clip_adapter(model: RetrievalModel, config: ModelConfig, options: CLIPAdapt
 def _dva(model: RetrievalModel, config: ModelConfig, options: DVAOptions) -> None:
     # The model is ICA's; the DPT options choose the loss, which the trainer builds from them.
     inject_ica(model.backbone, options.ica_config())
+    train_also(model.backbone, options.also_train)
 
 
 @register_method(
