@@ -28,6 +28,7 @@ TRAINED: dict[str, Callable[[str], bool]] = {
     "ica": lambda n: ".qkv.down." in n or ".qkv.up." in n,
     "dva": lambda n: ".qkv.down." in n or ".qkv.up." in n,
     "adaptformer": lambda n: ".mlp.down." in n or ".mlp.up." in n,
+    "dva-adaptformer": lambda n: ".mlp.down." in n or ".mlp.up." in n,
     "clip-adapter": lambda n: n.startswith("head."),
     "lora": lambda n: ".qkv.down." in n or ".qkv.up." in n,
     "vpt-deep": lambda n: n.endswith(".prompts"),

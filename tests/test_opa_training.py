@@ -31,9 +31,13 @@ def epoch_log(run_dir) -> dict:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()][-1]
 
 
-def test_dva_step_trains_on_original_discriminative_and_background_views(cub_root, tmp_path, monkeypatch):
+@pytest.mark.parametrize("method, options", [("dva", {"rank": 4}), ("dva-adaptformer", {"bottleneck": 8})])
+def test_dva_step_trains_on_original_discriminative_and_background_views(
+    cub_root, tmp_path, monkeypatch, method, options
+):
     # the fake CUB boxes (20x24) cover 30% of each 40x40 image: every image gets all three views
     config = dva_config(cub_root.root, tmp_path / "boxes.jsonl")
+    config.model.method, config.model.method_options = method, options  # OPA and DPT serve either adapter
     config.opa.detector = "dataset"  # detect (look up) the boxes into opa.boxes first
     received = []
     real_forward = DPTLoss.forward
@@ -57,6 +61,8 @@ def test_dva_step_trains_on_original_discriminative_and_background_views(cub_roo
     assert torch.allclose(out.total, out.parts["proxy"] + 3.0 * out.parts["dist"])
     assert load_file(tmp_path / "run" / "model.safetensors")["loss.proxy_anchor.proxies"].shape == (4, 64)
     assert "events" not in epoch_log(tmp_path / "run")  # nothing fell back
+    adapter = ".mlp.down." if method == "dva-adaptformer" else ".qkv.down."
+    assert any(adapter in name for name in load_file(tmp_path / "run" / "model.safetensors"))
 
 
 @pytest.mark.parametrize("transfer", ["teacher", "embedding", "relation"])

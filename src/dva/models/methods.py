@@ -18,6 +18,7 @@ method              trained                                                     
 ``clip-adapter``    CLIP-Adapter on the final embedding                             Table 10
 ``dva``             ICA adapters, trained on OPA's object views with DPT            all
                     (options: ``transfer``, ``background``, see ``DPTOptions``)
+``dva-adaptformer`` AdaptFormer's adapters, trained on OPA's object views with DPT  (ours)
 ==================  ==============================================================  =========
 
 PEFT peers the paper does not compare with, run in the same harness (issue 12,
@@ -223,6 +224,18 @@ class DVAOptions(DPTOptions):
         return ICAConfig(targets=tuple(self.targets), rank=self.rank, scale=self.scale)
 
 
+@dataclass(frozen=True)
+class DVAAdaptFormerOptions(DPTOptions, AdaptFormerConfig):
+    """Options of ``--method dva-adaptformer``: AdaptFormer's (``bottleneck``, ``scale``, ``dropout``) and DPT's."""
+
+    def __post_init__(self) -> None:
+        DPTOptions.__post_init__(self)
+        AdaptFormerConfig.__post_init__(self)
+
+    def adaptformer_config(self) -> AdaptFormerConfig:
+        return AdaptFormerConfig(bottleneck=self.bottleneck, scale=self.scale, dropout=self.dropout)
+
+
 def unfreeze(model: RetrievalModel, module_suffix: str) -> None:
     """Train every backbone module whose name ends with ``module_suffix`` (all of its parameters)."""
     found = [m for name, m in model.backbone.named_modules() if name.endswith(module_suffix)]
@@ -311,6 +324,18 @@ def _dva(model: RetrievalModel, config: ModelConfig, options: DVAOptions) -> Non
     # The model is ICA's; the DPT options choose the loss, which the trainer builds from them.
     inject_ica(model.backbone, options.ica_config())
     train_also(model.backbone, options.also_train)
+
+
+@register_method(
+    "dva-adaptformer",
+    description="AdaptFormer's MLP adapters trained on OPA's object views with the DPT loss (DPT on another adapter)",
+    uses_opa=True,
+    options=DVAAdaptFormerOptions,
+    mergeable=False,
+)
+def _dva_adaptformer(model: RetrievalModel, config: ModelConfig, options: DVAAdaptFormerOptions) -> None:
+    # OPA and DPT do not depend on the adapter: the same loss, over AdaptFormer's model
+    inject_adaptformer(model.backbone, options.adaptformer_config())
 
 
 @register_method(
