@@ -10,6 +10,7 @@ offline DINOv2 ViT-S/14 (``dinov2_vits14.imgfocus``), at the same image size and
     DVA                        ICA + OPA + DPT (lambda 3); the detector is not used at test time
     full fine-tuning           every backbone weight, lr 1e-5
     peers                      LoRA, VPT-deep (+ BitFit), VPTSP-G, AdaptFormer (MLP adapters)
+    DVA over AdaptFormer       OPA + DPT training AdaptFormer's adapters (does DPT add to them?)
 
 Trained rows run under several seeds (mean ± sample standard deviation). Boxes come from the
 offline saliency detector, detected once into ``OUT/boxes/`` (resumable); runs live in
@@ -89,10 +90,29 @@ ADAPTFORMER_32 = method_row(
     note="AdaptFormer with ICA's number of trained parameters",
 )
 
+#: DPT over the MLP adapters: OPA's object views and the same loss as DVA, on AdaptFormer's model.
+DVA_ADAPTFORMER = method_row(
+    "DVA over AdaptFormer",
+    "dva-adaptformer",
+    {},
+    note="OPA + DPT (DVA's defaults) training AdaptFormer's adapters instead of ICA's (docs/opa.md)",
+)
+
 QUALITY = Table(
     "quality",
     "Quality benchmark: cub100 open split (test classes 50-99 unseen in training)",
-    (FROZEN, ICA, ICA_OPA, DVA, *DVA_VARIANTS, FULL_FINE_TUNING, *PEER_ROWS, ADAPTFORMER, ADAPTFORMER_32),
+    (
+        FROZEN,
+        ICA,
+        ICA_OPA,
+        DVA,
+        *DVA_VARIANTS,
+        FULL_FINE_TUNING,
+        *PEER_ROWS,
+        ADAPTFORMER,
+        ADAPTFORMER_32,
+        DVA_ADAPTFORMER,
+    ),
     (*RECALL_COLUMNS, "map@r", PARAMS),
     label="Setting",
     notes=(
