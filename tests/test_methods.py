@@ -438,7 +438,11 @@ def test_also_train_is_checked_and_spelled_one_way():
         tiny("ica", also_train="layerscale")
 
 
-def test_a_run_trained_with_also_train_rebuilds_with_its_tuned_norms(tmp_path):
+def test_a_run_trained_with_also_train_rebuilds_and_exports_with_its_tuned_norms(tmp_path):
+    import timm
+
+    from dva.export import export_run
+
     config = tiny_run_config(write_cub(tmp_path / "cub").root, epochs=1)
     config.model.method = "ica"
     config.model.method_options = {"rank": 4, "also_train": "norm"}
@@ -448,7 +452,13 @@ def test_a_run_trained_with_also_train_rebuilds_with_its_tuned_norms(tmp_path):
     assert not torch.equal(norm.detach(), torch.ones_like(norm))  # timm initialises LayerNorm weights to 1
     x = torch.randn(3, 3, TINY_IMG, TINY_IMG)
     with torch.no_grad():
-        assert torch.equal(Run(tmp_path / "run").load_model()(x), trainer.model.eval()(x))
+        expected = trainer.model.eval()(x)
+        assert torch.equal(Run(tmp_path / "run").load_model()(x), expected)
+    # adapters merged and tuned norms kept: a plain timm model embeds as the run does
+    out = export_run(tmp_path / "run", tmp_path / "export")
+    plain = timm.create_model(f"local-dir:{out}", pretrained=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(torch.nn.functional.normalize(plain(x), dim=-1), expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(
