@@ -23,7 +23,7 @@ def test_params_prints_the_paper_counts(targets, expected):
         dva("params", "--backbone", "vit_base_patch16_224", "--targets", targets, "--rank", "16", "--json").stdout
     )
     assert (out["trainable"], out["total"]) == (expected, 85_798_656 + expected)
-    assert out["options"] == {"targets": targets.split(","), "rank": 16, "scale": 1.0}  # ICA's options, in full
+    assert out["options"] == {"targets": targets.split(","), "rank": 16, "scale": 1.0, "also_train": ""}  # in full
 
 
 def test_train_then_eval_json(cub_root, tmp_path):
