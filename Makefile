@@ -35,7 +35,7 @@ test: $(STAMP) chromium
 demo: $(STAMP)
 	SHARED=$(SHARED) PATH=$(abspath $(VENV))/bin:$$PATH bash scripts/demo.sh
 
-# The quality table of the README: every row, 3 seeds, roughly 7 hours on 2 CPU cores (+10 minutes the
+# The quality table of the README: every row, 3 seeds, roughly 8 hours on 2 CPU cores (+10 minutes the
 # first time for boxes); resumable. One row: python bench/quality.py --row NAME.
 bench-quality: $(STAMP)
 	SHARED=$(SHARED) $(PY) bench/quality.py

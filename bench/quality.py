@@ -18,7 +18,7 @@ offline saliency detector, detected once into ``OUT/boxes/`` (resumable); runs l
 Learning rates are the defaults chosen on a validation split of the training classes
 (bench/lr_sweep.py), never on the test classes.
 
-    python bench/quality.py                      # every row, 3 seeds: roughly 7 hours on 2 CPU cores (+10 for boxes)
+    python bench/quality.py                      # every row, 3 seeds: roughly 8 hours on 2 CPU cores (+10 for boxes)
     python bench/quality.py --row "DVA (Ours)"   # one row (its 3 seeds: 1 to 1.5 hours for DVA)
     python bench/quality.py --epochs 1 --seeds 0 # a quicker look
     # every row with a changed setting (its runs get other names; keep them apart with --out):
