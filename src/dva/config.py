@@ -458,11 +458,15 @@ def _at_default_when_set(config: Any) -> set[str]:
     values = _flat_values(config)
     omitted = set()
     for name, f in config_fields(type(config)):
-        if f.metadata.get("identity_when_set", False):
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            if json.dumps(values[name], default=list) == json.dumps(default, default=list):
-                omitted.add(name)
+        if f.metadata.get("identity_when_set", False) and _holds_default(f, values[name]):
+            omitted.add(name)
     return omitted
+
+
+def _holds_default(f: dataclasses.Field[Any], value: Any) -> bool:
+    """Whether ``value`` (as stored or as plain JSON data) equals field ``f``'s default."""
+    default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    return json.dumps(value, default=list) == json.dumps(default, default=list)
 
 
 def _stable_model_layout(model: dict[str, Any]) -> None:
@@ -485,10 +489,8 @@ def _drop_method_options_at_default_when_set(model: dict[str, Any]) -> None:
     if options_type is None or not isinstance(options, dict):
         return
     for f in dataclasses.fields(options_type):
-        if f.metadata.get("identity_when_set", False) and f.name in options:
-            default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-            if json.dumps(options[f.name], default=list) == json.dumps(default, default=list):
-                del options[f.name]
+        if f.metadata.get("identity_when_set", False) and f.name in options and _holds_default(f, options[f.name]):
+            del options[f.name]
 
 
 def hoist_legacy_fields(model: dict[str, Any]) -> dict[str, Any]:

@@ -205,6 +205,10 @@ class ICAOptions(ICAConfig):
         super().__post_init__()
         object.__setattr__(self, "also_train", also_train_option(self.also_train))
 
+    def ica_config(self) -> ICAConfig:
+        """The adapter's own config (what ``inject_ica`` and each ``ICALinear`` keep), without ``also_train``."""
+        return ICAConfig(targets=self.targets, rank=self.rank, scale=self.scale)
+
 
 @dataclass(frozen=True)
 class DVAOptions(DPTOptions):
@@ -289,7 +293,7 @@ def _partial_mlp(model: RetrievalModel, config: ModelConfig, options: None) -> N
     legacy_fields=_ICA_FIELDS,
 )
 def _ica(model: RetrievalModel, config: ModelConfig, options: ICAOptions) -> None:
-    inject_ica(model.backbone, ICAConfig(targets=options.targets, rank=options.rank, scale=options.scale))
+    inject_ica(model.backbone, options.ica_config())
     train_also(model.backbone, options.also_train)
 
 

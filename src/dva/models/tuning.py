@@ -71,9 +71,14 @@ def train_also(backbone: nn.Module, groups: str | Iterable[str]) -> int:
 _WHAT = {"bias": "bias", "norm": "LayerNorm", "layerscale": "LayerScale (ls1, ls2 gamma)"}
 
 
+def bias_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every bias of ``module`` (BitFit's weights): the parameters whose name ends in ``bias``."""
+    return [p for name, p in module.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+
+
 def _group_parameters(backbone: nn.Module, group: str) -> list[nn.Parameter]:
     if group == "bias":
-        return [p for name, p in backbone.named_parameters() if name.rsplit(".", 1)[-1] == "bias"]
+        return bias_parameters(backbone)
     if group == "norm":
         return [p for m in backbone.modules() if isinstance(m, nn.LayerNorm) for p in m.parameters()]
     # timm's LayerScale keeps its gains in ``gamma``; identity stand-ins (no LayerScale) have none

@@ -44,6 +44,7 @@ from torch import nn
 
 from dva.errors import ConfigError
 from dva.models.backbone import int_attribute, vit_patch_size
+from dva.models.tuning import bias_parameters
 
 
 @dataclass(frozen=True)
@@ -120,13 +121,11 @@ def inject_vpt(model: nn.Module, config: VPTConfig) -> list[PromptedBlock]:
 
 def apply_bitfit(model: nn.Module) -> None:
     """Train every bias of ``model`` (BitFit): all parameters whose name ends in ``bias``."""
-    found = False
-    for name, p in model.named_parameters():
-        if name.rsplit(".", 1)[-1] == "bias":
-            p.requires_grad_(True)
-            found = True
-    if not found:
+    biases = bias_parameters(model)  # the same weights as ``also_train=bias`` of ica and dva
+    if not biases:
         raise ConfigError("BitFit: the backbone has no bias to train")
+    for p in biases:
+        p.requires_grad_(True)
 
 
 def prompted_blocks(model: nn.Module) -> list[PromptedBlock]:
